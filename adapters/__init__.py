@@ -1,0 +1,1 @@
+"""Built-in backbones for dynprune, registered through the ``dynprune`` entry-point group."""

@@ -1,0 +1,21 @@
+"""dynprune: dynamic N:M pruning for image-restoration networks (ClassPruning and kin).
+
+>>> import dynprune, torch
+>>> net = dynprune.convert(dynprune.create_model("dncnn"), ratios=["1:4", "2:4", "4:4"])
+>>> with dynprune.use_branch("2:4"):
+...     y = net(torch.rand(1, 1, 64, 64))
+"""
+from .audit import AuditReport as AuditReport, audit as audit
+from .branch import current_branch as current_branch, route as route, use_branch as use_branch
+from .classifier import DifficultyClassifier as DifficultyClassifier
+from .classpruning import ClassPruning as ClassPruning
+from .convert import (ConversionReport as ConversionReport, conversion_report as conversion_report,
+                      convert as convert, export_branch as export_branch, model_ratios as model_ratios)
+from .hookspecs import hookimpl as hookimpl
+from .nm import NMRatio as NMRatio, nm_mask as nm_mask
+from .registry import create_model as create_model, list_models as list_models
+
+__version__ = "0.1.0"
+__all__ = ["AuditReport", "audit", "current_branch", "route", "use_branch", "DifficultyClassifier", "ClassPruning",
+           "ConversionReport", "conversion_report", "convert", "export_branch", "model_ratios", "hookimpl",
+           "NMRatio", "nm_mask", "create_model", "list_models"]

@@ -1,0 +1,89 @@
+"""Choosing the active branch: a thread- and task-safe context, and grouped per-sample routing."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Callable, Iterator, Sequence, Union
+
+import torch
+
+from .nm import NMRatio
+
+__all__ = ["use_branch", "current_branch", "resolve_branch", "route", "BranchLike"]
+
+BranchLike = Union[int, str, NMRatio]
+_ACTIVE: contextvars.ContextVar[BranchLike | None] = contextvars.ContextVar("dynprune_branch", default=None)
+
+
+@contextlib.contextmanager
+def use_branch(branch: BranchLike) -> Iterator[BranchLike]:
+    """Run every dynamic layer inside the block on ``branch``.
+
+    ``branch`` is an index into the model's ratios (sparsest first; negative counts from the
+    densest) or a ratio such as ``"2:4"``. The choice lives in a :mod:`contextvars` variable, so
+    two threads can run the same model on different branches at once. Outside any block the
+    densest branch runs, which gives the original model's output.
+
+    Raises:
+        TypeError: ``branch`` is not an int, ratio string or NMRatio.
+        ValueError: a malformed ratio string.
+    """
+    if isinstance(branch, bool) or not isinstance(branch, (int, str, NMRatio)):
+        raise TypeError(f"branch must be an index or a ratio like '2:4', got {branch!r}")
+    if isinstance(branch, str):
+        branch = NMRatio.parse(branch)
+    token = _ACTIVE.set(branch)
+    try:
+        yield branch
+    finally:
+        _ACTIVE.reset(token)
+
+
+def current_branch() -> BranchLike | None:
+    """The branch set by the innermost :func:`use_branch`, or None (densest)."""
+    return _ACTIVE.get()
+
+
+def resolve_branch(branch: BranchLike | None, ratios: Sequence[NMRatio]) -> int:
+    """Index of ``branch`` in ``ratios`` (sparsest first); None means the densest.
+
+    Raises:
+        IndexError: index out of range. ValueError: a ratio that is not among ``ratios``.
+    """
+    n = len(ratios)
+    if branch is None:
+        return n - 1
+    if isinstance(branch, NMRatio):
+        try:
+            return ratios.index(branch)
+        except ValueError:
+            raise ValueError(f"branch {branch} is not one of the ratios {[str(r) for r in ratios]}") from None
+    if not -n <= branch < n:
+        raise IndexError(f"branch index {branch} out of range for {n} branches {[str(r) for r in ratios]}")
+    return branch % n
+
+
+def route(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, branches: torch.Tensor) -> torch.Tensor:
+    """Run ``fn`` per sample on that sample's branch: one call per distinct branch, results scattered back.
+
+    Args:
+        fn: a module or function mapping (b, ...) -> (b, ...); it runs under :func:`use_branch`.
+        x: input batch (B, ...).
+        branches: int64 (B,) branch index per sample.
+    Returns:
+        (B, ...) outputs in input order.
+    Raises:
+        ValueError: ``branches`` is not one index per sample.
+    """
+    if branches.dim() != 1 or branches.shape[0] != x.shape[0]:
+        raise ValueError(f"branches must have shape ({x.shape[0]},), got {tuple(branches.shape)}")
+    out = None
+    for b in torch.unique(branches).tolist():
+        idx = (branches == b).nonzero(as_tuple=True)[0]
+        with use_branch(int(b)):
+            y = fn(x.index_select(0, idx))
+        if out is None:
+            out = y.new_empty((x.shape[0], *y.shape[1:]))
+        out.index_copy_(0, idx, y)
+    return out

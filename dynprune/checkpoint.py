@@ -1,0 +1,57 @@
+"""Checkpoint files: atomic writes, safe loads (``weights_only=True``), state_dict clean-up."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["save_atomic", "load_file", "strip_prefix"]
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A crash or kill at any moment leaves either the old file or the new one, never a partial one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_file(path: str | os.PathLike) -> Any:
+    """Load a torch file with ``weights_only=True`` on the CPU.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is truncated, corrupt or not a torch file (the path is named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as err:
+        raise ValueError(f"cannot read checkpoint {str(path)!r}: truncated, corrupt or not a torch "
+                         f"weights file ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+
+
+def strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
+    """Drop ``prefix`` (e.g. ``nn.DataParallel``'s ``module.``) from every key that has it."""
+    n = len(prefix)
+    return {(k[n:] if k.startswith(prefix) else k): v for k, v in state_dict.items()}

@@ -1,0 +1,65 @@
+"""The ClassPruning model: a difficulty classifier routing each image to one N:M branch."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .branch import route, use_branch
+from .convert import model_ratios
+
+__all__ = ["ClassPruning", "TrainOutput"]
+
+
+class TrainOutput(NamedTuple):
+    logits: torch.Tensor   # (B, L)
+    probs: torch.Tensor    # (B, L) softmax
+    outputs: list          # L tensors (B, C, H, W), one per branch, sparsest first
+
+
+class ClassPruning(nn.Module):
+    """Classifier Module + Restoration Module (paper Fig. 3).
+
+    Args:
+        restorer: a model converted by :func:`dynprune.convert` (L branches), or a
+            :class:`dynprune.classsr.SeparateBranches` of L networks (ClassSR).
+        classifier: maps (B, C, H, W) to (B, L) logits.
+    Forward:
+        training mode: :class:`TrainOutput` with every branch's output (for L_W/L_E/L_C);
+        eval mode: the routed restoration (B, C, H, W): each image goes to its argmax branch, the batch
+        grouped by branch, one call per branch (no per-sample loop).
+    Raises:
+        ValueError: ``restorer`` is neither converted nor a SeparateBranches.
+    """
+
+    def __init__(self, restorer: nn.Module, classifier: nn.Module):
+        super().__init__()
+        labels = getattr(restorer, "branch_labels", None)
+        self.ratios = tuple(labels) if labels is not None else model_ratios(restorer)
+        self.restorer, self.classifier = restorer, classifier
+
+    @property
+    def num_branches(self) -> int:
+        return len(self.ratios)
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """Branch index per image, int64 (B,) (argmax of the classifier)."""
+        return self.classifier(x).argmax(1)
+
+    def route(self, x: torch.Tensor, branches: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(restored (B, C, H, W), branch int64 (B,)); ``branches`` overrides the classifier."""
+        if branches is None:
+            branches = self.classify(x)
+        return route(self.restorer, x, branches), branches
+
+    def forward(self, x: torch.Tensor):
+        if not self.training:
+            return self.route(x)[0]
+        logits = self.classifier(x)
+        outputs = []
+        for i in range(self.num_branches):
+            with use_branch(i):
+                outputs.append(self.restorer(x))
+        return TrainOutput(logits, logits.softmax(1), outputs)

@@ -1,0 +1,257 @@
+"""The ``dynprune`` command line: train, eval, restore, demo, plugins."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = ["main"]
+
+PAPER_DNCNN = {"sigma=15": (31.63, 31.59), "sigma=25": (29.18, 29.17), "sigma=50": (26.24, 26.26)}
+PAPER_ROWS = {"rescan": "RESCAN / CP-RESCAN on Test100: 24.46 / 24.38 dB at 56.1% FLOPs",
+              "srn": "SRN / CP-SRN on GoPro: 30.21 / 30.18 dB at 60.7% FLOPs",
+              "gcanet": "GCANet / CP-GCANet on SOTS indoor (Table 3): CP 30.17 dB at 60.4% FLOPs"}
+
+
+def _noise_conditions(sigmas, seed: int = 0):
+    from .evaluate import Condition
+    from .registry import create
+
+    conds = []
+    for s in sigmas:
+        deg = create("degradations", "gaussian_noise", sigmas=[s])
+        conds.append(Condition(f"sigma={s:g}", lambda x, g, deg=deg: deg(x, generator=g, level=0)[0], seed))
+    return conds
+
+
+def _level_conditions(cfg, seed: int = 0):
+    """One condition per difficulty level of the run's own degradation (seeded, level fixed)."""
+    from .evaluate import Condition
+    from .registry import create
+
+    deg = create("degradations", cfg.degradation.name, **cfg.degradation.kwargs)
+    return [Condition(deg.describe_level(i), lambda x, g, i=i: deg(x, generator=g, level=i)[0], seed)
+            for i in range(deg.levels)]
+
+
+def _pairs_condition(pairs, label: str = "real pairs"):
+    """A condition whose degraded images are the given real ones, in the order of ``pairs``."""
+    from .evaluate import Condition
+
+    return Condition(label, degraded={name: degraded for name, degraded, _ in pairs})
+
+
+def _dense_reference(cfg, ckpt_path: Path, explicit: str | None):
+    """The dense model to compare against: --dense FILE, the run's base.pt, or the config's weights."""
+    from .checkpoint import load_file
+    from .registry import create
+
+    candidates = [explicit] if explicit else [str(ckpt_path.parent / "base.pt"), cfg.model.weights]
+    for path in candidates:
+        if not path or not Path(path).is_file():
+            if explicit:
+                raise FileNotFoundError(f"dense reference {explicit!r} does not exist")
+            continue
+        obj = load_file(path)
+        if isinstance(obj, dict) and "arch" in obj and "model" in obj:
+            model = create("models", obj.get("name", cfg.model.name), **obj["arch"])
+            model.load_state_dict(obj["model"])
+            return model, path
+        return create("models", cfg.model.name, weights=path), path
+    return None, None
+
+
+def _read_images(folder, model):
+    """The folder's images (sorted), checked against the model's input channels.
+
+    Raises:
+        ValueError: an image whose channel count differs from the model's (no silent conversion).
+    """
+    from .imageio import read_folder
+
+    files, imgs = read_folder(folder)
+    _check_channels([(f.name, im) for f, im in zip(files, imgs)], model)
+    return files, imgs
+
+
+def _check_channels(named_images, model) -> None:
+    channels = next(p for p in model.classifier.parameters() if p.dim() == 4).shape[1]
+    for name, im in named_images:
+        if im.shape[0] != channels:
+            raise ValueError(f"image {name!r} has {im.shape[0]} channels but the model takes {channels}; "
+                             f"convert the images (e.g. to {'gray' if channels == 1 else 'RGB'}) first")
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .trainer import Trainer
+
+    overrides = {"out_dir": args.out_dir} if args.out_dir else None
+    cfg = load_config(args.config, overrides, args.set)
+    t0 = time.time()
+    Trainer(cfg, resume=args.resume).fit()
+    print(f"trained in {time.time() - t0:.0f} s; checkpoint {Path(cfg.out_dir) / 'last.pt'}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate, write_report
+    from .registry import create
+    from .trainer import load_trained
+
+    if not args.data and not args.pairs:
+        raise ValueError("eval needs --data DIR (clean images, synthetic degradation) and/or --pairs DEGRADED CLEAN")
+    ckpt = Path(args.checkpoint)
+    model, cfg, _ = load_trained(ckpt)
+    dense, dense_path = _dense_reference(cfg, ckpt, args.dense)
+    result = None
+    if args.data:
+        files, imgs = _read_images(args.data, model)
+        images = list(zip((f.name for f in files), imgs))[: args.limit or None]
+        conds = _noise_conditions(args.sigma, args.seed) if args.sigma else _level_conditions(cfg, args.seed)
+        result = evaluate(model, images, conds, dense=dense, device=args.device)
+    if args.pairs:
+        pairs = list(create("datasets", "paired_folder", degraded=args.pairs[0], clean=args.pairs[1]))
+        _check_channels([(n, d) for n, d, _ in pairs], model)
+        pairs = pairs[: args.limit or None]
+        res = evaluate(model, [(n, c) for n, _, c in pairs], [_pairs_condition(pairs, f"real {Path(args.pairs[0]).parent.name}")],
+                       dense=dense, device=args.device)
+        if result is None:
+            result = res
+        else:
+            result["conditions"].update(res["conditions"])
+    result.update(checkpoint=str(ckpt), data=str(args.data), pairs=args.pairs, dense_reference=dense_path, seed=args.seed)
+    paper = None
+    if cfg.model.name == "dncnn":
+        paper = {k: f"paper DnCNN {v[0]:.2f} / CP-DnCNN {v[1]:.2f} dB (CP at 58.3% FLOPs)"
+                 for k, v in PAPER_DNCNN.items() if k in result["conditions"]}
+    elif cfg.model.name in PAPER_ROWS:
+        paper = {"paper": PAPER_ROWS[cfg.model.name]}
+    out = write_report(result, args.out, f"{ckpt} on {args.data or args.pairs}", paper)
+    _print_summary(result)
+    print(f"report: {out / 'report.json'}, {out / 'report.md'}, {out / 'psnr_vs_macs.png'}")
+    return 0
+
+
+def _print_summary(result: dict) -> None:
+    for label, c in result["conditions"].items():
+        parts = [f"{n} {m['psnr']:.2f}" for n, m in c["models"].items()]
+        print(f"{label}: " + ", ".join(parts) + f" dB | routed MACs {100 * c['routed_macs_fraction']:.1f}% of dense"
+              f" | routing {c['histogram']}")
+
+
+def cmd_restore(args) -> int:
+    from .audit import audit
+    from .imageio import write_image
+    from .metrics import psnr
+    from .trainer import load_trained
+
+    model, _, _ = load_trained(args.checkpoint)
+    files, imgs = _read_images(args.in_dir, model)
+    clean = {}
+    if args.clean:
+        from .registry import create
+
+        pairs = create("datasets", "paired_folder", degraded=args.in_dir, clean=args.clean)
+        clean = {name: c for name, _, c in pairs}
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ratios = [str(r) for r in model.ratios]
+    audits: dict[tuple, object] = {}
+    with open(out / "routing.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "branch", "macs", "dense_macs", "macs_fraction", "psnr_in", "psnr_out"])
+        with torch.no_grad():
+            for path, img in zip(files, imgs):
+                x = img.unsqueeze(0)
+                y, branch = model.route(x)
+                b = int(branch[0])
+                key = tuple(x.shape)
+                if key not in audits:
+                    audits[key] = audit(model, x)
+                rep = audits[key]
+                macs = rep.branches[b].effective_macs + rep.classifier_macs
+                write_image(y[0], out / (path.stem + ".png"))
+                scores = ["", ""]
+                if path.stem in clean:
+                    ref = clean[path.stem]
+                    scores = [f"{psnr(img, ref):.2f}", f"{psnr(y[0], ref):.2f}"]
+                    write_image(torch.cat([img, y[0].clamp(0, 1), ref], dim=-1), out / "side_by_side" / f"{path.stem}.png")
+                w.writerow([path.name, ratios[b], macs, rep.dense_macs, f"{macs / rep.dense_macs:.4f}", *scores])
+    print(f"restored {len(files)} images into {out}; routing in {out / 'routing.csv'}"
+          + (f"; degraded | restored | clean in {out / 'side_by_side'}" if clean else ""))
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    from .registry import KINDS, SINGULAR, get_host
+
+    host = get_host()
+    for plugin, dist in sorted(host.distributions.items()):
+        print(f"plugin {plugin}: {dist}")
+    for kind in KINDS:
+        for name in host.names(kind):
+            e = host.entry(kind, name)
+            print(f"  {SINGULAR[kind]:<11} {name:<20} from {e.plugin} ({e.distribution}) {e.description}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, quick=args.quick)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dynprune", description="Dynamic N:M pruning for image restoration (ClassPruning).")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="run the three training stages of a YAML config")
+    t.add_argument("config")
+    t.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
+    t.add_argument("--out-dir", help="override the config's out_dir")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set stages.base.epochs=2 (repeatable)")
+    t.set_defaults(fn=cmd_train)
+    e = sub.add_parser("eval", help="PSNR/SSIM/MACs of dense, each branch and routed, on synthetic and real degradations")
+    e.add_argument("checkpoint")
+    e.add_argument("--data", help="folder of clean images, degraded with the run's degradation at each level")
+    e.add_argument("--pairs", nargs=2, metavar=("DEGRADED", "CLEAN"), help="folders of real degraded/clean pairs")
+    e.add_argument("--sigma", type=float, nargs="+", help="Gaussian noise levels (0-255 scale) instead of the levels")
+    e.add_argument("--out", required=True, help="folder for report.json, report.md, psnr_vs_macs.png")
+    e.add_argument("--dense", help="dense reference weights (default: the run's base.pt or the config's weights)")
+    e.add_argument("--seed", type=int, default=0, help="degradation seed, reset per condition (default 0)")
+    e.add_argument("--limit", type=int, default=0, help="first N images only")
+    e.add_argument("--device", default="cpu")
+    e.set_defaults(fn=cmd_eval)
+    r = sub.add_parser("restore", help="restore a folder of degraded images; writes images and routing.csv")
+    r.add_argument("checkpoint")
+    r.add_argument("in_dir")
+    r.add_argument("out_dir")
+    r.add_argument("--clean", help="folder of matching clean images: adds PSNR and side-by-side pictures")
+    r.set_defaults(fn=cmd_restore)
+    d = sub.add_parser("demo", help="train briefly on scikit-image's photos and print PSNR and MACs saved")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--quick", action="store_true", help="a one-minute smoke run (numbers not meaningful)")
+    d.set_defaults(fn=cmd_demo)
+    sub.add_parser("plugins", help="list registered plugins and what they provide").set_defaults(fn=cmd_plugins)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as err:
+        print(f"dynprune {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Run configuration (pydantic v2, YAML files). Unknown keys are rejected with the key named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .nm import parse_ratios
+
+__all__ = ["TrainConfig", "load_config", "Component", "StageConfig", "JointStageConfig"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Component(_Strict):
+    """A registered plugin object: ``name`` in its registry and the factory's keyword arguments."""
+
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelConfig(_Strict):
+    name: str = "dncnn"
+    weights: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class ConvertConfig(_Strict):
+    ratios: list[str] = Field(default_factory=lambda: ["1:4", "2:4", "4:4"])
+    exclude: list[str] = Field(default_factory=list)
+    mask_grad: Literal["sr-ste", "ste", "masked"] = "sr-ste"
+    srste_decay: float = Field(2e-4, ge=0)
+
+    @field_validator("ratios")
+    @classmethod
+    def _valid(cls, v: list[str]) -> list[str]:
+        return [str(r) for r in parse_ratios(v)]
+
+
+class ClassifierConfig(_Strict):
+    name: str = "paper"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class StageConfig(_Strict):
+    """One training stage: Adam, cosine LR from ``lr_start`` to ``lr_end`` over all its steps.
+    ``steps_per_epoch`` None means one pass over the dataset per epoch."""
+
+    epochs: int = Field(1, ge=0)
+    steps_per_epoch: int | None = Field(None, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr_start: float = Field(1e-4, gt=0)
+    lr_end: float = Field(1e-6, ge=0)
+
+
+class JointStageConfig(StageConfig):
+    """Stage 3: L_F = w1 L_W + w2 L_E + w3 L_C (paper eq. 7)."""
+
+    loss_weights: tuple[float, float, float] = (1.0, 1e-3, 1.5e-3)
+
+
+class Stages(_Strict):
+    """The paper's defaults (3.4): 200 / 500 / 500 epochs, batch 32. ``base`` (dense training of
+    the backbone before conversion-aware training; the paper trains its base models 1000 epochs,
+    1e-4 -> 1e-7) is off by default: start from pretrained weights instead."""
+
+    base: StageConfig = StageConfig(epochs=0, lr_start=1e-4, lr_end=1e-7)
+    classifier: StageConfig = StageConfig(epochs=200, lr_start=1e-3, lr_end=1e-6)
+    restoration: StageConfig = StageConfig(epochs=500, lr_start=1e-4, lr_end=1e-6)
+    joint: JointStageConfig = JointStageConfig(epochs=500, lr_start=1e-5, lr_end=1e-7)
+
+
+class TrainConfig(_Strict):
+    """Everything a ClassPruning run needs; see ``configs/*.yaml`` for real examples."""
+
+    model: ModelConfig = ModelConfig()
+    convert: ConvertConfig = ConvertConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    dataset: Component = Component(name="skimage_photos")
+    degradation: Component = Component(name="gaussian_noise", kwargs={"sigmas": [15, 25, 50]})
+    labeler: Component = Component(name="level")
+    loss: Component = Component(name="l1")
+    stages: Stages = Stages()
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = Field(None, ge=1)
+    out_dir: str = "runs/default"
+    checkpoint_every: int = Field(100, ge=1)
+
+
+def apply_override(data: dict, dotted: str) -> None:
+    """Apply one ``key.sub=value`` override (value parsed as YAML) to a config mapping in place.
+
+    Raises:
+        ValueError: no ``=`` or an empty key.
+    """
+    key, sep, raw = dotted.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"override {dotted!r} must look like key.sub=value")
+    *parents, leaf = key.strip().split(".")
+    node = data
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {dotted!r}: {p!r} is not a mapping")
+    node[leaf] = yaml.safe_load(raw)
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> TrainConfig:
+    """Read a YAML run configuration; ``overrides`` replace top-level keys, ``sets`` are ``a.b=value``
+    overrides (see :func:`apply_override`).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: invalid YAML, unknown keys or wrong types (pydantic's message names each field).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"config {str(path)!r} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"config {str(path)!r} must be a mapping, got {type(data).__name__}")
+    data.update(overrides or {})
+    for item in sets or []:
+        apply_override(data, item)
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as err:
+        raise ValueError(f"invalid config {str(path)!r}:\n{err}") from err

@@ -1,0 +1,105 @@
+"""Reading and writing images as float32 tensors in [0, 1]."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+__all__ = ["IMAGE_EXTS", "list_images", "read_image", "read_folder", "write_image", "to_channels"]
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+log = logging.getLogger(__name__)
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """Image files directly in ``root``, sorted by name.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist or is not a folder.
+        ValueError: it holds no image file (the accepted extensions are listed).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    if not files:
+        raise ValueError(f"image folder {str(root)!r} holds no image ({', '.join(IMAGE_EXTS)})")
+    return files
+
+
+def to_channels(img: torch.Tensor, channels: int, name: str = "image") -> torch.Tensor:
+    """Convert (C, H, W) to ``channels`` (1 <-> 3 via BT.601 luma / replication).
+
+    Raises:
+        ValueError: a conversion that is not 1 <-> 3 (e.g. 2 or 4 channels to 1).
+    """
+    c = img.shape[0]
+    if c == channels:
+        return img
+    if c == 4:
+        img, c = img[:3], 3
+        if channels == 3:
+            return img
+    if c == 3 and channels == 1:
+        w = torch.tensor([0.299, 0.587, 0.114], dtype=img.dtype).view(3, 1, 1)
+        return (img * w).sum(0, keepdim=True)
+    if c == 1 and channels == 3:
+        return img.expand(3, -1, -1).clone()
+    raise ValueError(f"{name} has {c} channels; cannot convert to {channels} (accepted: 1 or 3)")
+
+
+def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
+    """Read an 8/16-bit image as float32 (C, H, W) in [0, 1].
+
+    Args:
+        channels: None keeps the file's channels; 1 or 3 converts.
+    Raises:
+        FileNotFoundError: missing file. ValueError: unreadable/corrupt image.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = np.asarray(im)
+    except FileNotFoundError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"cannot read image {str(path)!r}: {err}") from err
+    scale = 65535.0 if arr.dtype == np.uint16 else 255.0 if arr.dtype == np.uint8 else 1.0
+    t = torch.from_numpy(arr.astype(np.float32) / scale)
+    t = t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)
+    return to_channels(t.contiguous(), channels, str(path)) if channels else t
+
+
+def read_folder(root: str | Path, channels: int | None = None) -> tuple[list[Path], list[torch.Tensor]]:
+    """Read every image of a folder (sorted). Corrupt files are skipped with a warning naming each
+    and the count; the call fails only when nothing readable remains.
+
+    Raises:
+        FileNotFoundError / ValueError: as :func:`list_images`; ValueError if every file is corrupt.
+    """
+    files, images, bad = [], [], []
+    for p in list_images(root):
+        try:
+            images.append(read_image(p, channels))
+            files.append(p)
+        except ValueError as err:
+            bad.append(f"{p.name} ({err})")
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {str(root)!r}: {'; '.join(bad)}", stacklevel=2)
+    if not images:
+        raise ValueError(f"image folder {str(root)!r} holds no readable image ({len(bad)} corrupt)")
+    return files, images
+
+
+def write_image(img: torch.Tensor, path: str | Path) -> None:
+    """Write (C, H, W) float in [0, 1] (clipped) as an 8-bit image (format from the suffix)."""
+    arr = (img.detach().clamp(0, 1).mul(255).round().to(torch.uint8).cpu())
+    arr = arr[0].numpy() if arr.shape[0] == 1 else arr.permute(1, 2, 0).numpy()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)

@@ -1,0 +1,150 @@
+"""The plugin host: loads plugins from the ``dynprune`` entry-point group, builds one registry per kind.
+
+Environment controls (read when the host is first built):
+
+- ``DYNPRUNE_DISABLE_PLUGIN_AUTOLOAD=1``: load only dynprune's own built-in entry points.
+- ``DYNPRUNE_BLOCK_PLUGINS=a,b``: never load these entry-point names.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.metadata as md
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pluggy
+
+from . import hookspecs
+
+__all__ = ["PluginHost", "get_host", "reset_host", "create_model", "list_models", "create", "list_names",
+           "KINDS"]
+
+KINDS = ("models", "degradations", "labelers", "losses", "datasets")
+SINGULAR = {"models": "model", "degradations": "degradation", "labelers": "labeler", "losses": "loss",
+            "datasets": "dataset"}
+_OWN_DIST = "dynprune"
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    factory: Callable[..., Any]
+    plugin: str
+    distribution: str
+    description: str = ""
+
+
+class PluginHost:
+    """A pluggy manager plus the registries its plugins filled.
+
+    Args:
+        autoload: load entry points of other distributions (default: unless
+            ``DYNPRUNE_DISABLE_PLUGIN_AUTOLOAD`` is set).
+        plugins: extra plugin objects to register (tests, notebooks), as ``{name: plugin}``.
+    Raises:
+        ValueError: two plugins register the same name in one kind.
+    """
+
+    def __init__(self, autoload: bool | None = None, plugins: dict[str, object] | None = None):
+        if autoload is None:
+            autoload = os.environ.get("DYNPRUNE_DISABLE_PLUGIN_AUTOLOAD", "") in ("", "0")
+        blocked = {b.strip() for b in os.environ.get("DYNPRUNE_BLOCK_PLUGINS", "").split(",") if b.strip()}
+        self.pm = pluggy.PluginManager("dynprune")
+        self.pm.add_hookspecs(hookspecs)
+        self.distributions: dict[str, str] = {}
+        for ep in md.entry_points(group="dynprune"):
+            dist = ep.dist.name if ep.dist is not None else "?"
+            if ep.name in blocked or self.pm.get_plugin(ep.name) is not None:
+                continue
+            if not autoload and dist != _OWN_DIST:
+                continue
+            self.pm.register(ep.load(), name=ep.name)
+            self.distributions[ep.name] = f"{dist} {ep.dist.version}" if ep.dist is not None else dist
+        for name, plugin in (plugins or {}).items():
+            self.pm.register(plugin, name=name)
+            self.distributions[name] = "(registered in code)"
+        self.pm.check_pending()
+        self.registries: dict[str, dict[str, Entry]] = {}
+        for kind in KINDS:
+            self.registries[kind] = reg = {}
+            for impl in getattr(self.pm.hook, f"dynprune_register_{kind}").get_hookimpls():
+                impl.function(register=self._registrar(kind, reg, impl.plugin_name))
+
+    def _registrar(self, kind: str, reg: dict[str, Entry], plugin: str):
+        dist = self.distributions.get(plugin, "?")
+
+        def register(name: str, factory: Callable[..., Any], description: str = "") -> None:
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"plugin {plugin!r} registered a {SINGULAR[kind]} with invalid name {name!r}")
+            if name in reg:
+                raise ValueError(f"duplicate {SINGULAR[kind]} name {name!r}: registered by plugin {reg[name].plugin!r} "
+                                 f"({reg[name].distribution}) and by plugin {plugin!r} ({dist})")
+            if not callable(factory):
+                raise TypeError(f"plugin {plugin!r} registered {SINGULAR[kind]} {name!r} with a non-callable factory")
+            reg[name] = Entry(name, factory, plugin, dist, description)
+
+        return register
+
+    def names(self, kind: str, pattern: str = "*") -> list[str]:
+        return sorted(n for n in self._reg(kind) if fnmatch.fnmatchcase(n, pattern))
+
+    def entry(self, kind: str, name: str) -> Entry:
+        reg = self._reg(kind)
+        if name not in reg:
+            raise ValueError(f"unknown {SINGULAR[kind]} {name!r}; registered: {', '.join(sorted(reg)) or 'none'}")
+        return reg[name]
+
+    def create(self, kind: str, name: str, **kwargs: Any) -> Any:
+        return self.entry(kind, name).factory(**kwargs)
+
+    def _reg(self, kind: str) -> dict[str, Entry]:
+        if kind not in self.registries:
+            raise ValueError(f"unknown registry kind {kind!r}; expected one of {KINDS}")
+        return self.registries[kind]
+
+
+_HOST: PluginHost | None = None
+
+
+def get_host() -> PluginHost:
+    """The process-wide plugin host, built (plugins loaded) on first use."""
+    global _HOST
+    if _HOST is None:
+        _HOST = PluginHost()
+    return _HOST
+
+
+def reset_host(host: PluginHost | None = None) -> None:
+    """Replace the process-wide host (None: rebuild lazily on next use)."""
+    global _HOST
+    _HOST = host
+
+
+def create(kind: str, name: str, **kwargs: Any) -> Any:
+    """Build registered object ``name`` of ``kind`` (one of :data:`KINDS`).
+
+    Raises:
+        ValueError: unknown kind or name (the registered names are listed).
+    """
+    return get_host().create(kind, name, **kwargs)
+
+
+def list_names(kind: str, pattern: str = "*") -> list[str]:
+    """Registered names of ``kind`` matching the fnmatch ``pattern``."""
+    return get_host().names(kind, pattern)
+
+
+def create_model(name: str, **kwargs: Any):
+    """Build a registered restoration model, e.g. ``create_model("dncnn", weights="net.pth")``.
+
+    Raises:
+        ValueError: unknown name (the registered models are listed), or the factory's own errors.
+    """
+    return create("models", name, **kwargs)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Names of the registered restoration models matching ``pattern``."""
+    return list_names("models", pattern)

@@ -1,0 +1,260 @@
+"""The three-stage ClassPruning trainer (paper 3.3-3.4), resumable from atomic checkpoints.
+
+An optional stage 0 ("base", off by default) trains the dense network alone, for runs that start
+without pretrained weights; stage 1 trains the classifier alone with cross-entropy on pseudo labels;
+stage 2 freezes it and trains the restoration branches with L_W; stage 3 trains everything with L_F. Every batch is a pure
+function of (seed, stage, step), so a resumed run continues exactly where the checkpoint left it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import losses as L
+from .audit import audit
+from .checkpoint import load_file, save_atomic
+from .classifier import create_classifier
+from .classpruning import ClassPruning
+from .config import StageConfig, TrainConfig
+from .branch import use_branch
+from .convert import convert, export_branch
+from .layers import sync_variable_norms
+from .registry import create, get_host
+
+__all__ = ["Trainer", "build_model", "load_trained", "STAGES"]
+
+STAGES = ("base", "classifier", "restoration", "joint")
+log = logging.getLogger(__name__)
+
+
+def _arch(model: nn.Module, cfg: TrainConfig) -> dict[str, Any]:
+    return dict(getattr(model, "arch", None) or cfg.model.kwargs)
+
+
+def build_model(cfg: TrainConfig, arch: dict[str, Any] | None = None, in_channels: int | None = None) -> ClassPruning:
+    """Backbone from the registry (pretrained ``weights`` if given, else ``arch``), converted, plus classifier."""
+    if arch is not None:
+        base = create("models", cfg.model.name, **arch)
+    elif cfg.model.weights:
+        base = create("models", cfg.model.name, weights=cfg.model.weights, **cfg.model.kwargs)
+    else:
+        base = create("models", cfg.model.name, **cfg.model.kwargs)
+    c = cfg.convert
+    restorer = convert(base, c.ratios, exclude=c.exclude, mask_grad=c.mask_grad, srste_decay=c.srste_decay)
+    restorer.arch = _arch(base, cfg)
+    channels = in_channels or getattr(base, "in_channels", 1)
+    classifier = create_classifier(cfg.classifier.name, channels, len(c.ratios), **cfg.classifier.kwargs)
+    return ClassPruning(restorer, classifier)
+
+
+def load_trained(path: str | Path) -> tuple[ClassPruning, TrainConfig, dict]:
+    """Rebuild a trained ClassPruning model from a checkpoint (state_dict + config, no pickled modules).
+
+    Raises:
+        FileNotFoundError: missing file. ValueError: truncated/corrupt file, not a dynprune checkpoint,
+        or weights of another architecture (the mismatching keys are named).
+    """
+    ckpt = load_file(path)
+    if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
+        raise ValueError(f"{str(path)!r} is not a dynprune checkpoint (needs 'model' and 'config' entries)")
+    cfg = TrainConfig.model_validate(ckpt["config"])
+    model = build_model(cfg, arch=ckpt.get("arch", {}))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint {str(path)!r} does not fit the architecture its config describes: "
+                         f"{str(err).splitlines()[0]} ...") from err
+    model.eval()
+    return model, cfg, ckpt
+
+
+def cosine_lr(step: int, total: int, lr0: float, lr1: float) -> float:
+    """Cosine annealing (Loshchilov & Hutter 2017) from lr0 at step 0 to lr1 at the last step."""
+    return lr1 + 0.5 * (lr0 - lr1) * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+class Trainer:
+    """Runs the three stages of a :class:`TrainConfig`, writing ``out_dir/last.pt`` atomically every
+    ``checkpoint_every`` steps and at each stage end, and ``out_dir/log.jsonl``.
+
+    Raises (from :meth:`fit`):
+        FloatingPointError: a NaN/Inf batch or loss (stage and step named; the last checkpoint is kept).
+    """
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False):
+        self.cfg = cfg
+        self.out = Path(cfg.out_dir)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        get_host()
+        self.dataset = create("datasets", cfg.dataset.name, **cfg.dataset.kwargs)
+        self.degrade = create("degradations", cfg.degradation.name, **cfg.degradation.kwargs)
+        n = len(cfg.convert.ratios)
+        self.labeler = create("labelers", cfg.labeler.name, num_classes=n, **cfg.labeler.kwargs)
+        self.rec_loss = create("losses", cfg.loss.name, **cfg.loss.kwargs)
+        if hasattr(self.labeler, "fit") and getattr(self.labeler, "edges", True) is None:
+            self._fit_labeler()
+        channels = self.dataset[0].shape[0]
+        self.model = build_model(cfg, in_channels=channels).to(cfg.device)
+        self.arch = self.model.restorer.arch
+        self.stage, self.step, self.opt_state = 0, 0, None
+        if resume and (self.out / "last.pt").is_file():
+            self._load(self.out / "last.pt")
+        with torch.no_grad():
+            probe = self.dataset[0].unsqueeze(0).to(cfg.device)
+            self.costs = audit(self.model, probe).relative_costs().to(cfg.device)
+
+    # ---- data -------------------------------------------------------------------------------
+    def _steps(self, sc: StageConfig) -> tuple[int, int]:
+        spe = sc.steps_per_epoch or max(1, len(self.dataset) // sc.batch_size)
+        return spe, spe * sc.epochs
+
+    def _batch(self, stage: int, step: int, sc: StageConfig, spe: int):
+        epoch, k = divmod(step, spe)
+        g = torch.Generator().manual_seed(self.cfg.seed * 7919 + stage * 104729 + epoch)
+        perm = torch.randperm(len(self.dataset), generator=g)
+        idx = perm[(k * sc.batch_size) % len(perm):][: sc.batch_size]
+        if idx.numel() < sc.batch_size:
+            idx = torch.cat([idx, perm[: sc.batch_size - idx.numel()]])
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(stage * 100_000 + epoch)
+        clean = torch.stack([self.dataset[int(i)] for i in idx])
+        g_noise = torch.Generator().manual_seed((self.cfg.seed * 31 + stage) * 1_000_003 + step)
+        degraded, level = self.degrade(clean, generator=g_noise)
+        degraded, labels = self.labeler(clean, degraded, level)
+        dev = self.cfg.device
+        return clean.to(dev), degraded.to(dev), labels.to(dev)
+
+    def _fit_labeler(self, samples: int = 512) -> None:
+        """Fit a data-driven labeler (residual-variance bins, eq. 2-3) on seeded degraded training patches."""
+        g = torch.Generator().manual_seed(self.cfg.seed * 7 + 12345)
+        idx = torch.randint(0, len(self.dataset), (samples,), generator=g)
+        clean = torch.stack([self.dataset[int(i)] for i in idx])
+        degraded, _ = self.degrade(clean, generator=g)
+        self.labeler.fit(self.labeler.variance(clean, degraded))
+        log.info("fitted %s on %d patches", type(self.labeler).__name__, samples)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def _save(self, opt) -> None:
+        save_atomic({"model": self.model.state_dict(), "config": self.cfg.model_dump(mode="json"),
+                     "arch": self.arch, "stage": STAGES[min(self.stage, len(STAGES) - 1)],
+                     "done": self.stage >= len(STAGES), "step": self.step,
+                     "optimizer": opt.state_dict() if opt is not None else None}, self.out / "last.pt")
+
+    def _load(self, path: Path) -> None:
+        ckpt = load_file(path)
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except (RuntimeError, KeyError) as err:
+            raise ValueError(f"cannot resume from {str(path)!r}: {str(err).splitlines()[0]}") from err
+        if ckpt.get("stage") not in STAGES:
+            raise ValueError(f"cannot resume from {str(path)!r}: unknown stage {ckpt.get('stage')!r}")
+        self.stage = len(STAGES) if ckpt.get("done") else STAGES.index(ckpt["stage"])
+        self.step, self.opt_state = ckpt["step"], ckpt.get("optimizer")
+        log.info("resumed from %s at stage %s step %s", path, ckpt["stage"], self.step)
+
+    def _log(self, rec: dict) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    # ---- training ---------------------------------------------------------------------------
+    def fit(self) -> ClassPruning:
+        """Run the remaining stages; returns the trained model (eval mode)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        while self.stage < len(STAGES):
+            self._run_stage(self.stage)
+            if STAGES[self.stage] == "base" and self._steps(self.cfg.stages.base)[1] > 0:
+                sync_variable_norms(self.model.restorer)
+                self.save_dense(self.out / "base.pt")
+            self.stage, self.step, self.opt_state = self.stage + 1, 0, None
+            self._save(None)
+        self.model.eval()
+        return self.model
+
+    def save_dense(self, path: Path) -> None:
+        """The densest branch as a plain model state_dict (``{"model", "arch", "name"}``)."""
+        dense = export_branch(self.model.restorer, -1)
+        save_atomic({"model": dense.state_dict(), "arch": self.arch, "name": self.cfg.model.name}, path)
+
+    def _params(self, stage: int):
+        if STAGES[stage] == "classifier":
+            return self.model.classifier.parameters()
+        if STAGES[stage] in ("base", "restoration"):
+            return self.model.restorer.parameters()
+        return self.model.parameters()
+
+    def _run_stage(self, stage: int) -> None:
+        name = STAGES[stage]
+        sc = getattr(self.cfg.stages, name)
+        spe, total = self._steps(sc)
+        if total == 0:
+            return
+        model = self.model
+        opt = torch.optim.Adam(self._params(stage), lr=sc.lr_start)
+        if self.opt_state is not None:
+            opt.load_state_dict(self.opt_state)
+        bar = tqdm(range(self.step, total), desc=f"stage {stage + 1} ({name})", initial=self.step, total=total,
+                   dynamic_ncols=True, mininterval=2.0)
+        for step in bar:
+            self.step = step
+            clean, degraded, labels = self._batch(stage, step, sc, spe)
+            if not (torch.isfinite(clean).all() and torch.isfinite(degraded).all()):
+                raise FloatingPointError(f"non-finite values in the training batch at stage {stage + 1} ({name}), "
+                                         f"step {step}; last checkpoint kept at {self.out / 'last.pt'}")
+            lr = cosine_lr(step, total - 1, sc.lr_start, sc.lr_end)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            loss, parts = self._loss(stage, clean, degraded, labels, sc)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss.item()} at stage {stage + 1} ({name}), step {step}; "
+                                         f"last checkpoint kept at {self.out / 'last.pt'}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            bar.set_postfix(loss=f"{loss.item():.4g}", lr=f"{lr:.2g}")
+            if step % 25 == 0 or step == total - 1:
+                self._log({"stage": name, "step": step, "lr": lr, "loss": loss.item(), **parts})
+            if (step + 1) % self.cfg.checkpoint_every == 0:
+                self.step = step + 1
+                self._save(opt)
+        model.eval()
+
+    def _loss(self, stage: int, clean, degraded, labels, sc) -> tuple[torch.Tensor, dict[str, float]]:
+        model = self.model
+        if STAGES[stage] == "base":
+            model.restorer.train()
+            loss = self.rec_loss(model.restorer(degraded), clean).mean()
+            return loss, {}
+        if STAGES[stage] == "classifier":
+            model.classifier.train()
+            model.restorer.eval()
+            logits = model.classifier(degraded)
+            acc = (logits.argmax(1) == labels).float().mean().item()
+            return L.classifier_loss(logits, labels), {"acc": acc}
+        if STAGES[stage] == "restoration":
+            model.classifier.eval()
+            model.restorer.train()
+            with torch.no_grad():
+                probs = model.classifier(degraded).softmax(1)
+            outputs = []
+            for i in range(model.num_branches):
+                with use_branch(i):
+                    outputs.append(model.restorer(degraded))
+            lw = L.weighted_reconstruction(probs, outputs, clean, self.rec_loss)
+            return lw, {"L_W": lw.item()}
+        model.train()
+        out = model(degraded)
+        total, parts = L.final_loss(out.probs, out.outputs, clean, self.costs, self.rec_loss,
+                                    sc.loss_weights)
+        parts["hist"] = torch.bincount(out.probs.argmax(1), minlength=model.num_branches).tolist()
+        return total, parts

@@ -1,0 +1,1 @@
+"""Built-in dynprune plugins: degradations, difficulty labelers, losses, datasets."""

@@ -1,0 +1,90 @@
+"""Difficulty labelers: class = degradation level (sigma index, frame count), or the paper's
+residual-variance recipe (ClassPruning eq. 2-3), shared by every additive degradation."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from dynprune.hookspecs import hookimpl
+
+__all__ = ["LevelLabeler", "ResidualVarianceLabeler"]
+
+
+class LevelLabeler:
+    """Label = the synthesizer's level index (sigma index for noise, N frames for blur).
+
+    Raises:
+        ValueError: a level outside [0, num_classes).
+    """
+
+    def __init__(self, num_classes: int):
+        self.num_classes = int(num_classes)
+
+    def __call__(self, clean, degraded, level):
+        if level is None or int(level.max()) >= self.num_classes or int(level.min()) < 0:
+            raise ValueError(f"levels {None if level is None else level.tolist()} do not fit "
+                             f"{self.num_classes} classes; use the residual_variance labeler or match the counts")
+        return degraded, level
+
+
+class ResidualVarianceLabeler:
+    """ClassPruning eq. 2-3: R = y - x; the class of Var(R) (per sample) among ``num_classes`` bins, and
+    R rescaled to the median variance of that class: y_i = x + R * sqrt(median_i / Var(R)).
+
+    Args:
+        num_classes: L.
+        edges: L-1 increasing variance thresholds between classes; ``medians``: L per-class median
+            variances. Either give both, or call :meth:`fit` on a sample of residual variances.
+        rescale: apply eq. 2 (else only classify).
+    Raises:
+        ValueError: wrong lengths or non-increasing edges; use before fitting.
+    """
+
+    def __init__(self, num_classes: int, edges: Sequence[float] | None = None, medians: Sequence[float] | None = None,
+                 rescale: bool = True):
+        self.num_classes, self.rescale = int(num_classes), rescale
+        self.edges = self.medians = None
+        if edges is not None or medians is not None:
+            self.set_bins(edges, medians)
+
+    def set_bins(self, edges, medians) -> None:
+        edges = torch.as_tensor(edges, dtype=torch.float64)
+        medians = torch.as_tensor(medians, dtype=torch.float64)
+        if edges.numel() != self.num_classes - 1 or medians.numel() != self.num_classes:
+            raise ValueError(f"need {self.num_classes - 1} edges and {self.num_classes} medians, "
+                             f"got {edges.numel()} and {medians.numel()}")
+        if (edges.diff() <= 0).any():
+            raise ValueError(f"edges must increase, got {edges.tolist()}")
+        self.edges, self.medians = edges, medians
+
+    def fit(self, variances: torch.Tensor) -> "ResidualVarianceLabeler":
+        """Equal-count bins of observed Var(R) values (1-D), medians per bin."""
+        v = torch.sort(variances.double().flatten()).values
+        if v.numel() < self.num_classes:
+            raise ValueError(f"need at least {self.num_classes} variances to fit, got {v.numel()}")
+        chunks = torch.tensor_split(v, self.num_classes)
+        self.set_bins([c[0].item() for c in chunks[1:]], [c.median().item() for c in chunks])
+        return self
+
+    @staticmethod
+    def variance(clean: torch.Tensor, degraded: torch.Tensor) -> torch.Tensor:
+        """Var(R) per sample, float64 (B,)."""
+        return (degraded - clean).flatten(1).double().var(dim=1)
+
+    def __call__(self, clean, degraded, level=None):
+        if self.edges is None:
+            raise ValueError("ResidualVarianceLabeler is not fitted: call fit(variances) or give edges and medians")
+        var = self.variance(clean, degraded)
+        labels = torch.bucketize(var, self.edges.to(var.device), right=True)
+        if not self.rescale:
+            return degraded, labels
+        scale = (self.medians.to(var.device)[labels] / var.clamp_min(1e-12)).sqrt().to(clean.dtype)
+        return clean + (degraded - clean) * scale.view(-1, *([1] * (clean.dim() - 1))), labels
+
+
+@hookimpl
+def dynprune_register_labelers(register):
+    register("level", LevelLabeler, "class = the degradation level (sigma index, frame count)")
+    register("residual_variance", ResidualVarianceLabeler, "ClassPruning eq. 2-3: Var(R) bins, R rescaled to the class median")

@@ -1,0 +1,106 @@
+import csv
+import json
+
+import pytest
+import torch
+import yaml
+
+from dynprune.cli import main
+from dynprune.imageio import read_image, write_image
+from dynprune.metrics import psnr
+from dynprune.registry import create_model
+from dynprune.plugins.datasets import load_skimage
+
+from .test_trainer import tiny_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    cfg = tiny_config(root / "run")
+    path = root / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    assert main(["train", str(path)]) == 0
+    images = root / "clean"
+    for name, img in zip(("camera", "coins"), load_skimage(["camera", "coins"])):
+        write_image(img[:, :48, :64], images / f"{name}.png")
+    return root
+
+
+def test_eval_report(trained, capsys):
+    out = trained / "eval"
+    assert main(["eval", str(trained / "run/last.pt"), "--data", str(trained / "clean"), "--sigma", "15", "50",
+                 "--out", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["dense_reference"].endswith("base.pt")
+    assert (out / "report.md").read_text().count("| sigma=50 |") == 5 + 1  # dense, 3 branches, routed + paper row
+    assert (out / "psnr_vs_macs.png").stat().st_size > 1000
+    fr = rep["branch_macs_fraction"]
+    for cond in rep["conditions"].values():
+        rows = cond["images"]
+        assert {r["image"] for r in rows} == {"camera.png", "coins.png"}
+        for r in rows:
+            assert r["routed"] == r[f"branch {r['branch']}"]
+        hist = cond["histogram"]
+        expect = sum(hist[r] * fr[i] for i, r in enumerate(rep["ratios"])) / 2 + rep["classifier_macs_fraction"]
+        assert cond["routed_macs_fraction"] == pytest.approx(expect, rel=1e-6)
+    assert "routed MACs" in capsys.readouterr().out
+
+
+def test_eval_same_noise_every_run(trained):
+    outs = []
+    for k in range(2):
+        out = trained / f"eval{k}"
+        main(["eval", str(trained / "run/last.pt"), "--data", str(trained / "clean"), "--sigma", "25",
+              "--out", str(out)])
+        outs.append(json.loads((out / "report.json").read_text())["conditions"])
+    assert outs[0] == outs[1]
+
+
+def test_restore_writes_images_and_csv(trained):
+    noisy = trained / "noisy"
+    g = torch.Generator().manual_seed(0)
+    for p in (trained / "clean").iterdir():
+        img = read_image(p)
+        write_image(img + torch.randn(img.shape, generator=g) * 0.1, noisy / p.name)
+    out = trained / "restored"
+    assert main(["restore", str(trained / "run/last.pt"), str(noisy), str(out), "--clean", str(trained / "clean")]) == 0
+    rows = list(csv.DictReader(open(out / "routing.csv")))
+    assert [r["image"] for r in rows] == ["camera.png", "coins.png"]
+    assert float(rows[0]["psnr_in"]) == pytest.approx(psnr(read_image(noisy / "camera.png"),
+                                                           read_image(trained / "clean/camera.png")), abs=0.01)
+    assert read_image(out / "side_by_side/camera.png").shape == (1, 48, 3 * 64)
+    assert all(r["branch"] in ("1:4", "2:4", "4:4") and 0 < float(r["macs_fraction"]) <= 1.01 for r in rows)
+    assert read_image(out / "camera.png").shape == (1, 48, 64)
+
+
+def test_cli_errors_are_clear(trained, capsys, tmp_path):
+    rgb = tmp_path / "rgb"
+    write_image(torch.rand(3, 32, 32), rgb / "a.png")
+    assert main(["eval", str(trained / "run/last.pt"), "--data", str(rgb), "--out", str(tmp_path / "o")]) == 2
+    assert "has 3 channels but the model takes 1" in capsys.readouterr().err
+    assert main(["eval", str(trained / "run/last.pt"), "--data", str(tmp_path / "none"), "--out", "o"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_eval_real_pairs_and_levels(trained, tmp_path):
+    clean = trained / "clean"
+    noisy = tmp_path / "noisy"
+    g = torch.Generator().manual_seed(1)
+    for p in clean.iterdir():
+        img = read_image(p)
+        write_image(img + torch.randn(img.shape, generator=g) * 0.08, noisy / p.name)
+    out = tmp_path / "eval"
+    assert main(["eval", str(trained / "run/last.pt"), "--data", str(clean), "--pairs", str(noisy), str(clean),
+                 "--out", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert list(rep["conditions"]) == ["sigma=15", "sigma=25", "sigma=50", f"real {tmp_path.name}"]
+    real = rep["conditions"][f"real {tmp_path.name}"]["images"]
+    base = torch.load(trained / "run/base.pt", weights_only=True)
+    dense = create_model("dncnn", **base["arch"]).eval()
+    dense.load_state_dict(base["model"])
+    for row in real:  # exactly the given degraded files went through the dense model
+        y = read_image(noisy / f"{row['image']}.png").unsqueeze(0)
+        with torch.no_grad():
+            expected = psnr(dense(y)[0], read_image(clean / f"{row['image']}.png"))
+        assert row["dense"][0] == pytest.approx(expected, abs=1e-9)

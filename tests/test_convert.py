@@ -1,0 +1,161 @@
+import threading
+
+import pytest
+import torch
+from timm.layers import Conv2dSame
+from torch import nn
+
+import dynprune as dp
+from dynprune.layers import dynamic_layers
+
+
+def _net():
+    return nn.Sequential(
+        nn.Conv2d(4, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, stride=2, padding=2, dilation=2, groups=2), nn.BatchNorm2d(16), nn.ReLU(),
+        Conv2dSame(16, 8, 3, stride=2),
+        nn.ConvTranspose2d(8, 8, 4, stride=2, padding=1),
+        nn.Conv2d(8, 8, 3, groups=8, padding=1),  # depthwise: stays dense
+        nn.Flatten(), nn.LazyLinear(12) if False else nn.Identity(),
+    ).eval()
+
+
+def _randomize_bn(model):
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+
+
+def test_dense_branch_equals_original_and_report():
+    model = _net()
+    _randomize_bn(model)
+    x = torch.randn(3, 4, 17, 17)
+    conv = dp.convert(model)
+    with torch.no_grad():
+        assert torch.equal(conv(x), model(x))
+        with dp.use_branch("4:4"):
+            assert torch.equal(conv(x), model(x))
+    rep = dp.conversion_report(conv)
+    assert [r.name for r in rep.converted] == ["0", "3", "6", "7"]
+    assert [(r.name, r.reason) for r in rep.skipped] == [("8", "input-channel axis has length 1 (depthwise)")]
+    assert rep.params_added == 2 * 2 * (16 + 16)  # 2 BNs x 2 sparse-branch copies x (weight + bias)
+    assert [(r.name, r.type) for r in rep.norms] == [("1", "BatchNorm2d"), ("4", "BatchNorm2d")]
+    assert type(conv[6]).__name__ == "NMConv2dSame" and isinstance(conv[6], Conv2dSame)
+
+
+def test_loads_original_state_dict_and_keeps_names():
+    model = _net()
+    _randomize_bn(model)
+    conv = dp.convert(_net())
+    missing = conv.load_state_dict(model.state_dict(), strict=True)
+    assert not missing.missing_keys and not missing.unexpected_keys
+    x = torch.randn(2, 4, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(conv(x), model(x))
+    assert set(model.state_dict()) <= set(conv.state_dict())
+
+
+def test_sparse_branches_zero_exactly_n_over_m():
+    conv = dp.convert(_net())
+    with torch.no_grad():
+        for i, frac in enumerate((0.25, 0.5, 1.0)):
+            with dp.use_branch(i):
+                for _, layer in dynamic_layers(conv):
+                    w = layer.weight
+                    assert (w != 0).float().mean().item() == pytest.approx(frac, abs=1e-6)
+
+
+@pytest.mark.parametrize("branch", [0, 1, 2, "2:4", -1])
+def test_export_branch_equals_dynamic(branch):
+    model = _net()
+    _randomize_bn(model)
+    conv = dp.convert(model)
+    for bn in (m for m in conv.modules() if hasattr(m, "aux_norms")):
+        for aux in bn.aux_norms:  # make the branch norms differ from the dense one
+            aux.running_mean.add_(0.1)
+    x = torch.randn(2, 4, 16, 16)
+    static = dp.export_branch(conv, branch)
+    assert not any("NM" in type(m).__name__ or "Variable" in type(m).__name__ for m in static.modules())
+    with torch.no_grad(), dp.use_branch(branch):
+        torch.testing.assert_close(static(x), conv(x), rtol=0, atol=0)
+
+
+def test_linear_conv1d_and_exclusions():
+    model = nn.Sequential(nn.Conv1d(8, 8, 3), nn.Flatten(), nn.Linear(48, 8), nn.Linear(8, 3))
+    conv = dp.convert(model, ["2:4", "4:4"], exclude=["3"], exclude_types=[nn.Conv1d])
+    rep = dp.conversion_report(conv)
+    assert [r.name for r in rep.converted] == ["2"]
+    assert {r.name: r.reason for r in rep.skipped} == {"0": "excluded by type", "3": "excluded by pattern '3'"}
+    assert model[2].__class__ is nn.Linear  # the input model is untouched
+
+
+def test_nothing_convertible():
+    with pytest.raises(ValueError, match="nothing to convert in Sequential.*not divisible by M=4"):
+        dp.convert(nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU()))
+    with pytest.raises(ValueError, match="no Conv or Linear"):
+        dp.convert(nn.Sequential(nn.ReLU()))
+    with pytest.raises(TypeError, match="nn.Module"):
+        dp.convert("resnet")
+
+
+def test_invalid_ratio_and_branch():
+    with pytest.raises(ValueError, match="'3:2'"):
+        dp.convert(_net(), ["3:2"])
+    conv = dp.convert(_net())
+    with pytest.raises(ValueError, match="not one of the ratios"), dp.use_branch("1:8"):
+        conv(torch.randn(1, 4, 8, 8))
+    with pytest.raises(IndexError, match="out of range"), dp.use_branch(5):
+        conv(torch.randn(1, 4, 8, 8))
+    with pytest.raises(TypeError):
+        with dp.use_branch(1.5):
+            pass
+
+
+def test_masks_cached_at_inference_and_recomputed_after_update():
+    conv = dp.convert(_net())
+    layer = conv[0]
+    with torch.no_grad(), dp.use_branch(0):
+        a = layer.weight
+        assert layer.weight is a  # cached: no mask work on the second read
+        layer.dense_weight.mul_(-1.0)  # in-place update bumps the version
+        b = layer.weight
+    assert b is not a and torch.equal(b, -a)
+
+
+def test_threads_use_their_own_branch():
+    conv = dp.convert(_net())
+    x = torch.randn(2, 4, 16, 16)
+    with torch.no_grad():
+        expected = {}
+        for i in range(3):
+            with dp.use_branch(i):
+                expected[i] = conv(x)
+    errors = []
+
+    def work(i):
+        with torch.no_grad(), dp.use_branch(i):
+            for _ in range(20):
+                if not torch.equal(conv(x), expected[i]):
+                    errors.append(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert not torch.equal(expected[0], expected[2])
+
+
+def test_timm_model_converts():
+    import timm
+
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10).eval()
+    conv = dp.convert(model, exclude=["fc"])
+    rep = dp.conversion_report(conv)
+    assert len(rep.converted) == 19 and {r.name for r in rep.skipped} == {"conv1", "fc"}
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(conv(x), model(x))

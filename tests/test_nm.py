@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from dynprune.nm import NMRatio, apply_mask, nm_mask, parse_ratios
+
+
+@pytest.mark.parametrize("text,expected", [("2:4", (2, 4)), (" 1 : 4 ", (1, 4)), ("4:4", (4, 4)), ((2, 8), (2, 8))])
+def test_parse(text, expected):
+    r = NMRatio.parse(text)
+    assert (r.n, r.m) == expected and str(r) == f"{expected[0]}:{expected[1]}"
+
+
+@pytest.mark.parametrize("bad", ["0:4", "5:4", "2-4", "a:b", "2:", "", "2:4:8", "-1:4"])
+def test_parse_rejects(bad):
+    with pytest.raises(ValueError, match="N:M ratio"):
+        NMRatio.parse(bad)
+
+
+def test_parse_ratios_orders_and_rejects_duplicates():
+    assert [str(r) for r in parse_ratios(["4:4", "1:4", "2:4"])] == ["1:4", "2:4", "4:4"]
+    with pytest.raises(ValueError, match="duplicate"):
+        parse_ratios(["2:4", "1:2"])
+    with pytest.raises(ValueError, match="empty"):
+        parse_ratios([])
+
+
+def test_mask_keeps_top_n_per_group_along_input_channels():
+    w = torch.randn(6, 8, 3, 3)
+    for n in (1, 2, 3, 4):
+        m = nm_mask(w, f"{n}:4", axis=1)
+        groups = m.permute(0, 2, 3, 1).reshape(-1, 2, 4)
+        assert (groups.sum(-1) == n).all()
+        # kept weights are the n largest magnitudes of their group
+        a = w.abs().permute(0, 2, 3, 1).reshape(-1, 2, 4)
+        kept_min = torch.where(groups, a, torch.inf).amin(-1)
+        dropped_max = torch.where(groups, -torch.inf, a).amax(-1)
+        assert (kept_min >= dropped_max).all()
+
+
+def test_masks_are_nested_and_ties_deterministic():
+    w = torch.randn(16, 32, 3, 3)
+    m1, m2, m4 = (nm_mask(w, f"{n}:4") for n in (1, 2, 4))
+    assert (m1 <= m2).all() and (m2 <= m4).all() and m4.all()
+    tied = torch.ones(1, 4, 1, 1)
+    assert nm_mask(tied, "2:4")[0, :, 0, 0].tolist() == [True, True, False, False]
+
+
+def test_transposed_axis_and_divisibility_error():
+    w = torch.randn(8, 3, 2, 2)  # ConvTranspose: (Cin, Cout, kh, kw), reduction over dim 0
+    m = nm_mask(w, "1:4", axis=0)
+    assert (m.reshape(2, 4, 3, 2, 2).sum(1) == 1).all()
+    with pytest.raises(ValueError, match="not divisible by M=4"):
+        nm_mask(torch.randn(4, 6), "2:4", axis=1)
+
+
+@pytest.mark.parametrize("mode", ["sr-ste", "ste", "masked"])
+def test_gradients(mode):
+    w = torch.randn(4, 8, requires_grad=True)
+    m = nm_mask(w, "2:4")
+    upstream = torch.randn(4, 8)
+    out = apply_mask(w, m, mode, decay=0.5)
+    assert torch.equal(out, w.detach() * m)
+    out.backward(upstream)
+    expected = {"sr-ste": upstream + 0.5 * (~m) * w.detach(), "ste": upstream, "masked": upstream * m}[mode]
+    torch.testing.assert_close(w.grad, expected, rtol=0, atol=0)
+
+
+def test_unknown_mode():
+    with pytest.raises(ValueError, match="sr-ste"):
+        apply_mask(torch.ones(4), torch.ones(4, dtype=torch.bool), "bogus")
