@@ -113,6 +113,11 @@ def main():
     ap.add_argument("--steps", type=int, default=3000, help="steps per SR network")
     ap.add_argument("--config", default="configs/classpruning_fsrcnn_x4.yaml")
     ap.add_argument("--quick", action="store_true", help="smoke run: few steps, Set5 only")
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse the trained SR networks of a previous run in --out; retrain only the routing parts")
+    ap.add_argument("--classsr-weights", type=float, nargs=3, default=[1000.0, 0.5, 3.0],
+                    metavar=("L1", "CLASS", "AVERAGE"), help="ClassSR loss weights (its configs: 1000 0.5 3)")
+    ap.add_argument("--cost-weight", type=float, help="ClassPruning L_C weight w3 (default: the config's)")
     args = ap.parse_args()
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -125,9 +130,12 @@ def main():
     held = list(zip(files[:HELD_OUT], images[:HELD_OUT]))
     lr, hr = sub_images(images[HELD_OUT:], 200 if args.quick else args.pool, seed=0)
 
-    ref = dp.create_model("fsrcnn", width=56)
-    train_sr(ref, lr, hr, steps, desc="reference FSRCNN-56")
-    save_atomic({"model": ref.state_dict(), "arch": ref.arch}, out / "fsrcnn56_ref.pt")
+    if args.reuse:
+        ref = dp.create_model("fsrcnn", weights=str(out / "fsrcnn56_ref.pt")).eval()
+    else:
+        ref = dp.create_model("fsrcnn", width=56)
+        train_sr(ref, lr, hr, steps, desc="reference FSRCNN-56")
+        save_atomic({"model": ref.state_dict(), "arch": ref.arch}, out / "fsrcnn56_ref.pt")
     timings["reference"] = time.time() - t0
 
     labels, scores = psnr_labels(ref, lr, hr, [0.0, 1.0], y_channel=True)  # thresholds replaced below
@@ -137,14 +145,16 @@ def main():
               open(out / "labels.json", "w"))
 
     t1 = time.time()
-    nets = []
-    for k, width in enumerate(WIDTHS):
-        net = dp.create_model("fsrcnn", width=width)
-        idx = (labels == k).nonzero(as_tuple=True)[0]
-        train_sr(net, lr[idx], hr[idx], steps, seed=k + 1, desc=f"ClassSR branch FSRCNN-{width} (class {k})")
-        nets.append(net)
+    nets = [dp.create_model("fsrcnn", width=w) for w in WIDTHS]
     classsr = dp.ClassPruning(SeparateBranches(nets, [f"FSRCNN-{w}" for w in WIDTHS]), ClassSRClassifier())
-    parts = train_classsr_classifier(classsr, lr, hr, steps // 2)
+    if args.reuse:
+        classsr.restorer.load_state_dict({k[len("restorer."):]: v for k, v in torch.load(
+            out / "classsr_fsrcnn.pt", weights_only=True)["model"].items() if k.startswith("restorer.")})
+    else:
+        for k, (width, net) in enumerate(zip(WIDTHS, nets)):
+            idx = (labels == k).nonzero(as_tuple=True)[0]
+            train_sr(net, lr[idx], hr[idx], steps, seed=k + 1, desc=f"ClassSR branch FSRCNN-{width} (class {k})")
+    train_classsr_classifier(classsr, lr, hr, steps // 2, weights=tuple(args.classsr_weights))
     save_atomic({"model": classsr.state_dict(), "widths": WIDTHS}, out / "classsr_fsrcnn.pt")
     timings["classsr"] = time.time() - t1
 
@@ -154,6 +164,15 @@ def main():
     cfg.labeler.kwargs.update(thresholds=t, reference_kwargs={"weights": str(out / "fsrcnn56_ref.pt")},
                               metric_kwargs={"y_channel": True})
     cfg.dataset.kwargs.update(root=str(data / "rgb/Sun_Hays80"), exclude=[f.name for f, _ in held])
+    if args.cost_weight is not None:
+        w = cfg.stages.joint.loss_weights
+        cfg.stages.joint.loss_weights = (w[0], w[1], args.cost_weight)
+    if args.reuse:  # keep the trained branches, retrain the classifier (stage 1) and the joint stage
+        prev = out / "classpruning_prev.pt"
+        if not prev.is_file():
+            (out / "classpruning/last.pt").rename(prev)
+        cfg.init_from, cfg.stages.restoration.epochs = str(prev), 0
+        cfg.out_dir = str(out / "classpruning_rerun")
     if args.quick:
         for st in (cfg.stages.classifier, cfg.stages.restoration, cfg.stages.joint):
             st.steps_per_epoch = 3
@@ -168,7 +187,8 @@ def main():
               **{f"CP branch {r}": ((lambda x, i=i: _on(cp.restorer, i, x)), None, "cp", i)
                  for i, r in enumerate(("1:4", "2:4", "4:4"))},
               "ClassPruning-SR routed": (cp.restorer, cp.classify, "cp", None)}
-    results = {"paper": PAPER, "thresholds_db": t, "timings_s": timings, "steps": steps,
+    results = {"paper": PAPER, "thresholds_db": t, "timings_s": timings, "steps": steps, "args": vars(args),
+               "classsr_loss_weights": args.classsr_weights, "cp_loss_weights": list(cfg.stages.joint.loss_weights),
                "branch_macs_per_patch": {k: [b.effective_macs for b in a.branches] for k, a in audits.items()},
                "branch_flops_classsr_convention": {k: [b.flops("classsr") for b in a.branches] for k, a in audits.items()},
                "classifier_macs_per_patch": audits["classsr"].classifier_macs, "sets": {}}

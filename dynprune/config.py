@@ -91,6 +91,7 @@ class TrainConfig(_Strict):
     threads: int | None = Field(None, ge=1)
     out_dir: str = "runs/default"
     checkpoint_every: int = Field(100, ge=1)
+    init_from: str | None = None  # a dynprune checkpoint whose weights initialize the whole model
 
 
 def apply_override(data: dict, dotted: str) -> None:

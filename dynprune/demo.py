@@ -22,6 +22,7 @@ def demo_config(out_dir: str, quick: bool = False):
     return TrainConfig.model_validate({
         "model": {"name": "dncnn", "kwargs": {"in_channels": 1, "depth": 12, "width": 32}},
         "dataset": {"name": "skimage_photos", "kwargs": {"channels": 1, "patch_size": 40, "patches_per_image": 256}},
+        # the plugin's default photographs exclude the two test photographs (camera, coins)
         "degradation": {"name": "gaussian_noise", "kwargs": {"sigmas": [15, 25, 50]}},
         "stages": {"base": stage(900, 32, 1e-3, 1e-5), "classifier": stage(200, 32, 1e-3, 1e-6),
                    "restoration": stage(500, 24, 3e-4, 1e-6),
@@ -35,7 +36,6 @@ def run_demo(out_dir: str = "runs/demo", quick: bool = False) -> dict:
     from .checkpoint import load_file
     from .cli import _noise_conditions, _print_summary
     from .evaluate import evaluate, write_report
-    from .plugins.datasets import SKIMAGE_TEST, load_skimage  # the built-in plugin package
     from .registry import create
     from .trainer import Trainer
 
@@ -46,11 +46,12 @@ def run_demo(out_dir: str = "runs/demo", quick: bool = False) -> dict:
     base = load_file(Path(out_dir) / "base.pt")
     dense = create("models", "dncnn", **base["arch"])
     dense.load_state_dict(base["model"])
-    images = list(zip(SKIMAGE_TEST, load_skimage(SKIMAGE_TEST, channels=1)))
+    test = ("camera", "coins")  # held out of the training photographs
+    images = list(zip(test, create("datasets", "skimage_photos", names=test, channels=1).images))
     result = evaluate(model, images, _noise_conditions([15, 25, 50]), dense=dense)
     write_report(result, Path(out_dir) / "eval", "dynprune demo: DnCNN-12x32 on scikit-image photos")
     print(f"\nDnCNN (depth 12, width 32), trained and evaluated in {time.time() - t0:.0f} s; "
-          f"test photos (held out of training): {', '.join(SKIMAGE_TEST)}")
+          f"test photos (held out of training): {', '.join(test)}")
     _print_summary(result)
     saved = [1 - c["routed_macs_fraction"] for c in result["conditions"].values()]
     print(f"MACs saved by routing: {100 * sum(saved) / len(saved):.1f}% on average; report in {out_dir}/eval/")

@@ -115,18 +115,21 @@ def write_report(result: dict, out_dir: str | Path, title: str = "dynprune evalu
     fr = dict(zip((f"branch {r}" for r in result["ratios"]), result["branch_macs_fraction"]))
     lines = [f"# {title}", "", "| condition | model | PSNR (dB) | SSIM | MACs % of dense | routing |",
              "|---|---|---:|---:|---:|---|"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, c in result["conditions"].items():
-        hist = " / ".join(f"{k}: {v}" for k, v in c["histogram"].items())
-        xs, ys = [], []
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for k, (label, c) in enumerate(result["conditions"].items()):
+        hist = " / ".join(f"{key}: {v}" for key, v in c["histogram"].items())
+        color = f"C{k}"
         for name, m in c["models"].items():
             frac = 1.0 if name == "dense" else c["routed_macs_fraction"] if name == "routed" else fr[name]
             lines.append(f"| {label} | {name} | {m['psnr']:.2f} | {m['ssim']:.4f} | {100 * frac:.1f}% | "
                          f"{hist if name == 'routed' else ''} |")
-            xs.append(100 * frac)
-            ys.append(m["psnr"])
-        ax.plot(xs[:-1], ys[:-1], "o-", alpha=0.6)
-        ax.plot(xs[-1:], ys[-1:], "*", ms=14, label=f"{label} routed")
+        branch = sorted((100 * fr[n], m["psnr"]) for n, m in c["models"].items() if n in fr)
+        ax.plot(*zip(*branch), "o-", color=color, alpha=0.6, label=f"{label}: branches")
+        if "dense" in c["models"]:
+            ax.plot([100.0], [c["models"]["dense"]["psnr"]], "s", color=color, mfc="none", ms=9)
+        ax.plot([100 * c["routed_macs_fraction"]], [c["models"]["routed"]["psnr"]], "*", color=color, ms=15,
+                mec="k", label=f"{label}: routed")
+    ax.set_title("branches (o), dense reference (square), routed (star)", fontsize=9)
     for label, rows in (paper_rows or {}).items():
         lines.append(f"| {label} | {rows} | | | | |")
     ax.set_xlabel("MACs (% of dense)")

@@ -107,6 +107,12 @@ class Trainer:
         self.model = build_model(cfg, in_channels=channels).to(cfg.device)
         self.arch = self.model.restorer.arch
         self.stage, self.step, self.opt_state = 0, 0, None
+        if cfg.init_from:
+            state = load_file(cfg.init_from)
+            try:
+                self.model.load_state_dict(state["model"] if "model" in state else state)
+            except (RuntimeError, KeyError) as err:
+                raise ValueError(f"init_from {cfg.init_from!r} does not fit this model: {str(err).splitlines()[0]}") from err
         if resume and (self.out / "last.pt").is_file():
             self._load(self.out / "last.pt")
         with torch.no_grad():

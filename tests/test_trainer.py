@@ -132,3 +132,24 @@ def test_dotted_overrides(tmp_path):
         load_config(path, sets=["stages.joint.epochs"])
     with pytest.raises(ValueError, match="stages.joint.lr\\s+Extra inputs"):
         load_config(path, sets=["stages.joint.lr=0.1"])
+
+
+def test_residual_variance_labeler_is_fitted_on_training_data(tmp_path):
+    cfg = tiny_config(tmp_path, labeler={"name": "residual_variance"},
+                      degradation={"name": "gaussian_noise", "kwargs": {"sigmas": None, "sigma_range": [0, 60]}})
+    tr = Trainer(cfg)
+    med = tr.labeler.medians
+    assert tr.labeler.edges.numel() == 2 and (med.diff() > 0).all()
+    # AWGN: Var(R) = (sigma/255)^2, sigma ~ U[0, 60]: the class medians sit near sigma = 10, 30, 50
+    assert (med.sqrt() * 255).tolist() == pytest.approx([10, 30, 50], abs=4)
+
+
+def test_init_from_checkpoint(tmp_path):
+    first = Trainer(tiny_config(tmp_path / "a")).fit()
+    cfg = tiny_config(tmp_path / "b", init_from=str(tmp_path / "a/last.pt"))
+    tr = Trainer(cfg)
+    for k, v in first.state_dict().items():
+        assert torch.equal(tr.model.state_dict()[k], v), k
+    bad = tiny_config(tmp_path / "c", init_from=str(tmp_path / "a/last.pt"), model={"name": "dncnn", "kwargs": {"depth": 3}})
+    with pytest.raises(ValueError, match="does not fit this model"):
+        Trainer(bad)
