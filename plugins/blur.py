@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from dynprune.hookspecs import hookimpl
 
-__all__ = ["line_kernel", "convolve", "average_frames", "MotionBlur"]
+__all__ = ["line_kernel", "convolve", "average_frames", "blur_from_frames", "MotionBlur"]
 
 
 def line_kernel(length: float, angle_deg: float) -> torch.Tensor:
@@ -63,6 +63,21 @@ def average_frames(frames: torch.Tensor, n: int, center: int | None = None) -> t
         raise ValueError(f"{n} frames around frame {center} need frames {lo}..{hi - 1}, but the sequence has {t} "
                          f"frame(s)")
     return frames[lo:hi].mean(0), frames[center]
+
+
+def blur_from_frames(root: str, n: int, center: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(blurred, sharp) from a folder of consecutive sharp frames (sorted by name), as GoPro was made.
+
+    Raises:
+        FileNotFoundError / ValueError: missing or empty folder; ValueError when the folder holds fewer
+        frames than ``n`` around the centre (both counts named).
+    """
+    from dynprune.imageio import read_folder
+
+    files, frames = read_folder(root)
+    if len(frames) < n:
+        raise ValueError(f"frame folder {root!r} holds {len(frames)} frame(s), fewer than the {n} asked")
+    return average_frames(torch.stack(frames), n, center)
 
 
 class MotionBlur:

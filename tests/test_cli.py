@@ -104,3 +104,15 @@ def test_eval_real_pairs_and_levels(trained, tmp_path):
         with torch.no_grad():
             expected = psnr(dense(y)[0], read_image(clean / f"{row['image']}.png"))
         assert row["dense"][0] == pytest.approx(expected, abs=1e-9)
+
+
+def test_gray_image_given_to_rgb_model_is_an_error(tmp_path, capsys):
+    cfg = tiny_config(tmp_path / "rgb", model={"name": "dncnn", "kwargs": {"depth": 3, "width": 8, "in_channels": 3}},
+                      dataset={"name": "skimage_photos", "kwargs": {"names": ["astronaut"], "channels": 3,
+                                                                    "patch_size": 16, "patches_per_image": 8}})
+    path = tmp_path / "rgb.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    assert main(["train", str(path)]) == 0
+    write_image(torch.rand(1, 24, 24), tmp_path / "gray/g.png")
+    assert main(["restore", str(tmp_path / "rgb/last.pt"), str(tmp_path / "gray"), str(tmp_path / "out")]) == 2
+    assert "image 'g.png' has 1 channels but the model takes 3" in capsys.readouterr().err

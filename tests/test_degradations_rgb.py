@@ -56,6 +56,17 @@ def test_frame_average():
         average_frames(frames, 4)
 
 
+def test_blur_from_frame_folder(tmp_path):
+    from dynprune.plugins.blur import blur_from_frames
+
+    for k in range(3):
+        write_image(torch.full((3, 8, 8), k / 4), tmp_path / f"frames/{k:03d}.png")
+    blurred, sharp = blur_from_frames(str(tmp_path / "frames"), 3)
+    assert blurred.mean().item() == pytest.approx(0.25, abs=1 / 255) and sharp.mean().item() == pytest.approx(0.25, abs=1 / 255)
+    with pytest.raises(ValueError, match="holds 3 frame\\(s\\), fewer than the 5 asked"):
+        blur_from_frames(str(tmp_path / "frames"), 5)
+
+
 def test_haze_closed_form_and_ranges():
     haze = create("degradations", "haze", betas=[[1.0, 1.0]], airlight=[0.8, 0.8], depth="homogeneous")
     x = _img(2)
