@@ -47,7 +47,8 @@ def evaluate(model: ClassPruning, images: Sequence[tuple[str, torch.Tensor]], co
         dense: the original dense network, for the comparison rows.
         metric_kwargs: passed to :func:`psnr` / :func:`ssim` (crop_border, y_channel, quantize).
     Returns:
-        A JSON-ready dict: per condition, mean PSNR (dB) / SSIM per model, routing histogram, routed MACs
+        A JSON-ready dict: per condition, mean PSNR (dB) / SSIM of the degraded input and of each model,
+        routing histogram, routed MACs
         as a fraction of the dense model's, and per-image rows.
     Raises:
         ValueError: no images, or an image whose channel count does not fit the model.
@@ -71,7 +72,7 @@ def evaluate(model: ClassPruning, images: Sequence[tuple[str, torch.Tensor]], co
     result = {"ratios": ratios, "branch_macs_fraction": rep.relative_costs().tolist(),
               "classifier_macs_fraction": rep.classifier_macs / rep.dense_macs,
               "audit_input": list(rep.input_shape), "conditions": {}}
-    names = (["dense"] if dense is not None else []) + [f"branch {r}" for r in ratios] + ["routed"]
+    names = ["degraded input"] + (["dense"] if dense is not None else []) + [f"branch {r}" for r in ratios] + ["routed"]
     with torch.no_grad():
         for cond in conditions:
             g = torch.Generator().manual_seed(cond.seed)
@@ -79,7 +80,7 @@ def evaluate(model: ClassPruning, images: Sequence[tuple[str, torch.Tensor]], co
             for name, clean in tqdm(images, desc=cond.label, dynamic_ncols=True, mininterval=2.0):
                 y = (cond.degraded[name].unsqueeze(0) if cond.degraded is not None
                      else cond.degrade(clean.unsqueeze(0), g)).to(device)
-                row = {"image": name}
+                row = {"image": name, "degraded input": _score(y, clean, kw)}
                 if dense is not None:
                     row["dense"] = _score(dense(y), clean, kw)
                 branch = int(model.classify(y)[0])
@@ -120,16 +121,19 @@ def write_report(result: dict, out_dir: str | Path, title: str = "dynprune evalu
         hist = " / ".join(f"{key}: {v}" for key, v in c["histogram"].items())
         color = f"C{k}"
         for name, m in c["models"].items():
-            frac = 1.0 if name == "dense" else c["routed_macs_fraction"] if name == "routed" else fr[name]
+            frac = (0.0 if name == "degraded input" else 1.0 if name == "dense"
+                    else c["routed_macs_fraction"] if name == "routed" else fr[name])
             lines.append(f"| {label} | {name} | {m['psnr']:.2f} | {m['ssim']:.4f} | {100 * frac:.1f}% | "
                          f"{hist if name == 'routed' else ''} |")
         branch = sorted((100 * fr[n], m["psnr"]) for n, m in c["models"].items() if n in fr)
         ax.plot(*zip(*branch), "o-", color=color, alpha=0.6, label=f"{label}: branches")
         if "dense" in c["models"]:
             ax.plot([100.0], [c["models"]["dense"]["psnr"]], "s", color=color, mfc="none", ms=9)
+        if "degraded input" in c["models"]:
+            ax.axhline(c["models"]["degraded input"]["psnr"], color=color, ls=":", lw=0.8)
         ax.plot([100 * c["routed_macs_fraction"]], [c["models"]["routed"]["psnr"]], "*", color=color, ms=15,
                 mec="k", label=f"{label}: routed")
-    ax.set_title("branches (o), dense reference (square), routed (star)", fontsize=9)
+    ax.set_title("branches (o), dense reference (square), routed (star), degraded input (dotted)", fontsize=9)
     for label, rows in (paper_rows or {}).items():
         lines.append(f"| {label} | {rows} | | | | |")
     ax.set_xlabel("MACs (% of dense)")

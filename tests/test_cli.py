@@ -33,7 +33,8 @@ def test_eval_report(trained, capsys):
                  "--out", str(out)]) == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["dense_reference"].endswith("base.pt")
-    assert (out / "report.md").read_text().count("| sigma=50 |") == 5 + 1  # dense, 3 branches, routed + paper row
+    # degraded input, dense, 3 branches, routed + the paper row
+    assert (out / "report.md").read_text().count("| sigma=50 |") == 6 + 1
     assert (out / "psnr_vs_macs.png").stat().st_size > 1000
     fr = rep["branch_macs_fraction"]
     for cond in rep["conditions"].values():
