@@ -41,6 +41,11 @@ class ClassPruning(nn.Module):
         self.restorer, self.classifier = restorer, classifier
 
     @property
+    def in_channels(self) -> int:
+        """Image channels the model takes (those of the classifier's first convolution)."""
+        return next(p for p in self.classifier.parameters() if p.dim() == 4).shape[1]
+
+    @property
     def num_branches(self) -> int:
         return len(self.ratios)
 

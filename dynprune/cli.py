@@ -81,7 +81,7 @@ def _read_images(folder, model):
 
 
 def _check_channels(named_images, model) -> None:
-    channels = next(p for p in model.classifier.parameters() if p.dim() == 4).shape[1]
+    channels = model.in_channels
     for name, im in named_images:
         if im.shape[0] != channels:
             raise ValueError(f"image {name!r} has {im.shape[0]} channels but the model takes {channels}; "

@@ -62,7 +62,7 @@ def evaluate(model: ClassPruning, images: Sequence[tuple[str, torch.Tensor]], co
     L = model.num_branches
     ratios = [str(r) for r in model.ratios]
     first = images[0][1]
-    channels = next(p for p in model.classifier.parameters() if p.dim() == 4).shape[1]
+    channels = model.in_channels
     for name, im in images:
         if im.shape[0] != channels:
             raise ValueError(f"image {name!r} has {im.shape[0]} channels but the model takes {channels}")
