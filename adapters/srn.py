@@ -48,17 +48,20 @@ class SRN(nn.Module):
     Args:
         width: channels at full resolution (32; 64 and 128 at 1/2 and 1/4).
         scales: pyramid levels (3, ratio 0.5).
+        residual: add each scale's blurred input to its prediction (False: the official SRN, which
+            predicts the sharp image directly). Not in the paper; the CPU config uses it so that a short
+            run starts from the identity instead of from a constant image.
     Forward: blurred (B, 3, H, W) in [0, 1] -> sharp (B, 3, H, W). Sizes that are not multiples of
     4 * 2**(scales - 1) (16 for 3 scales) are reflect-padded and the output cropped back.
     Raises:
         ValueError: not (B, 3, H, W).
     """
 
-    def __init__(self, width: int = 32, scales: int = 3, in_channels: int = 3):
+    def __init__(self, width: int = 32, scales: int = 3, in_channels: int = 3, residual: bool = False):
         super().__init__()
         w = width
-        self.scales, self.in_channels = scales, in_channels
-        self.arch = dict(width=width, scales=scales, in_channels=in_channels)
+        self.scales, self.in_channels, self.residual = scales, in_channels, residual
+        self.arch = dict(width=width, scales=scales, in_channels=in_channels, residual=residual)
         self.inblock = nn.Sequential(nn.Conv2d(2 * in_channels, w, 5, padding=2), nn.ReLU(inplace=True), _res3(w))
         self.eblock1 = nn.Sequential(nn.Conv2d(w, 2 * w, 5, stride=2, padding=2), nn.ReLU(inplace=True), _res3(2 * w))
         self.eblock2 = nn.Sequential(nn.Conv2d(2 * w, 4 * w, 5, stride=2, padding=2), nn.ReLU(inplace=True), _res3(4 * w))
@@ -95,7 +98,8 @@ class SRN(nn.Module):
             else:
                 pred = F.interpolate(pred, size=xs.shape[-2:], mode="bilinear", align_corners=False)
                 state = tuple(F.interpolate(t, scale_factor=2, mode="bilinear", align_corners=False) for t in state)
-            pred, state = self._step(torch.cat([xs, pred], 1), state)
+            out, state = self._step(torch.cat([xs, pred], 1), state)
+            pred = xs + out if self.residual else out
             outs.append(pred)
         return outs
 

@@ -49,3 +49,19 @@ def test_input_errors():
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         dp.create_model("rescan")(torch.rand(1, 1, 8, 8))
     assert dp.create_model("gcanet")(torch.rand(1, 3, 9, 11)).shape == (1, 3, 9, 11)  # padded, cropped back
+
+
+def test_srn_residual_starts_from_identity():
+    """residual=True adds each scale's input: with a zero last conv the net is exactly the identity, and
+    the option changes no parameter count."""
+    srn = dp.create_model("srn", width=8, residual=True).eval()
+    assert sum(p.numel() for p in srn.parameters()) == sum(
+        p.numel() for p in dp.create_model("srn", width=8).parameters())
+    last = srn.outblock[-1]
+    torch.nn.init.zeros_(last.weight), torch.nn.init.zeros_(last.bias)
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        assert torch.equal(srn(x), x)
+        plain = dp.create_model("srn", width=8).eval()
+        plain.load_state_dict(srn.state_dict())
+        assert torch.equal(plain(x), torch.zeros_like(x))
