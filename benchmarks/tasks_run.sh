@@ -4,12 +4,12 @@
 #   1. dense pretraining (the config's base stage), optionally from an earlier run (INIT_<net>);
 #   2a. the dense base trained on for CONT more steps at the fine-tune LR;
 #   2b. ClassPruning stages 1-3 from the same start (2a and 2b run side by side, one thread each);
-# then evaluation on CBSD68 with the synthesized degradation at each level (first $LIMIT images) and on
+# then evaluation on CBSD68 with the synthesized degradation at each level (first $LIMIT images; --limit also caps the real pairs) and on
 # the real pairs, and restored real images with side-by-side pictures.
 #   bash benchmarks/tasks_run.sh [rescan_derain srn_deblur gcanet_dehaze]
 set -euo pipefail
 DATA=${DATA:-../shared/data}
-LIMIT=${LIMIT:-20}
+LIMIT=${LIMIT:-12}
 CONT=${CONT:-450}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 declare -A PAIRS=([rescan_derain]="derain/Rain100H/rainy derain/Rain100H/clean"
@@ -27,9 +27,11 @@ for task in "${@:-rescan_derain srn_deblur gcanet_dehaze}"; do
   /usr/bin/time -f "$task dense: %e s" dynprune train "$cfg" --out-dir "runs/${net}_dense" $ONLY_BASE \
     --set init_from="runs/${net}_base/last.pt" --set stages.base.steps_per_epoch="$CONT" \
     --set stages.base.lr_start=2.0e-4 --set stages.base.lr_end=1.0e-6 &
+  dense_pid=$!
   /usr/bin/time -f "$task ClassPruning: %e s" dynprune train "$cfg" --out-dir "runs/${net}_cp" \
     --set init_from="runs/${net}_base/last.pt" --set stages.base.epochs=0 &
-  wait
+  cp_pid=$!
+  wait "$dense_pid"; wait "$cp_pid"   # set -e stops the script if either run failed
   dynprune eval "runs/${net}_cp/last.pt" --dense "runs/${net}_dense/base.pt" --data "$DATA/rgb/CBSD68" \
     --limit "$LIMIT" --pairs "$DATA/$deg" "$DATA/$clean" --out "docs/results/${task}"
   dynprune restore "runs/${net}_cp/last.pt" "$DATA/$deg" "runs/${net}_restored" --clean "$DATA/$clean"
