@@ -4,12 +4,12 @@
 #   1. dense pretraining (the config's base stage), optionally from an earlier run (INIT_<net>);
 #   2a. the dense base trained on for CONT more steps at the fine-tune LR;
 #   2b. ClassPruning stages 1-3 from the same start (2a and 2b run side by side, one thread each);
-# then evaluation on CBSD68 with the synthesized degradation at each level (first $LIMIT images; --limit also caps the real pairs) and on
-# the real pairs, and restored real images with side-by-side pictures.
+# then evaluation on CBSD68 with the synthesized degradation at each level (all 68 images, or the first
+# $LIMIT, which also caps the real pairs) and on the real pairs, and restored real images with side-by-side pictures.
 #   bash benchmarks/tasks_run.sh [rescan_derain srn_deblur gcanet_dehaze]
 set -euo pipefail
 DATA=${DATA:-../shared/data}
-LIMIT=${LIMIT:-12}
+LIMIT=${LIMIT:-}   # empty: all 68 CBSD68 images and all real pairs
 CONT=${CONT:-450}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 declare -A PAIRS=([rescan_derain]="derain/Rain100H/rainy derain/Rain100H/clean"
@@ -33,7 +33,7 @@ for task in "${@:-rescan_derain srn_deblur gcanet_dehaze}"; do
   cp_pid=$!
   wait "$dense_pid"; wait "$cp_pid"   # set -e stops the script if either run failed
   dynprune eval "runs/${net}_cp/last.pt" --dense "runs/${net}_dense/base.pt" --data "$DATA/rgb/CBSD68" \
-    --limit "$LIMIT" --pairs "$DATA/$deg" "$DATA/$clean" --out "docs/results/${task}"
+    ${LIMIT:+--limit "$LIMIT"} --pairs "$DATA/$deg" "$DATA/$clean" --out "docs/results/${task}"
   dynprune restore "runs/${net}_cp/last.pt" "$DATA/$deg" "runs/${net}_restored" --clean "$DATA/$clean"
   # the first side-by-side picture (degraded | routed output | clean), 1536 px wide, into docs/
   python - "runs/${net}_restored/side_by_side" "docs/results/${task}/side_by_side.jpg" <<'PY'
