@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import dynprune as dp
-from dynprune.checkpoint import save_atomic
+from dynprune.checkpoint import load_file, save_atomic
 from dynprune.classsr import ClassSRClassifier, SeparateBranches, psnr_labels, train_classsr_classifier, train_sr
 from dynprune.config import load_config
 from dynprune.imageio import read_folder, write_image
@@ -148,8 +148,8 @@ def main():
     nets = [dp.create_model("fsrcnn", width=w) for w in WIDTHS]
     classsr = dp.ClassPruning(SeparateBranches(nets, [f"FSRCNN-{w}" for w in WIDTHS]), ClassSRClassifier())
     if args.reuse:
-        classsr.restorer.load_state_dict({k[len("restorer."):]: v for k, v in torch.load(
-            out / "classsr_fsrcnn.pt", weights_only=True)["model"].items() if k.startswith("restorer.")})
+        saved = load_file(out / "classsr_fsrcnn.pt")["model"]
+        classsr.restorer.load_state_dict({k[len("restorer."):]: v for k, v in saved.items() if k.startswith("restorer.")})
     else:
         for k, (width, net) in enumerate(zip(WIDTHS, nets)):
             idx = (labels == k).nonzero(as_tuple=True)[0]

@@ -45,6 +45,18 @@ class ClassPruning(nn.Module):
         """Image channels the model takes (those of the classifier's first convolution)."""
         return next(p for p in self.classifier.parameters() if p.dim() == 4).shape[1]
 
+    def check_channels(self, named_images) -> None:
+        """Check (name, (C, H, W) image) pairs against :attr:`in_channels`; no silent conversion.
+
+        Raises:
+            ValueError: the first image whose channel count differs (its name and both counts).
+        """
+        c = self.in_channels
+        for name, im in named_images:
+            if im.shape[0] != c:
+                raise ValueError(f"image {name!r} has {im.shape[0]} channels but the model takes {c}; "
+                                 f"convert the images (e.g. to {'gray' if c == 1 else 'RGB'}) first")
+
     @property
     def num_branches(self) -> int:
         return len(self.ratios)

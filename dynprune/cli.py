@@ -76,16 +76,8 @@ def _read_images(folder, model):
     from .imageio import read_folder
 
     files, imgs = read_folder(folder)
-    _check_channels([(f.name, im) for f, im in zip(files, imgs)], model)
+    model.check_channels([(f.name, im) for f, im in zip(files, imgs)])
     return files, imgs
-
-
-def _check_channels(named_images, model) -> None:
-    channels = model.in_channels
-    for name, im in named_images:
-        if im.shape[0] != channels:
-            raise ValueError(f"image {name!r} has {im.shape[0]} channels but the model takes {channels}; "
-                             f"convert the images (e.g. to {'gray' if channels == 1 else 'RGB'}) first")
 
 
 def cmd_train(args) -> int:
@@ -118,7 +110,7 @@ def cmd_eval(args) -> int:
         result = evaluate(model, images, conds, dense=dense, device=args.device)
     if args.pairs:
         pairs = list(create("datasets", "paired_folder", degraded=args.pairs[0], clean=args.pairs[1]))
-        _check_channels([(n, d) for n, d, _ in pairs], model)
+        model.check_channels([(n, d) for n, d, _ in pairs])
         pairs = pairs[: args.limit or None]
         res = evaluate(model, [(n, c) for n, _, c in pairs], [_pairs_condition(pairs, f"real {Path(args.pairs[0]).parent.name}")],
                        dense=dense, device=args.device)

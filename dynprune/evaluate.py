@@ -62,10 +62,7 @@ def evaluate(model: ClassPruning, images: Sequence[tuple[str, torch.Tensor]], co
     L = model.num_branches
     ratios = [str(r) for r in model.ratios]
     first = images[0][1]
-    channels = model.in_channels
-    for name, im in images:
-        if im.shape[0] != channels:
-            raise ValueError(f"image {name!r} has {im.shape[0]} channels but the model takes {channels}")
+    model.check_channels(images)
     rep = audit(model, first.unsqueeze(0).to(device))
     px0 = first.shape[-1] * first.shape[-2]
     dense_macs = count_macs(dense, first.unsqueeze(0).to(device)) if dense is not None else rep.dense_macs
