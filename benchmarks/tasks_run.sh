@@ -34,6 +34,7 @@ for task in "${@:-rescan_derain srn_deblur gcanet_dehaze}"; do
   wait "$dense_pid"; wait "$cp_pid"   # set -e stops the script if either run failed
   dynprune eval "runs/${net}_cp/last.pt" --dense "runs/${net}_dense/base.pt" --data "$DATA/rgb/CBSD68" \
     ${LIMIT:+--limit "$LIMIT"} --pairs "$DATA/$deg" "$DATA/$clean" --out "docs/results/${task}"
+  python benchmarks/tasks_table.py "docs/results/${task}/report.json"   # the docs/results.md table and means
   dynprune restore "runs/${net}_cp/last.pt" "$DATA/$deg" "runs/${net}_restored" --clean "$DATA/$clean"
   # the first side-by-side picture (degraded | routed output | clean), 1536 px wide, into docs/
   python - "runs/${net}_restored/side_by_side" "docs/results/${task}/side_by_side.jpg" <<'PY'
