@@ -1,0 +1,64 @@
+// dynprune: PyTorch binding of the direct N:M sparse convolution (inference only, fp32, channels last).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include "nm_conv.h"
+
+namespace {
+
+// 512 when the CPU runs AVX-512F, 256 for AVX2 + FMA, 0 otherwise.
+int64_t cpu_isa() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return 512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 256;
+  return 0;
+}
+
+// y = relu?(conv2d(x, W) + bias), W packed by dynprune.sparse_cpu.pack_for_kernel for this ISA's lanes.
+torch::Tensor nm_conv2d(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& index,
+                        const torch::Tensor& bias, int64_t cout, int64_t kh, int64_t kw, int64_t pad_h,
+                        int64_t pad_w, int64_t dil_h, int64_t dil_w, int64_t J, bool relu, int64_t isa) {
+  TORCH_CHECK(isa == 512 || isa == 256, "nm_conv2d: isa must be 512 or 256, got ", isa);
+  TORCH_CHECK(isa <= cpu_isa(), "nm_conv2d: this CPU does not run the ", isa, "-bit kernel");
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
+              "nm_conv2d: expected a 4-D float32 CPU input, got ", x.sizes(), " ", x.scalar_type());
+  const int64_t L = isa == 512 ? 16 : 8;
+  const auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t n = x.size(0), cin = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t chunks = (cin + L - 1) / L, blocks = (cout + L - 1) / L;
+  TORCH_CHECK(values.scalar_type() == at::kFloat && values.is_contiguous() &&
+                  values.numel() == blocks * kh * kw * chunks * J * L,
+              "nm_conv2d: values do not match (", blocks, ", ", kh * kw, ", ", chunks, ", ", J, ", ", L, ")");
+  TORCH_CHECK(index.scalar_type() == at::kByte && index.is_contiguous() && index.numel() == values.numel(),
+              "nm_conv2d: index must be contiguous uint8 shaped like values");
+  TORCH_CHECK(bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == blocks * L,
+              "nm_conv2d: bias must hold ", blocks * L, " floats");
+  const int64_t ho = h + 2 * pad_h - dil_h * (kh - 1), wo = w + 2 * pad_w - dil_w * (kw - 1);
+  TORCH_CHECK(ho > 0 && wo > 0, "nm_conv2d: input ", h, "x", w, " is smaller than the kernel's extent");
+  auto y = at::empty({n, cout, ho, wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  auto zeros = at::zeros({chunks * L}, x.options());
+
+  dynprune::NMConvParams p;
+  p.x = xc.data_ptr<float>();
+  p.y = y.data_ptr<float>();
+  p.values = values.data_ptr<float>();
+  p.index = index.data_ptr<uint8_t>();
+  p.bias = bias.data_ptr<float>();
+  p.zeros = zeros.data_ptr<float>();
+  p.n = n; p.h = h; p.w = w; p.cin = cin; p.ho = ho; p.wo = wo; p.cout = cout;
+  p.kh = int(kh); p.kw = int(kw); p.pad_h = int(pad_h); p.pad_w = int(pad_w);
+  p.dil_h = int(dil_h); p.dil_w = int(dil_w);
+  p.chunks = int(chunks); p.J = int(J); p.relu = relu;
+  at::parallel_for(0, n * ho, 1, [&](int64_t begin, int64_t end) {
+    if (isa == 512) dynprune::nm_conv_rows_avx512(p, begin, end);
+    else dynprune::nm_conv_rows_avx2(p, begin, end);
+  });
+  return y;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("cpu_isa", &cpu_isa, "SIMD width the CPU runs: 512 (AVX-512F), 256 (AVX2+FMA) or 0");
+  m.def("nm_conv2d", &nm_conv2d, "direct N:M sparse conv2d: stride 1, groups 1, fp32 channels last");
+}

@@ -1,0 +1,31 @@
+// dynprune: direct N:M sparse 2-D convolution for CPU inference (fp32, stride 1, groups 1, channels last).
+// Shared by the ISA kernels (compiled without ATen, so no inline ATen code is built for a wider ISA)
+// and the PyTorch binding.
+#pragma once
+#include <cstdint>
+
+namespace dynprune {
+
+// One convolution call. Activations are NHWC (a channels_last tensor's memory). Packed weights
+// (dynprune/sparse_cpu.py, pack_for_kernel): for every block of L output channels (L = SIMD lanes),
+// tap, chunk of L input channels and kept entry j < J, one L-lane vector of weight values and one of
+// input-channel indices inside the chunk (uint8): lane o of entry j multiplies input channel idx[j][o]
+// of the chunk into output channel o.
+struct NMConvParams {
+  const float* x;         // (n, h, w, cin)
+  float* y;               // (n, ho, wo, cout)
+  const float* values;    // (ocb, taps, chunks, J, L)
+  const uint8_t* index;   // (ocb, taps, chunks, J, L)
+  const float* bias;      // (ocb * L), zero-padded; never null
+  const float* zeros;     // chunks * L zeros, read for taps that fall on the zero padding
+  int64_t n, h, w, cin, ho, wo, cout;
+  int kh, kw, pad_h, pad_w, dil_h, dil_w;
+  int chunks, J;
+  bool relu;
+};
+
+// Work items are output rows (batch index, output row), item = b * ho + oy; [begin, end).
+void nm_conv_rows_avx512(const NMConvParams& p, int64_t begin, int64_t end);
+void nm_conv_rows_avx2(const NMConvParams& p, int64_t begin, int64_t end);
+
+}  // namespace dynprune

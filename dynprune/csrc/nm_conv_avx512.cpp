@@ -1,0 +1,31 @@
+// AVX-512 instantiation of the N:M convolution (16 lanes: 16 output channels, chunks of 16 inputs).
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,fma,avx2")
+#include <immintrin.h>
+
+#include "nm_conv_impl.h"
+
+namespace dynprune {
+namespace {
+
+struct V512 {
+  using reg = __m512;
+  using ireg = __m512i;
+  static constexpr int L = 16;
+  static inline __mmask16 head(int n) { return __mmask16((1u << n) - 1u); }
+  static inline reg load(const float* p) { return _mm512_loadu_ps(p); }
+  static inline reg load_part(const float* p, int n) { return _mm512_maskz_loadu_ps(head(n), p); }
+  static inline ireg load_index(const uint8_t* p) {
+    return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static inline reg permute(ireg i, reg x) { return _mm512_permutexvar_ps(i, x); }
+  static inline reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static inline reg relu(reg a) { return _mm512_max_ps(a, _mm512_setzero_ps()); }
+  static inline void store(float* p, reg a) { _mm512_storeu_ps(p, a); }
+  static inline void store_part(float* p, reg a, int n) { _mm512_mask_storeu_ps(p, head(n), a); }
+};
+
+}  // namespace
+
+void nm_conv_rows_avx512(const NMConvParams& p, int64_t begin, int64_t end) { nm_rows<V512, 8>(p, begin, end); }
+
+}  // namespace dynprune

@@ -1,0 +1,173 @@
+"""The CPU N:M sparse convolution kernel: build, ISA choice, weight packing, and its dense fallback.
+
+The kernel (``dynprune/csrc``) is a direct, im2col-free fp32 convolution on channels-last activations:
+stride 1, groups 1, any kernel size, padding and dilation, bias and ReLU fused. One SIMD register holds
+L output channels (16 on AVX-512, 8 on AVX2); per kept entry, one permute hands every output lane its
+own kept input channel from the pixel's loaded chunk and one FMA multiplies it by that lane's weight. Weights are stored per
+branch in a *compressed* form that does not depend on the machine (:func:`compress`: the kept values and
+their input-channel indices, ``N/M`` of the dense weight) and re-packed for the SIMD width on first use
+(:func:`pack_for_kernel`). It is compiled at first use with ``torch.utils.cpp_extension`` and ninja and
+cached by torch (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``); nothing is downloaded.
+
+ISA: AVX-512F when the CPU has it, else AVX2 + FMA; ``DYNPRUNE_ISA=avx2`` forces the AVX2 path (to test
+it on an AVX-512 machine), ``DYNPRUNE_ISA=none`` disables the kernel. Where no kernel can run (no
+compiler, no AVX2, a build error), :func:`kernel` returns None and warns once, naming the reason; the
+callers then run the same weights densely through ``F.conv2d`` (identical results to float tolerance).
+Threads follow ``torch.set_num_threads`` (``at::parallel_for`` over output rows).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+__all__ = ["kernel", "kernel_status", "lanes", "compress", "decompress", "pack_for_kernel", "nm_conv2d",
+           "SUPPORTED_M"]
+
+_CSRC = Path(__file__).with_name("csrc")
+_SOURCES = ("nm_conv.cpp", "nm_conv_avx512.cpp", "nm_conv_avx2.cpp")
+SUPPORTED_M = (2, 4, 8)   # M must divide the SIMD chunk (8 lanes on AVX2, 16 on AVX-512)
+_ISA_NAMES = {"avx512": 512, "avx2": 256, "none": 0}
+_status: dict[str, object] = {}
+
+
+@functools.lru_cache(maxsize=1)
+def _build() -> tuple[ModuleType | None, int, str]:
+    """(extension, ISA bits, reason) -- the extension is None where it cannot run, with the reason."""
+    forced = os.environ.get("DYNPRUNE_ISA", "").strip().lower()
+    if forced and forced not in _ISA_NAMES:
+        raise ValueError(f"DYNPRUNE_ISA={forced!r} is not one of {sorted(_ISA_NAMES)}")
+    if forced == "none":
+        return None, 0, "DYNPRUNE_ISA=none"
+    try:
+        from torch.utils import cpp_extension
+
+        if not cpp_extension.is_ninja_available():
+            return None, 0, "ninja is not installed (pip install ninja)"
+        ext = cpp_extension.load(name="dynprune_nm_conv", sources=[str(_CSRC / s) for s in _SOURCES],
+                                 extra_cflags=["-O3"], verbose=False)
+    except Exception as err:  # no compiler, headers or a build error: the dense path still runs
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        first = next((ln for ln in lines if "error" in ln.lower() and "Error building" not in ln), lines[0])
+        return None, 0, f"the C++ kernel did not build ({type(err).__name__}: {first.strip()[:300]})"
+    isa = int(ext.cpu_isa())
+    if isa == 0:
+        return None, 0, "this CPU has neither AVX-512F nor AVX2+FMA"
+    if forced:
+        want = _ISA_NAMES[forced]
+        if want > isa:
+            return None, 0, f"DYNPRUNE_ISA={forced} but this CPU only runs the {isa}-bit kernel"
+        isa = want
+    return ext, isa, ""
+
+
+def kernel() -> ModuleType | None:
+    """The compiled extension, or None (after one warning naming the reason) where it cannot run."""
+    ext, _, reason = _build()
+    if ext is None and not _status.get("warned"):
+        _status["warned"] = True
+        warnings.warn(f"dynprune: N:M CPU kernel unavailable, running the dense masked weights instead: {reason}",
+                      RuntimeWarning, stacklevel=2)
+    return ext
+
+
+def kernel_status() -> dict[str, object]:
+    """``{"available": bool, "isa": "avx512" | "avx2" | None, "reason": str}`` (builds on first call)."""
+    ext, isa, reason = _build()
+    return {"available": ext is not None, "isa": {512: "avx512", 256: "avx2"}.get(isa), "reason": reason}
+
+
+def compress(weight: torch.Tensor, mask: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Machine-independent compressed N:M form of a masked Conv2d weight.
+
+    Args:
+        weight: (Cout, Cin, kh, kw) float32 (values outside the mask are ignored).
+        mask: bool, same shape, exactly ``n`` kept in every group of ``m`` consecutive input channels
+            (the layout of :func:`dynprune.nm.nm_mask` with ``axis=1``).
+    Returns:
+        ``values`` float32 (Cout, kh*kw, Cin*n/m) and ``index`` int16 (same shape): the kept weights of
+        each (output channel, tap) in ascending input-channel order, and those input channels.
+    Raises:
+        ValueError: Cin not divisible by ``m``, Cin >= 32768, or a group that does not keep exactly ``n``.
+    """
+    cout, cin, kh, kw = weight.shape
+    if cin % m or cin >= 2 ** 15:
+        raise ValueError(f"compress: Cin={cin} must be divisible by M={m} and below 32768")
+    w = weight.detach().permute(0, 2, 3, 1).reshape(cout, kh * kw, cin // m, m)
+    k = mask.permute(0, 2, 3, 1).reshape(cout, kh * kw, cin // m, m)
+    counts = k.sum(-1)
+    if not bool((counts == n).all()):
+        bad = (counts != n).nonzero()[0].tolist()
+        raise ValueError(f"compress: mask keeps {int(counts[tuple(bad)])} of {m} in group {bad} "
+                         f"(output channel, tap, group), expected exactly {n}")
+    pos = torch.argsort((~k).to(torch.int8), dim=-1, stable=True)[..., :n]       # kept positions, ascending
+    values = torch.gather(w, -1, pos).reshape(cout, kh * kw, -1).contiguous()
+    base = torch.arange(0, cin, m).view(1, 1, -1, 1)
+    index = (base + pos).reshape(cout, kh * kw, -1).to(torch.int16).contiguous()
+    return values, index
+
+
+def decompress(values: torch.Tensor, index: torch.Tensor, cin: int, kernel_size: tuple[int, int]) -> torch.Tensor:
+    """The dense (Cout, Cin, kh, kw) weight (zeros where pruned) of :func:`compress`'s output."""
+    cout, taps, _ = values.shape
+    w = values.new_zeros(cout, taps, cin).scatter_(2, index.long(), values)
+    return w.reshape(cout, *kernel_size, cin).permute(0, 3, 1, 2).contiguous()
+
+
+def lanes() -> int:
+    """SIMD lanes of the active kernel (16 for AVX-512, 8 for AVX2; 0 without a kernel)."""
+    return _build()[1] // 32
+
+
+def pack_for_kernel(values: torch.Tensor, index: torch.Tensor, bias: torch.Tensor | None, cin: int, n: int, m: int,
+                    lanes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Re-pack :func:`compress`'s output into the kernel layout for ``lanes`` SIMD lanes.
+
+    Output channels are padded to blocks of ``lanes``, input channels to chunks of ``lanes`` (padded
+    entries carry weight 0). Returns ``(values (B, T, C, J, L) float32, index uint8 same shape (input
+    channel inside its chunk), bias (B*L,) float32, J)`` with B output blocks, T taps, C chunks and
+    J = (L/m)*n kept entries per output channel, tap and chunk.
+
+    Raises:
+        ValueError: ``m`` does not divide ``lanes``.
+    """
+    if lanes % m:
+        raise ValueError(f"M={m} does not divide the kernel's {lanes} lanes; supported M: {SUPPORTED_M}")
+    cout, taps, kept = values.shape
+    chunks, blocks, J = -(-cin // lanes), -(-cout // lanes), lanes // m * n
+    v = values.new_zeros(blocks * lanes, taps, chunks * J)
+    i = torch.zeros(blocks * lanes, taps, chunks * J, dtype=torch.int64)
+    v[:cout, :, :kept] = values
+    # the k-th kept entry lies in chunk k // J (ascending input channels, n per group of m)
+    i[:cout, :, :kept] = index.long() - (torch.arange(kept) // J * lanes).view(1, 1, -1)
+    v = v.view(blocks, lanes, taps, chunks, J).permute(0, 2, 3, 4, 1).contiguous()
+    i = i.view(blocks, lanes, taps, chunks, J).permute(0, 2, 3, 4, 1).to(torch.uint8).contiguous()
+    b = torch.zeros(blocks * lanes)
+    if bias is not None:
+        b[:cout] = bias.detach().float()
+    return v, i, b, J
+
+
+def nm_conv2d(x: torch.Tensor, packed: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int], cout: int,
+              kernel_size: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
+              relu: bool = False) -> torch.Tensor:
+    """Run the kernel: ``relu?(conv2d(x, W) + bias)``, stride 1, groups 1, W packed by :func:`pack_for_kernel`.
+
+    Args:
+        x: (B, Cin, H, W) float32 CPU tensor, channels_last memory (otherwise one copy is made).
+    Returns:
+        (B, cout, Ho, Wo) float32 in channels_last memory.
+    Raises:
+        RuntimeError: no kernel available (see :func:`kernel_status`), or shapes that do not match.
+    """
+    ext, isa, reason = _build()
+    if ext is None:
+        raise RuntimeError(f"the N:M CPU kernel is unavailable: {reason}")
+    values, index, bias, J = packed
+    return ext.nm_conv2d(x, values, index, bias, cout, kernel_size[0], kernel_size[1], padding[0], padding[1],
+                         dilation[0], dilation[1], J, relu, isa)
