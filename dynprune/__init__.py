@@ -11,11 +11,13 @@ from .classifier import DifficultyClassifier as DifficultyClassifier
 from .classpruning import ClassPruning as ClassPruning
 from .convert import (ConversionReport as ConversionReport, conversion_report as conversion_report,
                       convert as convert, export_branch as export_branch, model_ratios as model_ratios)
+from .deployment import deploy as deploy, load_deployed as load_deployed
 from .hookspecs import hookimpl as hookimpl
 from .nm import NMRatio as NMRatio, nm_mask as nm_mask
 from .registry import create_model as create_model, list_models as list_models
 
 __version__ = "0.1.0"
 __all__ = ["AuditReport", "audit", "current_branch", "route", "use_branch", "DifficultyClassifier", "ClassPruning",
-           "ConversionReport", "conversion_report", "convert", "export_branch", "model_ratios", "hookimpl",
+           "ConversionReport", "conversion_report", "convert", "export_branch", "model_ratios", "deploy", "load_deployed",
+           "hookimpl",
            "NMRatio", "nm_mask", "create_model", "list_models"]

@@ -1,4 +1,4 @@
-"""The ``dynprune`` command line: train, eval, restore, demo, plugins."""
+"""The ``dynprune`` command line: train, eval, restore, deploy, demo, plugins."""
 
 from __future__ import annotations
 
@@ -80,6 +80,49 @@ def _read_images(folder, model):
     return files, imgs
 
 
+def _load_for_inference(path, backend: str):
+    """(model, config, audit_model) from a training checkpoint or a deployed artifact.
+
+    ``backend="cpu"`` deploys a training checkpoint on the N:M CPU kernel; a deployed artifact is used
+    as it is. ``audit_model`` is the dynamic (converted) model of the same architecture: MACs depend on
+    the architecture and the routing only, and fvcore cannot trace the compiled kernel.
+    """
+    from .checkpoint import load_file
+    from .config import TrainConfig
+    from .deployment import deploy, is_deployed_file, load_deployed
+    from .trainer import build_model, load_trained
+
+    obj = load_file(path)
+    if is_deployed_file(obj):
+        from .sparse_cpu import tune_allocator
+
+        tune_allocator()
+        cfg = TrainConfig.model_validate(obj["config"])
+        return load_deployed(path), cfg, build_model(cfg, arch=obj.get("arch", {})).eval()
+    model, cfg, _ = load_trained(path)
+    if backend == "dynamic":
+        return model, cfg, model
+    from .sparse_cpu import tune_allocator
+
+    tune_allocator()  # this process only runs inference: keep large blocks for reuse (no page faults)
+    return deploy(model, backend), cfg, model
+
+
+def cmd_deploy(args) -> int:
+    from .deployment import deploy, save_deployed
+    from .trainer import load_trained
+
+    model, cfg, ckpt = load_trained(args.checkpoint)
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"output {str(out)!r} is a folder; give a file name, e.g. {str(out / 'deployed.pt')!r}")
+    dep = deploy(model, args.backend, max_density=args.max_density, min_out_channels=args.min_out_channels)
+    save_deployed(dep, out, cfg.model_dump(mode="json"), ckpt.get("arch", {}))
+    print(dep.deploy_report)
+    print(f"deployed model written to {out} (load with dynprune.deployment.load_deployed, or pass it to restore/eval)")
+    return 0
+
+
 def cmd_train(args) -> int:
     from .config import load_config
     from .trainer import Trainer
@@ -95,25 +138,24 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from .evaluate import evaluate, write_report
     from .registry import create
-    from .trainer import load_trained
 
     if not args.data and not args.pairs:
         raise ValueError("eval needs --data DIR (clean images, synthetic degradation) and/or --pairs DEGRADED CLEAN")
     ckpt = Path(args.checkpoint)
-    model, cfg, _ = load_trained(ckpt)
+    model, cfg, audit_model = _load_for_inference(ckpt, args.backend)
     dense, dense_path = _dense_reference(cfg, ckpt, args.dense)
     result = None
     if args.data:
         files, imgs = _read_images(args.data, model)
         images = list(zip((f.name for f in files), imgs))[: args.limit or None]
         conds = _noise_conditions(args.sigma, args.seed) if args.sigma else _level_conditions(cfg, args.seed)
-        result = evaluate(model, images, conds, dense=dense, device=args.device)
+        result = evaluate(model, images, conds, dense=dense, device=args.device, audit_model=audit_model)
     if args.pairs:
         pairs = list(create("datasets", "paired_folder", degraded=args.pairs[0], clean=args.pairs[1]))
         model.check_channels([(n, d) for n, d, _ in pairs])
         pairs = pairs[: args.limit or None]
         res = evaluate(model, [(n, c) for n, _, c in pairs], [_pairs_condition(pairs, f"real {Path(args.pairs[0]).parent.name}")],
-                       dense=dense, device=args.device)
+                       dense=dense, device=args.device, audit_model=audit_model)
         if result is None:
             result = res
         else:
@@ -142,9 +184,8 @@ def cmd_restore(args) -> int:
     from .audit import audit
     from .imageio import write_image
     from .metrics import psnr
-    from .trainer import load_trained
 
-    model, _, _ = load_trained(args.checkpoint)
+    model, _, audit_model = _load_for_inference(args.checkpoint, args.backend)
     files, imgs = _read_images(args.in_dir, model)
     clean = {}
     if args.clean:
@@ -158,15 +199,17 @@ def cmd_restore(args) -> int:
     audits: dict[tuple, object] = {}
     with open(out / "routing.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["image", "branch", "macs", "dense_macs", "macs_fraction", "psnr_in", "psnr_out"])
-        with torch.no_grad():
+        w.writerow(["image", "branch", "macs", "dense_macs", "macs_fraction", "ms", "psnr_in", "psnr_out"])
+        with torch.inference_mode():
             for path, img in zip(files, imgs):
                 x = img.unsqueeze(0)
+                t0 = time.perf_counter()
                 y, branch = model.route(x)
+                ms = 1e3 * (time.perf_counter() - t0)
                 b = int(branch[0])
                 key = tuple(x.shape)
                 if key not in audits:
-                    audits[key] = audit(model, x)
+                    audits[key] = audit(audit_model, x)
                 rep = audits[key]
                 macs = rep.branches[b].effective_macs + rep.classifier_macs
                 write_image(y[0], out / (path.stem + ".png"))
@@ -175,7 +218,8 @@ def cmd_restore(args) -> int:
                     ref = clean[path.stem]
                     scores = [f"{psnr(img, ref):.2f}", f"{psnr(y[0], ref):.2f}"]
                     write_image(torch.cat([img, y[0].clamp(0, 1), ref], dim=-1), out / "side_by_side" / f"{path.stem}.png")
-                w.writerow([path.name, ratios[b], macs, rep.dense_macs, f"{macs / rep.dense_macs:.4f}", *scores])
+                w.writerow([path.name, ratios[b], macs, rep.dense_macs, f"{macs / rep.dense_macs:.4f}", f"{ms:.1f}",
+                            *scores])
     print(f"restored {len(files)} images into {out}; routing in {out / 'routing.csv'}"
           + (f"; degraded | restored | clean in {out / 'side_by_side'}" if clean else ""))
     return 0
@@ -221,13 +265,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="degradation seed, reset per condition (default 0)")
     e.add_argument("--limit", type=int, default=0, help="first N images only")
     e.add_argument("--device", default="cpu")
+    e.add_argument("--backend", choices=["dynamic", "cpu"], default="dynamic",
+                   help="cpu: run the deployed model (N:M CPU kernel); dynamic: the converted model as trained")
     e.set_defaults(fn=cmd_eval)
     r = sub.add_parser("restore", help="restore a folder of degraded images; writes images and routing.csv")
     r.add_argument("checkpoint")
     r.add_argument("in_dir")
     r.add_argument("out_dir")
     r.add_argument("--clean", help="folder of matching clean images: adds PSNR and side-by-side pictures")
+    r.add_argument("--backend", choices=["dynamic", "cpu"], default="dynamic",
+                   help="cpu: run the deployed model (N:M CPU kernel); dynamic: the converted model as trained")
     r.set_defaults(fn=cmd_restore)
+    dp_ = sub.add_parser("deploy", help="pack a trained checkpoint for the N:M CPU kernel and save it")
+    dp_.add_argument("checkpoint")
+    dp_.add_argument("out", help="output file (state_dict + config; loads with weights_only=True)")
+    dp_.add_argument("--backend", default="cpu", help="deploy backend (only 'cpu')")
+    dp_.add_argument("--max-density", type=float, default=0.25,
+                     help="branches denser than N/M run on oneDNN (default 0.25: the kernel wins at 1:4 here)")
+    dp_.add_argument("--min-out-channels", type=int, default=16, help="layers with fewer outputs run on oneDNN")
+    dp_.set_defaults(fn=cmd_deploy)
     d = sub.add_parser("demo", help="train briefly on scikit-image's photos and print PSNR and MACs saved")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--quick", action="store_true", help="a one-minute smoke run (numbers not meaningful)")

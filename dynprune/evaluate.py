@@ -39,13 +39,16 @@ def _score(out: torch.Tensor, clean: torch.Tensor, kw: dict) -> tuple[float, flo
 
 
 def evaluate(model: ClassPruning, images: Sequence[tuple[str, torch.Tensor]], conditions: Sequence[Condition],
-             dense: nn.Module | None = None, metric_kwargs: dict | None = None, device: str = "cpu") -> dict:
+             dense: nn.Module | None = None, metric_kwargs: dict | None = None, device: str = "cpu",
+             audit_model: nn.Module | None = None) -> dict:
     """Evaluate ``model`` (and the dense reference ``dense``, if given) on every condition.
 
     Args:
         images: (name, clean (C, H, W) float32 in [0, 1]) pairs.
         dense: the original dense network, for the comparison rows.
         metric_kwargs: passed to :func:`psnr` / :func:`ssim` (crop_border, y_channel, quantize).
+        audit_model: the model whose MACs are audited (default ``model``; a deployed model passes its
+            dynamic original, which fvcore can trace and which has the same MACs).
     Returns:
         A JSON-ready dict: per condition, mean PSNR (dB) / SSIM of the degraded input and of each model,
         routing histogram, routed MACs
@@ -63,7 +66,7 @@ def evaluate(model: ClassPruning, images: Sequence[tuple[str, torch.Tensor]], co
     ratios = [str(r) for r in model.ratios]
     first = images[0][1]
     model.check_channels(images)
-    rep = audit(model, first.unsqueeze(0).to(device))
+    rep = audit(audit_model if audit_model is not None else model, first.unsqueeze(0).to(device))
     px0 = first.shape[-1] * first.shape[-2]
     dense_macs = count_macs(dense, first.unsqueeze(0).to(device)) if dense is not None else rep.dense_macs
     result = {"ratios": ratios, "branch_macs_fraction": rep.relative_costs().tolist(),

@@ -17,3 +17,19 @@ def data_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def isa(request, monkeypatch):
+    """Run a test on one kernel ISA path ("avx512" or "avx2", via DYNPRUNE_ISA); skip where it cannot run."""
+    from dynprune import sparse_cpu
+
+    monkeypatch.setenv("DYNPRUNE_ISA", request.param)
+    sparse_cpu._build.cache_clear()
+    status = sparse_cpu.kernel_status()
+    if not status["available"]:
+        sparse_cpu._build.cache_clear()
+        pytest.skip(f"N:M CPU kernel ({request.param}) cannot run here: {status['reason']}")
+    yield request.param
+    monkeypatch.delenv("DYNPRUNE_ISA")
+    sparse_cpu._build.cache_clear()

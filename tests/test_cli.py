@@ -117,3 +117,38 @@ def test_gray_image_given_to_rgb_model_is_an_error(tmp_path, capsys):
     write_image(torch.rand(1, 24, 24), tmp_path / "gray/g.png")
     assert main(["restore", str(tmp_path / "rgb/last.pt"), str(tmp_path / "gray"), str(tmp_path / "out")]) == 2
     assert "image 'g.png' has 1 channels but the model takes 3" in capsys.readouterr().err
+
+
+def test_deploy_artifact_and_cpu_backend(trained, tmp_path, capsys):
+    from dynprune.deployment import DEPLOY_FORMAT, load_deployed
+    from dynprune.trainer import load_trained
+
+    ckpt, art = str(trained / "run/last.pt"), tmp_path / "deployed.pt"
+    assert main(["deploy", ckpt, str(art), "--max-density", "0.5", "--min-out-channels", "1"]) == 0
+    assert "| dncnn.2 | Conv2d |" in capsys.readouterr().out
+    assert torch.load(art, weights_only=True)["format"] == DEPLOY_FORMAT
+    deployed, dynamic = load_deployed(art), load_trained(ckpt)[0]
+    assert "sparse" in deployed.deploy_report.layers[0].paths + deployed.deploy_report.layers[1].paths
+    x = torch.rand(2, 1, 30, 26)
+    with torch.no_grad():
+        for i in range(3):
+            with dp_use_branch(i):
+                assert (deployed.restorer(x) - dynamic.restorer(x)).abs().max().item() <= 1e-4
+    # eval on the artifact and with --backend cpu give the dynamic model's PSNR
+    reports = []
+    for name, args in (("dyn", [ckpt]), ("art", [str(art), "--dense", str(trained / "run/base.pt")]), ("cpu", [ckpt, "--backend", "cpu"])):
+        assert main(["eval", *args, "--data", str(trained / "clean"), "--sigma", "25", "--out", str(tmp_path / name)]) == 0
+        reports.append(json.loads((tmp_path / name / "report.json").read_text())["conditions"]["sigma=25"])
+    for rep in reports[1:]:
+        assert rep["histogram"] == reports[0]["histogram"]
+        assert rep["routed_macs_fraction"] == pytest.approx(reports[0]["routed_macs_fraction"])
+        for model_name, m in reports[0]["models"].items():
+            assert rep["models"][model_name]["psnr"] == pytest.approx(m["psnr"], abs=0.01)
+    assert main(["deploy", ckpt, str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
+def dp_use_branch(i):
+    import dynprune
+
+    return dynprune.use_branch(i)

@@ -1,0 +1,332 @@
+"""Wall-clock of the deployed N:M CPU kernel against dense DnCNN-B, measured in one process (issue 9).
+
+Parts (``--part``, default all):
+  branches  per branch, DnCNN-B (20 layers) on one BSD68 image (1x1x481x321), 1 and 2 threads: the
+            deployed model against the fastest dense torch variant of NCHW eager, channels_last eager and
+            torch.compile (inductor, freezing); interleaved rounds, medians.
+  bsd68     end to end on all 68 BSD68 images at sigma 15 / 25 / 50 (seeded like ``dynprune eval``):
+            dense DnCNN-B (its fastest variant from above), the dynamic routed ClassPruning model, the
+            deployed routed model (classifier, grouping and routing included) and, if given, a statically
+            channel-pruned DnCNN-B (benchmarks/channel_prune.py); per image, variants interleaved; PSNR of
+            each, and the deployed model's PSNR against the dynamic one's.
+  memory    peak resident memory (ru_maxrss) of the dynamic and the deployed model, each in a fresh
+            process, after one routed image per branch.
+  gcanet    per branch, a converted GCANet (702,818 parameters, random weights: no trained GCANet
+            checkpoint exists yet) on 1x3x481x321.
+
+The process's allocator is tuned for every variant alike (``sparse_cpu.tune_allocator``: large blocks
+are reused instead of page-faulted in each layer; ``--default-allocator`` measures without it).
+
+    python benchmarks/speed.py --data ../shared/data --checkpoint docs/checkpoints/cp_dncnn_b_bsd68_cpu.pt \
+        [--pruned runs/channel_pruned/pruned.pt] [--part branches bsd68 memory gcanet] [--rounds 7] \
+        [--out docs/results/speed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import dynprune as dp
+from dynprune import sparse_cpu
+from dynprune.imageio import read_folder
+from dynprune.metrics import psnr
+from dynprune.registry import create
+from dynprune.trainer import load_trained
+
+SIGMAS = (15, 25, 50)
+
+
+def _median_ms(samples: list[float]) -> float:
+    return 1e3 * statistics.median(samples)
+
+
+def interleaved(variants: dict, rounds: int, threads: int) -> dict[str, float]:
+    """Median ms of each variant over ``rounds`` rounds, the variants interleaved within each round."""
+    torch.set_num_threads(threads)
+    times = {k: [] for k in variants}
+    with torch.inference_mode():
+        for fn in variants.values():  # warm-up: caches, packing, compilation
+            fn()
+        for _ in range(rounds):
+            for k, fn in variants.items():
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+    return {k: _median_ms(v) for k, v in times.items()}
+
+
+def dense_variants(weights: str, x: torch.Tensor) -> dict:
+    """The dense DnCNN-B as NCHW eager, channels_last eager and torch.compile (inductor, freezing)."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    nchw = dp.create_model("dncnn", weights=weights).eval()
+    cl = dp.create_model("dncnn", weights=weights).eval().to(memory_format=torch.channels_last)
+    compiled = torch.compile(cl, dynamic=False)   # one static graph per image shape
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    return {"dense NCHW": lambda: nchw(x), "dense channels_last": lambda: cl(xcl),
+            "dense torch.compile": lambda: compiled(xcl)}, {"NCHW": nchw, "channels_last": cl, "compile": compiled}
+
+
+def on_branch(model, branch: int, x: torch.Tensor):
+    def run():
+        with dp.use_branch(branch):
+            return model(x)
+    return run
+
+
+def part_branches(args, image: torch.Tensor) -> dict:
+    cp, _, _ = load_trained(args.checkpoint)
+    deployed = dp.deploy(cp, max_density=0.5)          # both sparse branches on the kernel
+    onednn = dp.deploy(cp, max_density=0.0)            # every branch on oneDNN (BN folded, ReLU fused)
+    x = image.unsqueeze(0)
+    dense, _ = dense_variants(args.weights, x)
+    ratios = [str(r) for r in cp.ratios]
+    variants = dict(dense)
+    for i, r in enumerate(ratios):
+        variants[f"dynamic {r}"] = on_branch(cp.restorer, i, x)
+        variants[f"deployed {r} (kernel)" if r != "4:4" else f"deployed {r} (oneDNN)"] = on_branch(deployed.restorer, i, x)
+        if r != "4:4":
+            variants[f"deployed {r} (oneDNN)"] = on_branch(onednn.restorer, i, x)
+    out = {}
+    for threads in args.threads:
+        med = interleaved(variants, args.rounds, threads)
+        best_name = min(dense, key=med.get)
+        out[threads] = {"ms": med, "best_dense": best_name}
+        print(f"\n### DnCNN-B per branch, 1x1x{x.shape[-2]}x{x.shape[-1]}, {threads} thread(s), median of "
+              f"{args.rounds} interleaved rounds ({sparse_cpu.kernel_status()['isa']})")
+        print("| variant | ms | speed-up vs fastest dense (" + best_name + ") |\n|---|---:|---:|")
+        for k, v in med.items():
+            print(f"| {k} | {v:.1f} | {med[best_name] / v:.2f}x |")
+    return {"image_shape": list(x.shape), "ratios": ratios, "threads": out}
+
+
+def _bsd68(data: Path):
+    files, images = read_folder(data / "denoise/BSD68", channels=1)
+    return [f.name for f in files], images
+
+
+def part_bsd68(args, dense_kind: str) -> dict:
+    torch.set_num_threads(args.bsd_threads)
+    cp, _, _ = load_trained(args.checkpoint)
+    deployed = dp.deploy(cp)
+    names, images = _bsd68(Path(args.data))
+    images = images[: args.limit or None]
+    _, dense_models = dense_variants(args.weights, images[0].unsqueeze(0))
+    dense = dense_models[dense_kind]
+    pruned = dp.create_model("dncnn", weights=args.pruned).eval().to(memory_format=torch.channels_last) \
+        if args.pruned else None
+    if pruned is not None and dense_kind == "compile":
+        pruned = torch.compile(pruned, dynamic=False)
+    cl = torch.channels_last
+    variants = {"dense DnCNN-B": lambda x: dense(x.contiguous(memory_format=cl)),
+                "routed (dynamic)": lambda x: cp(x),
+                "routed (deployed)": lambda x: deployed(x)}
+    if pruned is not None:
+        variants["channel-pruned DnCNN-B"] = lambda x: pruned(x.contiguous(memory_format=cl))
+    res = {k: {"ms": 0.0, "psnr": {}} for k in variants}
+    routing, max_dpsnr = {}, 0.0
+    with torch.inference_mode():
+        x0 = images[0].unsqueeze(0)
+        for fn in variants.values():  # warm-up (compilation for both image orientations)
+            fn(x0), fn(x0.transpose(-1, -2).contiguous())
+        for s in SIGMAS:
+            deg = create("degradations", "gaussian_noise", sigmas=[s])
+            g = torch.Generator().manual_seed(0)
+            scores = {k: [] for k in variants}
+            hist = [0] * len(cp.ratios)
+            for img in images:
+                y = deg(img.unsqueeze(0), generator=g, level=0)[0]
+                out = {}
+                for k, fn in variants.items():
+                    t0 = time.perf_counter()
+                    out[k] = fn(y)
+                    res[k]["ms"] += 1e3 * (time.perf_counter() - t0)
+                    scores[k].append(psnr(out[k][0], img))
+                hist[int(cp.classify(y)[0])] += 1
+                max_dpsnr = max(max_dpsnr, abs(scores["routed (deployed)"][-1] - scores["routed (dynamic)"][-1]))
+            for k in variants:
+                res[k]["psnr"][f"sigma={s}"] = sum(scores[k]) / len(scores[k])
+            routing[f"sigma={s}"] = hist
+    n = len(images) * len(SIGMAS)
+    ref = res["dense DnCNN-B"]["ms"]
+    print(f"\n### BSD68 end to end, {len(images)} images x sigma {SIGMAS}, {args.bsd_threads} thread(s); dense = "
+          f"DnCNN-B {dense_kind}; routed models include the classifier and the grouping")
+    print("| model | total s | ms / image | speed-up vs dense | PSNR 15 / 25 / 50 (dB) |\n|---|---:|---:|---:|---|")
+    for k, v in res.items():
+        p = " / ".join(f"{v['psnr'][f'sigma={s}']:.2f}" for s in SIGMAS)
+        print(f"| {k} | {v['ms'] / 1e3:.1f} | {v['ms'] / n:.0f} | {ref / v['ms']:.2f}x | {p} |")
+    print(f"routing {routing}; largest per-image |PSNR deployed - dynamic| = {max_dpsnr:.2e} dB")
+    return {"threads": args.bsd_threads, "dense_variant": dense_kind, "images": len(images), "results": res,
+            "routing": routing, "max_abs_psnr_diff_deployed_vs_dynamic": max_dpsnr}
+
+
+def _model_bytes(model: torch.nn.Module) -> int:
+    """Parameters, buffers and the per-branch weight caches (dynamic layers' masked copies, deployed
+    layers' kernel packing and fallback weights) of ``model``."""
+    seen, total = set(), 0
+
+    def add(t):
+        nonlocal total
+        if isinstance(t, torch.Tensor) and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+        elif isinstance(t, (tuple, list)):
+            for u in t:
+                add(u)
+    for t in list(model.parameters()) + list(model.buffers()):
+        add(t)
+    for m in model.modules():
+        for cache in ("_nm_cache", "_nm_rank_cache", "_packed", "_dense"):
+            for v in getattr(m, cache, {}).values():
+                add(v)
+    return total
+
+
+def _peak_rss_child(kind: str, checkpoint: str, shape: list[int]) -> None:
+    cp, _, _ = load_trained(checkpoint)
+    model = dp.deploy(cp) if kind == "deployed" else cp
+    x = torch.rand(*shape)
+    with torch.inference_mode():
+        for b in range(len(cp.ratios)):
+            model.route(x, torch.full((1,), b))
+    print(json.dumps({"kind": kind, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "model_mb": _model_bytes(model) / 2 ** 20}))
+
+
+def part_memory(args, shape: list[int]) -> dict:
+    out = {}
+    for kind in ("dynamic", "deployed"):
+        cmd = [sys.executable, __file__, "--memory-child", kind, "--checkpoint", args.checkpoint,
+               "--shape", *map(str, shape), "--default-allocator"]
+        line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        out[kind] = json.loads(line)
+    print(f"\n### Peak memory, one routed {shape} image per branch, fresh process each (default allocator)")
+    print("| model | peak RSS (MB) | weights incl. per-branch caches (MB) |\n|---|---:|---:|")
+    for k, v in out.items():
+        print(f"| {k} | {v['peak_rss_mb']:.0f} | {v['model_mb']:.2f} |")
+    return out
+
+
+def part_gcanet(args) -> dict:
+    torch.manual_seed(0)
+    base = dp.create_model("gcanet").eval()
+    net = dp.convert(base).eval()
+    deployed = dp.deploy(net, max_density=0.5)
+    nchw = dp.deploy(net, max_density=0.5, channels_last=False)
+    x = torch.rand(1, 3, 321, 481)
+    variants = {"dense GCANet": lambda: base(x)}
+    for i, r in enumerate(dp.model_ratios(net)):
+        variants[f"dynamic {r}"] = on_branch(net, i, x)
+        variants[f"deployed {r}, channels_last"] = on_branch(deployed, i, x)
+        variants[f"deployed {r}, NCHW + kernel copies"] = on_branch(nchw, i, x)
+    sparse = sum(lp.paths[0] == "sparse" for lp in deployed.deploy_report.layers)
+    out = {}
+    for threads in args.threads:
+        med = interleaved(variants, args.rounds, threads)
+        out[threads] = med
+        print(f"\n### GCANet per branch, 1x3x321x481, {threads} thread(s) ({sparse} of "
+              f"{len(deployed.deploy_report.layers)} layers on the kernel at 1:4)")
+        print("| variant | ms | vs dense |\n|---|---:|---:|")
+        for k, v in med.items():
+            print(f"| {k} | {v:.1f} | {med['dense GCANet'] / v:.2f}x |")
+    return {"threads": out, "report": str(deployed.deploy_report)}
+
+
+def plot(results: dict, branch_psnr: dict, out: Path) -> None:
+    """PSNR (mean over sigma 15/25/50) against ms per BSD68 image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bsd = results["bsd68"]
+    n = bsd["images"] * len(SIGMAS)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    marks = {"dense DnCNN-B": "s", "routed (dynamic)": "^", "routed (deployed)": "*", "channel-pruned DnCNN-B": "D"}
+    for k, v in bsd["results"].items():
+        ax.plot(v["ms"] / n, statistics.mean(v["psnr"].values()), marks.get(k, "o"), ms=11, label=k)
+    br = results.get("branches", {}).get("threads", {}).get(str(bsd["threads"])) or \
+        results.get("branches", {}).get("threads", {}).get(bsd["threads"])
+    if br:
+        pts = []
+        for r, p in branch_psnr.items():
+            key = f"deployed {r} (kernel)" if f"deployed {r} (kernel)" in br["ms"] else f"deployed {r} (oneDNN)"
+            pts.append((br["ms"][key], p))
+        ax.plot(*zip(*sorted(pts)), "o--", color="gray", label="deployed branches (one image, no routing)")
+        for (ms, p), r in zip(sorted(pts), sorted(branch_psnr)):
+            ax.annotate(r, (ms, p), textcoords="offset points", xytext=(5, -10), fontsize=8)
+    ax.set_xlabel(f"ms per image ({bsd['threads']} threads)")
+    ax.set_ylabel("BSD68 PSNR, mean over sigma 15/25/50 (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--checkpoint", default="docs/checkpoints/cp_dncnn_b_bsd68_cpu.pt")
+    ap.add_argument("--weights", help="dense DnCNN-B weights (default: DATA/weights/dncnn/DnCNN-B/net.pth)")
+    ap.add_argument("--pruned", help="channel-pruned DnCNN-B from benchmarks/channel_prune.py")
+    ap.add_argument("--part", nargs="+", default=["branches", "bsd68", "memory", "gcanet"],
+                    choices=["branches", "bsd68", "memory", "gcanet"])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--bsd-threads", type=int, default=2)
+    ap.add_argument("--limit", type=int, default=0, help="first N BSD68 images only")
+    ap.add_argument("--default-allocator", action="store_true", help="do not tune glibc's allocator")
+    ap.add_argument("--out", default="docs/results/speed")
+    ap.add_argument("--memory-child", help=argparse.SUPPRESS)
+    ap.add_argument("--shape", type=int, nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if not args.default_allocator:
+        sparse_cpu.tune_allocator()
+    if args.memory_child:
+        return _peak_rss_child(args.memory_child, args.checkpoint, args.shape)
+    args.weights = args.weights or str(Path(args.data) / "weights/dncnn/DnCNN-B/net.pth")
+    if not sparse_cpu.kernel_status()["available"]:
+        raise SystemExit(f"speed: error: the N:M kernel cannot run here: {sparse_cpu.kernel_status()['reason']}")
+    names, images = _bsd68(Path(args.data))
+    image = images[0]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"torch": torch.__version__, "isa": sparse_cpu.kernel_status()["isa"],
+               "allocator": "default" if args.default_allocator else "tuned", "image": names[0]}
+    if "branches" in args.part:
+        results["branches"] = part_branches(args, image)
+    if "bsd68" in args.part:
+        kind = "compile"
+        if "branches" in results:
+            best = results["branches"]["threads"][args.bsd_threads]["best_dense"] \
+                if args.bsd_threads in results["branches"]["threads"] else "dense torch.compile"
+            kind = {"dense NCHW": "NCHW", "dense channels_last": "channels_last"}.get(best, "compile")
+        results["bsd68"] = part_bsd68(args, kind)
+    if "memory" in args.part:
+        results["memory"] = part_memory(args, [1, 1, *image.shape[-2:]])
+    if "gcanet" in args.part:
+        results["gcanet"] = part_gcanet(args)
+    (out / "speed.json").write_text(json.dumps(results, indent=1, default=str))
+    if "bsd68" in results:
+        rep = json.loads(Path("docs/results/dncnn_bsd68/report.json").read_text()) \
+            if Path("docs/results/dncnn_bsd68/report.json").is_file() else None
+        branch_psnr = {r: statistics.mean(c["models"][f"branch {r}"]["psnr"] for c in rep["conditions"].values())
+                       for r in rep["ratios"]} if rep else {}
+        plot(results, branch_psnr, out.parent / "speed.png")
+        print(f"\nplot: {out.parent / 'speed.png'}")
+    print(f"results: {out / 'speed.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""dynprune.deploy: the deployed model equals the dynamic one on every branch; reports; artifacts; errors."""
+
+import warnings
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+import dynprune as dp
+from dynprune import sparse_cpu
+from dynprune.classifier import DifficultyClassifier
+from dynprune.deployment import SparseConv2d, load_deployed, save_deployed
+
+from .test_convert import _randomize_bn
+
+
+def _max_diff_per_branch(dynamic: nn.Module, deployed: nn.Module, x: torch.Tensor) -> list[float]:
+    diffs = []
+    with torch.no_grad():
+        for i in range(len(deployed.deploy_report.ratios)):
+            with dp.use_branch(i):
+                diffs.append((dynamic(x) - deployed(x)).abs().max().item())
+    return diffs
+
+
+@pytest.fixture(scope="module")
+def dncnn():
+    torch.manual_seed(0)
+    base = dp.create_model("dncnn", depth=6, width=32).eval()
+    _randomize_bn(base)
+    return dp.convert(base).eval()
+
+
+def test_dncnn_deploy_equals_dynamic_and_reports_layers(dncnn):
+    dep = dp.deploy(dncnn, max_density=0.5)
+    x = torch.rand(2, 1, 37, 29)
+    assert max(_max_diff_per_branch(dncnn, dep, x)) <= 1e-4
+    rep = dep.deploy_report
+    middle = [lp for lp in rep.layers if lp.shape == (32, 32, 3, 3)]
+    assert len(middle) == 4 and all(lp.paths == ["sparse", "sparse", "dense"] for lp in middle)
+    assert all(lp.folded_norm and lp.relu for lp in middle)          # Conv-BN-ReLU fused
+    last = rep.layers[-1]
+    assert last.shape == (1, 32, 3, 3) and last.paths == ["dense"] * 3
+    assert "1 output channels < min_out_channels=16" in last.reasons[0]
+    assert rep.sparse_layers(0) == [lp.name for lp in middle]
+    assert "| dncnn.2 | Conv2d |" in str(rep)
+    # BN and ReLU were folded into the deployed convolutions
+    assert sum(isinstance(m, SparseConv2d) for m in dep.modules()) == 5   # every converted conv
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.ReLU)) for m in dep.dncnn[2:])
+
+
+def test_default_max_density_keeps_2of4_on_onednn(dncnn):
+    rep = dp.deploy(dncnn).deploy_report
+    lp = next(lp for lp in rep.layers if lp.shape == (32, 32, 3, 3))
+    assert lp.paths == ["sparse", "dense", "dense"] and "max_density=0.25" in lp.reasons[1]
+
+
+def test_gcanet_deploy_equals_dynamic():
+    torch.manual_seed(0)
+    net = dp.convert(dp.create_model("gcanet", width=16).eval()).eval()
+    dep = dp.deploy(net, max_density=0.5)
+    assert max(_max_diff_per_branch(net, dep, torch.rand(1, 3, 24, 20))) <= 1e-4
+    rep = dep.deploy_report
+    dilated = [lp for lp in rep.layers if lp.paths[0] == "sparse"]
+    assert dilated, str(rep)
+    reasons = {r for lp in rep.layers for r in lp.reasons if r}
+    assert any(r.startswith("stride (2, 2)") for r in reasons) and any("ConvTranspose2d" in r for r in reasons)
+
+
+def test_timm_resnet_deploy_equals_dynamic():
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10).eval()
+    _randomize_bn(model)
+    net = dp.convert(model).eval()
+    dep = dp.deploy(net, max_density=0.5)
+    x = torch.rand(1, 3, 64, 48)
+    diffs = _max_diff_per_branch(net, dep, x)
+    with torch.no_grad():
+        scale = net(x).abs().max().item()
+    assert max(diffs) <= 1e-4 * max(1.0, scale)
+    rep = dep.deploy_report
+    assert any(lp.type == "Linear" and lp.paths == ["dynamic"] * 3 for lp in rep.layers)
+    assert sum(lp.paths[0] == "sparse" for lp in rep.layers) >= 8      # the stride-1 3x3 convs
+
+
+def test_classpruning_deploy_routes_like_the_dynamic_model(dncnn):
+    cp = dp.ClassPruning(dncnn, DifficultyClassifier(1, 3)).eval()
+    dep = dp.deploy(cp, max_density=0.5)
+    x = torch.rand(4, 1, 24, 24)
+    branches = torch.tensor([0, 2, 1, 0])
+    with torch.no_grad():
+        want, _ = cp.route(x, branches)
+        got, _ = dep.route(x, branches)
+        assert (want - got).abs().max().item() <= 1e-4
+        assert (cp(x) - dep(x)).abs().max().item() <= 1e-4
+    assert isinstance(dep, dp.ClassPruning) and dep.classifier is not cp.classifier
+
+
+def test_deploy_errors(dncnn):
+    plain = dp.create_model("dncnn", depth=3, width=8)
+    with pytest.raises(ValueError, match="holds no dynamic N:M layer"):
+        dp.deploy(plain)
+    with pytest.raises(ValueError, match=r"unknown deploy backend 'cuda': valid backends are \['cpu'\]"):
+        dp.deploy(dncnn, backend="cuda")
+    with pytest.raises(ValueError, match="max_density=2"):
+        dp.deploy(dncnn, max_density=2)
+    dep = dp.deploy(dncnn)
+    with pytest.raises(ValueError, match=r"expects 1 input channels, got 3 \(input shape \(1, 3, 8, 8\)\)"):
+        dep(torch.rand(1, 3, 8, 8))
+    with pytest.raises(TypeError, match="expects float32 input, got torch.float64"):
+        dep(torch.rand(1, 1, 8, 8, dtype=torch.float64))
+
+
+def test_without_kernel_runs_dense_with_one_warning(dncnn, monkeypatch):
+    x = torch.rand(1, 1, 20, 20)
+    with_kernel = dp.deploy(dncnn, max_density=0.5)
+    monkeypatch.setenv("DYNPRUNE_ISA", "none")
+    sparse_cpu._build.cache_clear()
+    sparse_cpu._status.clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="N:M CPU kernel unavailable.*DYNPRUNE_ISA=none"):
+            fallback = dp.deploy(dncnn, max_density=0.5)
+        assert fallback.deploy_report.kernel == {"available": False, "isa": None, "reason": "DYNPRUNE_ISA=none"}
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")   # the reason was given once; running warns no more
+            assert max(_max_diff_per_branch(with_kernel, fallback, x)) <= 1e-4
+    finally:
+        monkeypatch.delenv("DYNPRUNE_ISA")
+        sparse_cpu._build.cache_clear()
+        sparse_cpu._status.clear()
+
+
+def test_save_requires_a_deployed_model(dncnn, tmp_path):
+    with pytest.raises(ValueError, match="was not made by dynprune.deploy"):
+        save_deployed(dncnn, tmp_path / "x.pt", {}, {})
+    torch.save({"model": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="is not a deployed dynprune model"):
+        load_deployed(tmp_path / "other.pt")
