@@ -153,7 +153,7 @@ def pack_for_kernel(values: torch.Tensor, index: torch.Tensor, bias: torch.Tenso
     """Re-pack :func:`compress`'s output into the kernel layout for ``lanes`` SIMD lanes.
 
     Output channels are padded to blocks of ``lanes``, input channels to chunks of ``lanes`` (padded
-    entries carry weight 0). Returns ``(values (B, T, C, J, L) float32, index uint8 same shape (input
+    entries carry weight 0). Returns ``(values (B, T, C, J, L) float32, index int32 same shape (input
     channel inside its chunk), bias (B*L,) float32, J)`` with B output blocks, T taps, C chunks and
     J = (L/m)*n kept entries per output channel, tap and chunk.
 
@@ -170,7 +170,7 @@ def pack_for_kernel(values: torch.Tensor, index: torch.Tensor, bias: torch.Tenso
     # the k-th kept entry lies in chunk k // J (ascending input channels, n per group of m)
     i[:cout, :, :kept] = index.long() - (torch.arange(kept) // J * lanes).view(1, 1, -1)
     v = v.view(blocks, lanes, taps, chunks, J).permute(0, 2, 3, 4, 1).contiguous()
-    i = i.view(blocks, lanes, taps, chunks, J).permute(0, 2, 3, 4, 1).to(torch.uint8).contiguous()
+    i = i.view(blocks, lanes, taps, chunks, J).permute(0, 2, 3, 4, 1).to(torch.int32).contiguous()
     b = torch.zeros(blocks * lanes)
     if bias is not None:
         b[:cout] = bias.detach().float()

@@ -29,8 +29,8 @@ torch::Tensor nm_conv2d(const torch::Tensor& x, const torch::Tensor& values, con
   TORCH_CHECK(values.scalar_type() == at::kFloat && values.is_contiguous() &&
                   values.numel() == blocks * kh * kw * chunks * J * L,
               "nm_conv2d: values do not match (", blocks, ", ", kh * kw, ", ", chunks, ", ", J, ", ", L, ")");
-  TORCH_CHECK(index.scalar_type() == at::kByte && index.is_contiguous() && index.numel() == values.numel(),
-              "nm_conv2d: index must be contiguous uint8 shaped like values");
+  TORCH_CHECK(index.scalar_type() == at::kInt && index.is_contiguous() && index.numel() == values.numel(),
+              "nm_conv2d: index must be contiguous int32 shaped like values");
   TORCH_CHECK(bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == blocks * L,
               "nm_conv2d: bias must hold ", blocks * L, " floats");
   const int64_t ho = h + 2 * pad_h - dil_h * (kh - 1), wo = w + 2 * pad_w - dil_w * (kw - 1);
@@ -42,7 +42,7 @@ torch::Tensor nm_conv2d(const torch::Tensor& x, const torch::Tensor& values, con
   p.x = xc.data_ptr<float>();
   p.y = y.data_ptr<float>();
   p.values = values.data_ptr<float>();
-  p.index = index.data_ptr<uint8_t>();
+  p.index = index.data_ptr<int32_t>();
   p.bias = bias.data_ptr<float>();
   p.zeros = zeros.data_ptr<float>();
   p.n = n; p.h = h; p.w = w; p.cin = cin; p.ho = ho; p.wo = wo; p.cout = cout;

@@ -9,13 +9,13 @@ namespace dynprune {
 // One convolution call. Activations are NHWC (a channels_last tensor's memory). Packed weights
 // (dynprune/sparse_cpu.py, pack_for_kernel): for every block of L output channels (L = SIMD lanes),
 // tap, chunk of L input channels and kept entry j < J, one L-lane vector of weight values and one of
-// input-channel indices inside the chunk (uint8): lane o of entry j multiplies input channel idx[j][o]
+// input-channel indices inside the chunk (int32, no widening shuffle in the loop): lane o of entry j multiplies input channel idx[j][o]
 // of the chunk into output channel o.
 struct NMConvParams {
   const float* x;         // (n, h, w, cin)
   float* y;               // (n, ho, wo, cout)
   const float* values;    // (ocb, taps, chunks, J, L)
-  const uint8_t* index;   // (ocb, taps, chunks, J, L)
+  const int32_t* index;   // (ocb, taps, chunks, J, L)
   const float* bias;      // (ocb * L), zero-padded; never null
   const float* zeros;     // chunks * L zeros, read for taps that fall on the zero padding
   int64_t n, h, w, cin, ho, wo, cout;

@@ -16,9 +16,7 @@ struct V256 {
   }
   static inline reg load(const float* p) { return _mm256_loadu_ps(p); }
   static inline reg load_part(const float* p, int n) { return _mm256_maskload_ps(p, head(n)); }
-  static inline ireg load_index(const uint8_t* p) {
-    return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-  }
+  static inline ireg load_index(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
   static inline reg permute(ireg i, reg x) { return _mm256_permutevar8x32_ps(x, i); }
   static inline reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
   static inline reg relu(reg a) { return _mm256_max_ps(a, _mm256_setzero_ps()); }

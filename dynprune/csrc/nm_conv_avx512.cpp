@@ -14,9 +14,7 @@ struct V512 {
   static inline __mmask16 head(int n) { return __mmask16((1u << n) - 1u); }
   static inline reg load(const float* p) { return _mm512_loadu_ps(p); }
   static inline reg load_part(const float* p, int n) { return _mm512_maskz_loadu_ps(head(n), p); }
-  static inline ireg load_index(const uint8_t* p) {
-    return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  }
+  static inline ireg load_index(const int32_t* p) { return _mm512_loadu_si512(p); }
   static inline reg permute(ireg i, reg x) { return _mm512_permutexvar_ps(i, x); }
   static inline reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
   static inline reg relu(reg a) { return _mm512_max_ps(a, _mm512_setzero_ps()); }

@@ -1,7 +1,7 @@
 // dynprune: the direct N:M convolution, written once over a SIMD traits type V and instantiated by
 // each ISA file (nm_conv_avx512.cpp, nm_conv_avx2.cpp) under its own target pragma.
 //
-// V provides: reg, ireg, L (lanes), load, load_part, load_index (L uint8 -> int32 lanes), permute
+// V provides: reg, ireg, L (lanes), load, load_part, load_index (L int32 lanes), permute
 // (lane o takes x[index[o]]), fma, relu, store, store_part.
 //
 // Per output tile of P consecutive pixels x NB blocks of L output channels, for every tap and chunk
@@ -46,7 +46,7 @@ inline void nm_tile(const NMConvParams& p, int64_t b, int64_t oy, int64_t ox, in
       }
       const int64_t t = int64_t(ky) * p.kw + kx;
       const float* vals = p.values + ob * per_block + t * per_tap;
-      const uint8_t* idxs = p.index + ob * per_block + t * per_tap;
+      const int32_t* idxs = p.index + ob * per_block + t * per_tap;
       for (int c = 0; c < p.chunks; ++c) {
         reg xv[P];
         if (c + 1 < p.chunks || rem == L) {
@@ -55,7 +55,7 @@ inline void nm_tile(const NMConvParams& p, int64_t b, int64_t oy, int64_t ox, in
           for (int q = 0; q < P; ++q) xv[q] = V::load_part(src[q] + c * L, rem);
         }
         const float* vc = vals + int64_t(c) * J * L;
-        const uint8_t* ic = idxs + int64_t(c) * J * L;
+        const int32_t* ic = idxs + int64_t(c) * J * L;
 #pragma GCC unroll 16
         for (int j = 0; j < J; ++j) {
           for (int nb = 0; nb < NB; ++nb) {
