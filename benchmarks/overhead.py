@@ -72,7 +72,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in samples.items()}
     print(f"DnCNN-20, 1x{base.in_channels}x{args.size}x{args.size} (batch {args.batch} for routing), "
           f"{args.threads} threads, torch {torch.__version__}, median of {args.repeats}")
-    print(f"| variant | ms | ratio |\n|---|---:|---:|")
+    print("| variant | ms | ratio |\n|---|---:|---:|")
     ref = med["original"]
     for k in ("original", "converted, dense branch", "branch 1:4", "branch 2:4", "branch 4:4"):
         print(f"| {k} | {1e3 * med[k]:.1f} | {med[k] / ref:.3f} x original |")

@@ -33,3 +33,19 @@ def isa(request, monkeypatch):
     yield request.param
     monkeypatch.delenv("DYNPRUNE_ISA")
     sparse_cpu._build.cache_clear()
+
+
+@pytest.fixture
+def no_kernel(monkeypatch):
+    """Make the N:M kernel unavailable (DYNPRUNE_ISA=none) for one test; ``sparse_cpu.kernel()`` warns again."""
+    from dynprune import sparse_cpu
+
+    def reset():
+        sparse_cpu._build.cache_clear()
+        sparse_cpu._status.clear()
+
+    reset()
+    monkeypatch.setenv("DYNPRUNE_ISA", "none")
+    yield
+    monkeypatch.delenv("DYNPRUNE_ISA")
+    reset()

@@ -144,6 +144,16 @@ def test_deploy_artifact_and_cpu_backend(trained, tmp_path, capsys):
         assert rep["routed_macs_fraction"] == pytest.approx(reports[0]["routed_macs_fraction"])
         for model_name, m in reports[0]["models"].items():
             assert rep["models"][model_name]["psnr"] == pytest.approx(m["psnr"], abs=0.01)
+    # restore through the deployed artifact writes the dynamic model's images (8-bit files, same routing)
+    outs = {}
+    for name, model_path in (("dyn", ckpt), ("art", str(art))):
+        assert main(["restore", model_path, str(trained / "clean"), str(tmp_path / f"r_{name}")]) == 0
+        outs[name] = list(csv.DictReader(open(tmp_path / f"r_{name}/routing.csv")))
+    assert [r["branch"] for r in outs["art"]] == [r["branch"] for r in outs["dyn"]]
+    assert all(float(r["ms"]) > 0 for r in outs["art"])
+    for r in outs["dyn"]:
+        a, b = read_image(tmp_path / "r_dyn" / r["image"]), read_image(tmp_path / "r_art" / r["image"])
+        assert (a - b).abs().max().item() <= 1 / 255 + 1e-6
     assert main(["deploy", ckpt, str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
 

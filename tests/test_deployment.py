@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 import dynprune as dp
-from dynprune import sparse_cpu
 from dynprune.classifier import DifficultyClassifier
 from dynprune.deployment import SparseConv2d, load_deployed, save_deployed
 
@@ -112,23 +111,19 @@ def test_deploy_errors(dncnn):
         dep(torch.rand(1, 1, 8, 8, dtype=torch.float64))
 
 
-def test_without_kernel_runs_dense_with_one_warning(dncnn, monkeypatch):
-    x = torch.rand(1, 1, 20, 20)
-    with_kernel = dp.deploy(dncnn, max_density=0.5)
-    monkeypatch.setenv("DYNPRUNE_ISA", "none")
-    sparse_cpu._build.cache_clear()
-    sparse_cpu._status.clear()
-    try:
-        with pytest.warns(RuntimeWarning, match="N:M CPU kernel unavailable.*DYNPRUNE_ISA=none"):
-            fallback = dp.deploy(dncnn, max_density=0.5)
-        assert fallback.deploy_report.kernel == {"available": False, "isa": None, "reason": "DYNPRUNE_ISA=none"}
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")   # the reason was given once; running warns no more
-            assert max(_max_diff_per_branch(with_kernel, fallback, x)) <= 1e-4
-    finally:
-        monkeypatch.delenv("DYNPRUNE_ISA")
-        sparse_cpu._build.cache_clear()
-        sparse_cpu._status.clear()
+@pytest.fixture(scope="module")
+def deployed_with_kernel(dncnn):
+    return dp.deploy(dncnn, max_density=0.5)
+
+
+def test_without_kernel_runs_dense_with_one_warning(dncnn, deployed_with_kernel, no_kernel):
+    with pytest.warns(RuntimeWarning, match="N:M CPU kernel unavailable.*DYNPRUNE_ISA=none"):
+        fallback = dp.deploy(dncnn, max_density=0.5)
+    assert fallback.deploy_report.kernel == {"available": False, "isa": None, "reason": "DYNPRUNE_ISA=none"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # the reason was given once; running warns no more
+        x = torch.rand(1, 1, 20, 20)
+        assert max(_max_diff_per_branch(deployed_with_kernel, fallback, x)) <= 1e-4
 
 
 def test_save_requires_a_deployed_model(dncnn, tmp_path):
@@ -137,3 +132,35 @@ def test_save_requires_a_deployed_model(dncnn, tmp_path):
     torch.save({"model": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="is not a deployed dynprune model"):
         load_deployed(tmp_path / "other.pt")
+
+
+@pytest.fixture
+def artifact(tmp_path):
+    """A deployed tiny ClassPruning model saved to a file, and its outputs on a fixed batch."""
+    from dynprune.trainer import build_model
+
+    from .test_trainer import tiny_config
+
+    cfg = tiny_config(tmp_path / "run")
+    model = build_model(cfg).eval()
+    dep = dp.deploy(model, max_density=0.5, min_out_channels=1)
+    assert any(lp.paths[0] == "sparse" for lp in dep.deploy_report.layers)
+    path = save_deployed(dep, tmp_path / "deployed.pt", cfg.model_dump(mode="json"), model.restorer.arch)
+    x = torch.rand(3, 1, 21, 19)
+    with torch.no_grad():
+        return path, x, dep(x)
+
+
+def test_artifact_roundtrip_is_bit_identical(artifact):
+    path, x, want = artifact
+    assert torch.load(path, weights_only=True)["deploy"]["max_density"] == 0.5
+    with torch.no_grad():
+        assert torch.equal(load_deployed(path)(x), want)
+
+
+def test_artifact_loads_without_the_kernel_with_a_warning_and_same_outputs(artifact, no_kernel):
+    path, x, want = artifact
+    with pytest.warns(RuntimeWarning, match="running the dense masked weights instead: DYNPRUNE_ISA=none"):
+        fallback = load_deployed(path)
+    with torch.no_grad():
+        assert (fallback(x) - want).abs().max().item() <= 1e-4
