@@ -3,8 +3,9 @@
 1. Converted model on its dense branch vs the original model (target: within 5%).
 2. Routed inference (classifier + grouping + one call per branch + scatter) vs the ideal mix: the sum
    of each branch's time on its own group, measured alone.
-3. Each branch's time vs dense: masked weights run through the same dense kernels, so on a CPU the
-   sparse branches are not faster (docs/reference speed.md: no stock N:M conv kernel exists).
+3. Each branch's time vs dense: the *dynamic* model runs its masked weights through the same dense
+   kernels, so its sparse branches are not faster; the deployed model (``dynprune.deploy``, the N:M CPU
+   kernel) is measured by benchmarks/speed.py.
 
 Timings interleave the variants and report medians of ``--repeats`` rounds (this VM drifts; ratios
 from one run are what to compare).

@@ -18,7 +18,7 @@ The process's allocator is tuned for every variant alike (``sparse_cpu.tune_allo
 are reused instead of page-faulted in each layer; ``--default-allocator`` measures without it).
 
     python benchmarks/speed.py --data ../shared/data --checkpoint docs/checkpoints/cp_dncnn_b_bsd68_cpu.pt \
-        [--pruned runs/channel_pruned/pruned.pt] [--part branches bsd68 memory gcanet] [--rounds 7] \
+        [--pruned runs/channel_pruned/pruned.pt ...] [--part branches bsd68 memory gcanet] [--rounds 7] \
         [--out docs/results/speed]
 """
 
@@ -123,16 +123,16 @@ def part_bsd68(args, dense_kind: str) -> dict:
     images = images[: args.limit or None]
     _, dense_models = dense_variants(args.weights, images[0].unsqueeze(0))
     dense = dense_models[dense_kind]
-    pruned = dp.create_model("dncnn", weights=args.pruned).eval().to(memory_format=torch.channels_last) \
-        if args.pruned else None
-    if pruned is not None and dense_kind == "compile":
-        pruned = torch.compile(pruned, dynamic=False)
     cl = torch.channels_last
     variants = {"dense DnCNN-B": lambda x: dense(x.contiguous(memory_format=cl)),
                 "routed (dynamic)": lambda x: cp(x),
                 "routed (deployed)": lambda x: deployed(x)}
-    if pruned is not None:
-        variants["channel-pruned DnCNN-B"] = lambda x: pruned(x.contiguous(memory_format=cl))
+    for path in args.pruned:
+        pruned = dp.create_model("dncnn", weights=path).eval().to(memory_format=cl)
+        width = pruned.arch["width"]
+        if dense_kind == "compile":
+            pruned = torch.compile(pruned, dynamic=False)
+        variants[f"channel-pruned DnCNN-B, width {width}"] = lambda x, m=pruned: m(x.contiguous(memory_format=cl))
     res = {k: {"ms": 0.0, "psnr": {}} for k in variants}
     routing, max_dpsnr = {}, 0.0
     with torch.inference_mode():
@@ -252,9 +252,9 @@ def plot(results: dict, branch_psnr: dict, out: Path) -> None:
     bsd = results["bsd68"]
     n = bsd["images"] * len(SIGMAS)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    marks = {"dense DnCNN-B": "s", "routed (dynamic)": "^", "routed (deployed)": "*", "channel-pruned DnCNN-B": "D"}
+    marks = {"dense DnCNN-B": "s", "routed (dynamic)": "^", "routed (deployed)": "*"}
     for k, v in bsd["results"].items():
-        ax.plot(v["ms"] / n, statistics.mean(v["psnr"].values()), marks.get(k, "o"), ms=11, label=k)
+        ax.plot(v["ms"] / n, statistics.mean(v["psnr"].values()), marks.get(k, "D"), ms=11, label=k)
     br = results.get("branches", {}).get("threads", {}).get(str(bsd["threads"])) or \
         results.get("branches", {}).get("threads", {}).get(bsd["threads"])
     if br:
@@ -279,7 +279,7 @@ def main() -> None:
     ap.add_argument("--data", default="../shared/data")
     ap.add_argument("--checkpoint", default="docs/checkpoints/cp_dncnn_b_bsd68_cpu.pt")
     ap.add_argument("--weights", help="dense DnCNN-B weights (default: DATA/weights/dncnn/DnCNN-B/net.pth)")
-    ap.add_argument("--pruned", help="channel-pruned DnCNN-B from benchmarks/channel_prune.py")
+    ap.add_argument("--pruned", nargs="*", default=[], help="channel-pruned DnCNN-B files (benchmarks/channel_prune.py)")
     ap.add_argument("--part", nargs="+", default=["branches", "bsd68", "memory", "gcanet"],
                     choices=["branches", "bsd68", "memory", "gcanet"])
     ap.add_argument("--rounds", type=int, default=7)

@@ -200,7 +200,10 @@ class SparseConv2d(nn.Module):
 
 
 def _is_conv2d(layer: nn.Module) -> bool:
-    return isinstance(layer, DynamicNMMixin) and issubclass(layer._dynprune_base, nn.Conv2d)
+    """A dynamic ``nn.Conv2d`` whose class keeps Conv2d's own forward (timm's Conv2dSame pads in its own)."""
+    base = getattr(layer, "_dynprune_base", None)
+    return (isinstance(layer, DynamicNMMixin) and issubclass(base, nn.Conv2d)
+            and base.forward is nn.Conv2d.forward and base._conv_forward is nn.Conv2d._conv_forward)
 
 
 def _foldable(norm: nn.Module) -> bool:
@@ -211,7 +214,9 @@ def _foldable(norm: nn.Module) -> bool:
 def _plan(name: str, conv: nn.Module, opts: dict[str, Any]) -> LayerPlan:
     shape = tuple(conv.dense_weight.shape)
     if not _is_conv2d(conv):
-        why = f"{conv._dynprune_base.__name__} (kernel: Conv2d)"
+        base = conv._dynprune_base
+        why = (f"{base.__name__} has its own forward (kernel: plain Conv2d)" if issubclass(base, nn.Conv2d)
+               else f"{base.__name__} (kernel: Conv2d)")
         return LayerPlan(name, conv._dynprune_base.__name__, shape, ["dynamic"] * len(conv.nm_ratios),
                          [why] * len(conv.nm_ratios))
     reasons = [_sparse_reason(conv, r, opts["max_density"], opts["min_out_channels"]) for r in conv.nm_ratios]

@@ -83,6 +83,16 @@ def test_timm_resnet_deploy_equals_dynamic():
     assert sum(lp.paths[0] == "sparse" for lp in rep.layers) >= 8      # the stride-1 3x3 convs
 
 
+def test_conv_subclass_with_its_own_forward_stays_dynamic():
+    from timm.layers import Conv2dSame
+
+    net = dp.convert(nn.Sequential(nn.Conv2d(4, 16, 3, padding=1), Conv2dSame(16, 16, 3, stride=1)).eval())
+    dep = dp.deploy(net, max_density=0.5)
+    same = dep.deploy_report.layers[1]
+    assert same.paths == ["dynamic"] * 3 and "Conv2dSame has its own forward" in same.reasons[0]
+    assert max(_max_diff_per_branch(net, dep, torch.rand(1, 4, 11, 13))) <= 1e-4
+
+
 def test_classpruning_deploy_routes_like_the_dynamic_model(dncnn):
     cp = dp.ClassPruning(dncnn, DifficultyClassifier(1, 3)).eval()
     dep = dp.deploy(cp, max_density=0.5)
