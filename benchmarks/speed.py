@@ -1,6 +1,8 @@
 """Wall-clock of the deployed N:M CPU kernel against dense DnCNN-B, measured in one process (issue 9).
 
 Parts (``--part``, default all):
+  layer     one 64->64 3x3 convolution on 1x64x481x321: oneDNN (NCHW, channels_last) against the kernel
+            at 1:4 and 2:4, AVX-512 and AVX2 paths, 1 and 2 threads.
   branches  per branch, DnCNN-B (20 layers) on one BSD68 image (1x1x481x321), 1 and 2 threads: the
             deployed model against the fastest dense torch variant of NCHW eager, channels_last eager and
             torch.compile (inductor, freezing); interleaved rounds, medians.
@@ -108,6 +110,45 @@ def part_branches(args, image: torch.Tensor) -> dict:
         for k, v in med.items():
             print(f"| {k} | {v:.1f} | {med[best_name] / v:.2f}x |")
     return {"image_shape": list(x.shape), "ratios": ratios, "threads": out}
+
+
+def part_layer(args) -> dict:
+    """One 64->64 3x3 layer on 1x64x481x321: oneDNN NCHW / channels_last against the kernel (both ISAs)."""
+    import os
+
+    import torch.nn.functional as F
+
+    from dynprune.nm import nm_mask
+
+    torch.manual_seed(0)
+    w, b = torch.randn(64, 64, 3, 3), torch.randn(64)
+    xn = torch.randn(1, 64, 481, 321)
+    x, wcl = xn.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
+    variants = {"oneDNN NCHW": lambda: F.conv2d(xn, w, b, padding=1),
+                "oneDNN channels_last": lambda: F.conv2d(x, wcl, b, padding=1)}
+    for isa in ("avx512", "avx2"):
+        os.environ["DYNPRUNE_ISA"] = isa
+        sparse_cpu._build.cache_clear()
+        if not sparse_cpu.kernel_status()["available"]:
+            continue
+        for n in (1, 2):
+            values, index = sparse_cpu.compress(w, nm_mask(w, f"{n}:4"), n, 4)
+            packed = sparse_cpu.pack_for_kernel(values, index, b, 64, n, 4, sparse_cpu.lanes())
+            variants[f"kernel {isa} {n}:4"] = (lambda packed=packed, bits=512 if isa == "avx512" else 256:
+                                               sparse_cpu._build()[0].nm_conv2d(x, *packed[:3], 64, 3, 3, 1, 1, 1, 1,
+                                                                                packed[3], True, bits))
+    os.environ.pop("DYNPRUNE_ISA")
+    sparse_cpu._build.cache_clear()
+    out = {}
+    for threads in args.threads:
+        med = interleaved(variants, args.rounds, threads)
+        out[threads] = med
+        ref = min(med["oneDNN NCHW"], med["oneDNN channels_last"])
+        print(f"\n### One 64->64 3x3 layer (+bias, ReLU fused in the kernel), 1x64x481x321, {threads} thread(s)")
+        print("| variant | ms | vs fastest oneDNN |\n|---|---:|---:|")
+        for k, v in med.items():
+            print(f"| {k} | {v:.1f} | {ref / v:.2f}x |")
+    return out
 
 
 def _bsd68(data: Path):
@@ -280,8 +321,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", default="docs/checkpoints/cp_dncnn_b_bsd68_cpu.pt")
     ap.add_argument("--weights", help="dense DnCNN-B weights (default: DATA/weights/dncnn/DnCNN-B/net.pth)")
     ap.add_argument("--pruned", nargs="*", default=[], help="channel-pruned DnCNN-B files (benchmarks/channel_prune.py)")
-    ap.add_argument("--part", nargs="+", default=["branches", "bsd68", "memory", "gcanet"],
-                    choices=["branches", "bsd68", "memory", "gcanet"])
+    ap.add_argument("--part", nargs="+", default=["layer", "branches", "bsd68", "memory", "gcanet"],
+                    choices=["layer", "branches", "bsd68", "memory", "gcanet"])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--bsd-threads", type=int, default=2)
@@ -304,6 +345,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     results = {"torch": torch.__version__, "isa": sparse_cpu.kernel_status()["isa"],
                "allocator": "default" if args.default_allocator else "tuned", "image": names[0]}
+    if "layer" in args.part:
+        results["layer"] = part_layer(args)
     if "branches" in args.part:
         results["branches"] = part_branches(args, image)
     if "bsd68" in args.part:
