@@ -97,14 +97,25 @@ def _load_for_inference(path, backend: str):
 
         tune_allocator()
         cfg = TrainConfig.model_validate(obj["config"])
-        return load_deployed(path), cfg, build_model(cfg, arch=obj.get("arch", {})).eval()
+        model = load_deployed(path)
+        _say_deployed(model)
+        return model, cfg, build_model(cfg, arch=obj.get("arch", {})).eval()
     model, cfg, _ = load_trained(path)
     if backend == "dynamic":
         return model, cfg, model
     from .sparse_cpu import tune_allocator
 
     tune_allocator()  # this process only runs inference: keep large blocks for reuse (no page faults)
-    return deploy(model, backend), cfg, model
+    deployed = deploy(model, backend)
+    _say_deployed(deployed)
+    return deployed, cfg, model
+
+
+def _say_deployed(model) -> None:
+    rep = model.deploy_report
+    counts = ", ".join(f"{r}: {len(rep.sparse_layers(i))}" for i, r in enumerate(rep.ratios))
+    kernel = rep.kernel["isa"] if rep.kernel["available"] else f"unavailable ({rep.kernel['reason']})"
+    print(f"backend cpu, kernel {kernel}; layers on the N:M kernel per branch: {counts}", file=sys.stderr)
 
 
 def cmd_deploy(args) -> int:
