@@ -13,7 +13,7 @@ ISA: AVX-512F when the CPU has it, else AVX2 + FMA; ``DYNPRUNE_ISA=avx2`` forces
 it on an AVX-512 machine), ``DYNPRUNE_ISA=none`` disables the kernel. Where no kernel can run (no
 compiler, no AVX2, a build error), :func:`kernel` returns None and warns once, naming the reason; the
 callers then run the same weights densely through ``F.conv2d`` (identical results to float tolerance).
-Threads follow ``torch.set_num_threads`` (``at::parallel_for`` over output rows).
+Threads follow ``torch.set_num_threads`` (output rows split over that many threads).
 """
 
 from __future__ import annotations

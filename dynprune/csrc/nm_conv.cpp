@@ -2,6 +2,10 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <thread>
+#include <vector>
+
 #include "nm_conv.h"
 
 namespace {
@@ -49,10 +53,21 @@ torch::Tensor nm_conv2d(const torch::Tensor& x, const torch::Tensor& values, con
   p.kh = int(kh); p.kw = int(kw); p.pad_h = int(pad_h); p.pad_w = int(pad_w);
   p.dil_h = int(dil_h); p.dil_w = int(dil_w);
   p.chunks = int(chunks); p.J = int(J); p.relu = relu;
-  at::parallel_for(0, n * ho, 1, [&](int64_t begin, int64_t end) {
+  // Output rows split evenly over at::get_num_threads() workers (torch.set_num_threads). at::parallel_for
+  // is inline OpenMP code that a build without -fopenmp would run serially, and linking a second OpenMP
+  // runtime beside torch's is worse; a few std::threads per call cost microseconds against milliseconds.
+  const auto rows = [&](int64_t begin, int64_t end) {
     if (isa == 512) dynprune::nm_conv_rows_avx512(p, begin, end);
     else dynprune::nm_conv_rows_avx2(p, begin, end);
-  });
+  };
+  const int64_t items = n * ho;
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), items));
+  const int64_t chunk = (items + workers - 1) / workers;
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < workers; ++t)
+    pool.emplace_back(rows, t * chunk, std::min(items, (t + 1) * chunk));
+  rows(0, std::min(items, chunk));
+  for (auto& th : pool) th.join();
   return y;
 }
 
