@@ -76,6 +76,14 @@ def test_kernel_threads_give_identical_output(isa):
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, two)  # rows are independent: no reduction across threads
+    ext = sparse_cpu.kernel()
+    try:
+        torch.set_num_threads(2)
+        assert (ext.num_workers(481), ext.num_workers(1)) == (2, 1)   # threads follow torch.set_num_threads
+        torch.set_num_threads(1)
+        assert ext.num_workers(481) == 1
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_pack_rejects_m_that_does_not_fit_the_lanes():

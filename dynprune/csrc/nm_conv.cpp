@@ -18,6 +18,11 @@ int64_t cpu_isa() {
   return 0;
 }
 
+// Threads a call over `items` output rows uses: at::get_num_threads() (torch.set_num_threads), at most one per row.
+int64_t num_workers(int64_t items) {
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), items));
+}
+
 // y = relu?(conv2d(x, W) + bias), W packed by dynprune.sparse_cpu.pack_for_kernel for this ISA's lanes.
 torch::Tensor nm_conv2d(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& index,
                         const torch::Tensor& bias, int64_t cout, int64_t kh, int64_t kw, int64_t pad_h,
@@ -61,7 +66,7 @@ torch::Tensor nm_conv2d(const torch::Tensor& x, const torch::Tensor& values, con
     else dynprune::nm_conv_rows_avx2(p, begin, end);
   };
   const int64_t items = n * ho;
-  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), items));
+  const int64_t workers = num_workers(items);
   const int64_t chunk = (items + workers - 1) / workers;
   std::vector<std::thread> pool;
   for (int64_t t = 1; t < workers; ++t)
@@ -75,5 +80,6 @@ torch::Tensor nm_conv2d(const torch::Tensor& x, const torch::Tensor& values, con
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_isa", &cpu_isa, "SIMD width the CPU runs: 512 (AVX-512F), 256 (AVX2+FMA) or 0");
+  m.def("num_workers", &num_workers, "threads a call over that many output rows uses");
   m.def("nm_conv2d", &nm_conv2d, "direct N:M sparse conv2d: stride 1, groups 1, fp32 channels last");
 }
