@@ -97,10 +97,10 @@ def _load_for_inference(path, backend: str):
 
         tune_allocator()
         cfg = TrainConfig.model_validate(obj["config"])
-        model = load_deployed(path)
+        model = load_deployed(path, obj)
         _say_deployed(model)
         return model, cfg, build_model(cfg, arch=obj.get("arch", {})).eval()
-    model, cfg, _ = load_trained(path)
+    model, cfg, _ = load_trained(path, obj)
     if backend == "dynamic":
         return model, cfg, model
     from .sparse_cpu import tune_allocator

@@ -29,6 +29,7 @@ from . import sparse_cpu
 from .branch import current_branch, resolve_branch
 from .checkpoint import load_file, save_atomic
 from .classpruning import ClassPruning
+from .convert import model_ratios
 from .layers import DynamicNMMixin, VariableNormMixin, dynamic_layers
 from .nm import NMRatio
 
@@ -324,10 +325,7 @@ def deploy(model: nn.Module, backend: str = "cpu", *, max_density: float = 0.25,
     if not isinstance(model, nn.Module):
         raise TypeError(f"deploy() needs an nn.Module, got {type(model).__name__}")
     net = model.restorer if isinstance(model, ClassPruning) else model
-    if not any(True for _ in dynamic_layers(net)):
-        raise ValueError(f"{type(model).__name__} holds no dynamic N:M layer: deploy() takes a model made by "
-                         f"dynprune.convert() or a trained ClassPruning model")
-    ratios = next(layer for _, layer in dynamic_layers(net)).nm_ratios
+    ratios = model_ratios(net)   # ValueError for a model that was never converted
     opts = {"backend": backend, "max_density": float(max_density), "min_out_channels": int(min_out_channels),
             "fuse": bool(fuse), "channels_last": bool(channels_last)}
     out = copy.deepcopy(model).eval()
@@ -364,11 +362,13 @@ def is_deployed_file(obj: Any) -> bool:
     return isinstance(obj, dict) and obj.get("format") == DEPLOY_FORMAT
 
 
-def load_deployed(path: str | Path) -> nn.Module:
+def load_deployed(path: str | Path, obj: dict | None = None) -> nn.Module:
     """Rebuild a model written by :func:`save_deployed` (in eval mode, ready to run).
 
     On a machine where the kernel cannot run, it still loads and runs its sparse branches densely (one
     warning names the reason).
+
+    ``obj``: the file's content when the caller has read it already (it is not read again).
 
     Raises:
         FileNotFoundError: missing file. ValueError: not a deployed artifact, or weights that do not fit.
@@ -376,7 +376,7 @@ def load_deployed(path: str | Path) -> nn.Module:
     from .config import TrainConfig
     from .trainer import build_model
 
-    obj = load_file(path)
+    obj = load_file(path) if obj is None else obj
     if not is_deployed_file(obj):
         raise ValueError(f"{str(path)!r} is not a deployed dynprune model (no format {DEPLOY_FORMAT!r}); "
                          f"make one with `dynprune deploy CKPT OUT`")

@@ -55,14 +55,15 @@ def build_model(cfg: TrainConfig, arch: dict[str, Any] | None = None, in_channel
     return ClassPruning(restorer, classifier)
 
 
-def load_trained(path: str | Path) -> tuple[ClassPruning, TrainConfig, dict]:
-    """Rebuild a trained ClassPruning model from a checkpoint (state_dict + config, no pickled modules).
+def load_trained(path: str | Path, ckpt: dict | None = None) -> tuple[ClassPruning, TrainConfig, dict]:
+    """Rebuild a trained ClassPruning model from a checkpoint (state_dict + config, no pickled modules);
+    ``ckpt`` is the file's content when the caller has read it already (it is not read again).
 
     Raises:
         FileNotFoundError: missing file. ValueError: truncated/corrupt file, not a dynprune checkpoint,
         or weights of another architecture (the mismatching keys are named).
     """
-    ckpt = load_file(path)
+    ckpt = load_file(path) if ckpt is None else ckpt
     if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{str(path)!r} is not a dynprune checkpoint (needs 'model' and 'config' entries)")
     cfg = TrainConfig.model_validate(ckpt["config"])

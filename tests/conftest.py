@@ -19,33 +19,36 @@ def _seed():
     torch.manual_seed(0)
 
 
+def _reset_kernel() -> None:
+    """Forget the built kernel's ISA choice and its one-time warning (the next call re-reads DYNPRUNE_ISA)."""
+    from dynprune import sparse_cpu
+
+    sparse_cpu._build.cache_clear()
+    sparse_cpu._status.clear()
+
+
 @pytest.fixture
 def isa(request, monkeypatch):
     """Run a test on one kernel ISA path ("avx512" or "avx2", via DYNPRUNE_ISA); skip where it cannot run."""
     from dynprune import sparse_cpu
 
     monkeypatch.setenv("DYNPRUNE_ISA", request.param)
-    sparse_cpu._build.cache_clear()
+    _reset_kernel()
     status = sparse_cpu.kernel_status()
     if not status["available"]:
-        sparse_cpu._build.cache_clear()
+        monkeypatch.delenv("DYNPRUNE_ISA")
+        _reset_kernel()
         pytest.skip(f"N:M CPU kernel ({request.param}) cannot run here: {status['reason']}")
     yield request.param
     monkeypatch.delenv("DYNPRUNE_ISA")
-    sparse_cpu._build.cache_clear()
+    _reset_kernel()
 
 
 @pytest.fixture
 def no_kernel(monkeypatch):
     """Make the N:M kernel unavailable (DYNPRUNE_ISA=none) for one test; ``sparse_cpu.kernel()`` warns again."""
-    from dynprune import sparse_cpu
-
-    def reset():
-        sparse_cpu._build.cache_clear()
-        sparse_cpu._status.clear()
-
-    reset()
+    _reset_kernel()
     monkeypatch.setenv("DYNPRUNE_ISA", "none")
     yield
     monkeypatch.delenv("DYNPRUNE_ISA")
-    reset()
+    _reset_kernel()

@@ -5,6 +5,8 @@ import pytest
 import torch
 import yaml
 
+import dynprune
+
 from dynprune.cli import main
 from dynprune.imageio import read_image, write_image
 from dynprune.metrics import psnr
@@ -132,7 +134,7 @@ def test_deploy_artifact_and_cpu_backend(trained, tmp_path, capsys):
     x = torch.rand(2, 1, 30, 26)
     with torch.no_grad():
         for i in range(3):
-            with dp_use_branch(i):
+            with dynprune.use_branch(i):
                 assert (deployed.restorer(x) - dynamic.restorer(x)).abs().max().item() <= 1e-4
     # eval on the artifact and with --backend cpu give the dynamic model's PSNR
     reports = []
@@ -157,8 +159,3 @@ def test_deploy_artifact_and_cpu_backend(trained, tmp_path, capsys):
     assert main(["deploy", ckpt, str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
 
-
-def dp_use_branch(i):
-    import dynprune
-
-    return dynprune.use_branch(i)
