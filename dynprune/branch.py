@@ -10,7 +10,7 @@ import torch
 
 from .nm import NMRatio
 
-__all__ = ["use_branch", "current_branch", "resolve_branch", "route", "BranchLike"]
+__all__ = ["use_branch", "current_branch", "resolve_branch", "route", "per_group", "BranchLike"]
 
 BranchLike = Union[int, str, NMRatio]
 _ACTIVE: contextvars.ContextVar[BranchLike | None] = contextvars.ContextVar("dynprune_branch", default=None)
@@ -64,6 +64,29 @@ def resolve_branch(branch: BranchLike | None, ratios: Sequence[NMRatio]) -> int:
     return branch % n
 
 
+def per_group(fn: Callable[[int, torch.Tensor], torch.Tensor], x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``fn(k, x[index == k])`` once per distinct ``k``, the results scattered back to input order.
+
+    Args:
+        fn: (group k, its samples (b, ...)) -> (b, ...).
+        x: (B, ...). index: int64 (B,) group per sample.
+    Returns:
+        (B, ...) outputs in input order.
+    Raises:
+        ValueError: ``index`` is not one group per sample.
+    """
+    if index.dim() != 1 or index.shape[0] != x.shape[0]:
+        raise ValueError(f"branches must have shape ({x.shape[0]},), got {tuple(index.shape)}")
+    out = None
+    for k in torch.unique(index).tolist():
+        idx = (index == k).nonzero(as_tuple=True)[0]
+        y = fn(int(k), x.index_select(0, idx))
+        if out is None:
+            out = y.new_empty((x.shape[0], *y.shape[1:]))
+        out.index_copy_(0, idx, y)
+    return out
+
+
 def route(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, branches: torch.Tensor) -> torch.Tensor:
     """Run ``fn`` per sample on that sample's branch: one call per distinct branch, results scattered back.
 
@@ -76,14 +99,8 @@ def route(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, branches:
     Raises:
         ValueError: ``branches`` is not one index per sample.
     """
-    if branches.dim() != 1 or branches.shape[0] != x.shape[0]:
-        raise ValueError(f"branches must have shape ({x.shape[0]},), got {tuple(branches.shape)}")
-    out = None
-    for b in torch.unique(branches).tolist():
-        idx = (branches == b).nonzero(as_tuple=True)[0]
-        with use_branch(int(b)):
-            y = fn(x.index_select(0, idx))
-        if out is None:
-            out = y.new_empty((x.shape[0], *y.shape[1:]))
-        out.index_copy_(0, idx, y)
-    return out
+    def on_branch(b: int, xb: torch.Tensor) -> torch.Tensor:
+        with use_branch(b):
+            return fn(xb)
+
+    return per_group(on_branch, x, branches)

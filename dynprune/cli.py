@@ -62,7 +62,7 @@ def _dense_reference(cfg, ckpt_path: Path, explicit: str | None):
             model = create("models", obj.get("name", cfg.model.name), **obj["arch"])
             model.load_state_dict(obj["model"])
             return model, path
-        return create("models", cfg.model.name, weights=path), path
+        return create("models", cfg.model.name, weights=path, **cfg.model.kwargs), path
     return None, None
 
 

@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .nm import parse_ratios
 
-__all__ = ["TrainConfig", "load_config", "Component", "StageConfig", "JointStageConfig"]
+__all__ = ["TrainConfig", "load_config", "Component", "StageConfig", "JointStageConfig", "DistillConfig"]
 
 
 class _Strict(BaseModel):
@@ -75,6 +75,20 @@ class Stages(_Strict):
     joint: JointStageConfig = JointStageConfig(epochs=500, lr_start=1e-5, lr_end=1e-7)
 
 
+class DistillConfig(_Strict):
+    """Output distillation of every branch from frozen dense teachers (off when ``weight`` = 0, the paper).
+
+    ``weight`` alpha: each branch's per-sample loss becomes (1 - alpha) loss(f_i(y), x) + alpha loss(f_i(y), T(y)).
+    ``teachers``: empty = a frozen copy of the starting network (the pretrained ``model.weights``, or
+    ``init_from``'s densest branch), so the densest branch is anchored where it started; one entry = one
+    teacher for every image; one entry per degradation level (e.g. DnCNN-S-15/25/50) = each image's teacher
+    is its level's.
+    """
+
+    weight: float = Field(0.0, ge=0, le=1)
+    teachers: list[ModelConfig] = Field(default_factory=list)
+
+
 class TrainConfig(_Strict):
     """Everything a ClassPruning run needs; see ``configs/*.yaml`` for real examples."""
 
@@ -92,6 +106,16 @@ class TrainConfig(_Strict):
     out_dir: str = "runs/default"
     checkpoint_every: int = Field(100, ge=1)
     init_from: str | None = None  # a dynprune checkpoint whose weights initialize the whole model
+    # L_W weight of every branch >= lw_floor (stages 2-3); 0 = the paper's eq. 6, 1/L = all branches equal
+    lw_floor: float = Field(0.0, ge=0, le=1)
+    distill: DistillConfig = DistillConfig()
+
+    @model_validator(mode="after")
+    def _floor_fits(self) -> "TrainConfig":
+        n = len(self.convert.ratios)
+        if self.lw_floor > 1.0 / n + 1e-12:
+            raise ValueError(f"lw_floor {self.lw_floor} is above 1/L = {1.0 / n:.4g} for {n} branches")
+        return self
 
 
 def apply_override(data: dict, dotted: str) -> None:

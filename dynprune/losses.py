@@ -1,4 +1,5 @@
-"""ClassPruning's losses (paper eq. 4-7): L_W, L_E, L_C and L_F, plus stage 1's cross-entropy."""
+"""ClassPruning's losses (paper eq. 4-7): L_W, L_E, L_C and L_F, plus stage 1's cross-entropy, and two
+additions to the paper: a floor on every branch's L_W weight and output distillation from a dense teacher."""
 
 from __future__ import annotations
 
@@ -7,25 +8,63 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["weighted_reconstruction", "entropy_loss", "cost_loss", "final_loss", "classifier_loss"]
+__all__ = ["weighted_reconstruction", "branch_weights", "distilled", "entropy_loss", "cost_loss", "final_loss",
+           "classifier_loss"]
 
 PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def branch_weights(probs: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
+    """Each branch's L_W weight per sample: ``floor + (1 - L * floor) * p_i`` (rows still sum to 1).
+
+    ``floor`` = 0 is the paper's eq. 6 (weights = the classifier's probabilities, near one-hot, so a branch
+    sees almost only "its" level); ``floor`` = 1/L trains every branch on every image equally.
+
+    Args:
+        probs: (B, L) class probabilities, float.
+        floor: minimum weight of every branch, 0 <= floor <= 1/L.
+    Raises:
+        ValueError: ``floor`` outside [0, 1/L].
+    """
+    n = probs.shape[1]
+    if not 0.0 <= floor <= 1.0 / n + 1e-12:
+        raise ValueError(f"L_W floor {floor} is outside [0, 1/{n}] for {n} branches")
+    return floor + (1.0 - n * floor) * probs
+
+
 def weighted_reconstruction(probs: torch.Tensor, outputs: Sequence[torch.Tensor], target: torch.Tensor,
-                            loss: PerSampleLoss) -> torch.Tensor:
-    """L_W = sum_i p_i(y) * loss(f_i(y), x), averaged over the batch (eq. 6; ``loss`` = L1 in the paper).
+                            loss: PerSampleLoss, floor: float = 0.0) -> torch.Tensor:
+    """L_W = sum_i w_i(y) * loss(f_i(y), x), averaged over the batch (eq. 6; ``loss`` = L1 in the paper),
+    with w = :func:`branch_weights` (probs, floor); ``floor`` = 0 gives w_i = p_i as in the paper.
 
     Args:
         probs: (B, L) class probabilities. outputs: L tensors (B, C, H, W). target: (B, C, H, W).
         loss: per-sample loss (pred, target) -> (B,).
     Raises:
-        ValueError: len(outputs) != L.
+        ValueError: len(outputs) != L, or a floor outside [0, 1/L].
     """
     if len(outputs) != probs.shape[1]:
         raise ValueError(f"{len(outputs)} branch outputs for {probs.shape[1]} probabilities")
     per_branch = torch.stack([loss(o, target) for o in outputs], dim=1)
-    return (probs * per_branch).sum(1).mean()
+    return (branch_weights(probs, floor) * per_branch).sum(1).mean()
+
+
+def distilled(loss: PerSampleLoss, teacher_out: torch.Tensor, alpha: float) -> PerSampleLoss:
+    """Per-sample ``(1 - alpha) * loss(pred, target) + alpha * loss(pred, teacher_out)``: output-level
+    knowledge distillation from a frozen dense teacher (Hinton et al. 2015, applied to the restored image as
+    in SR distillation, e.g. Gao et al. 2018). ``alpha`` = 0 returns ``loss`` unchanged.
+
+    Args:
+        teacher_out: (B, C, H, W) float, the teacher's restoration of the same degraded batch.
+        alpha: in [0, 1].
+    Raises:
+        ValueError: ``alpha`` outside [0, 1].
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"distillation weight {alpha} is outside [0, 1]")
+    if alpha == 0.0:
+        return loss
+    return lambda pred, target: (1.0 - alpha) * loss(pred, target) + alpha * loss(pred, teacher_out)
 
 
 def entropy_loss(probs: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -39,9 +78,10 @@ def cost_loss(probs: torch.Tensor, costs: torch.Tensor) -> torch.Tensor:
 
 
 def final_loss(probs, outputs, target, costs, loss: PerSampleLoss,
-               weights: Sequence[float] = (1.0, 0.1, 0.1)) -> tuple[torch.Tensor, dict[str, float]]:
-    """L_F = w1 L_W + w2 L_E + w3 L_C (eq. 7). Returns (L_F, {"L_W", "L_E", "L_C"} as floats)."""
-    lw = weighted_reconstruction(probs, outputs, target, loss)
+               weights: Sequence[float] = (1.0, 0.1, 0.1), floor: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """L_F = w1 L_W + w2 L_E + w3 L_C (eq. 7; L_W with ``floor``, see :func:`weighted_reconstruction`).
+    Returns (L_F, {"L_W", "L_E", "L_C"} as floats)."""
+    lw = weighted_reconstruction(probs, outputs, target, loss, floor)
     le, lc = entropy_loss(probs), cost_loss(probs, costs)
     total = weights[0] * lw + weights[1] * le + weights[2] * lc
     return total, {"L_W": lw.item(), "L_E": le.item(), "L_C": lc.item()}

@@ -4,6 +4,10 @@ An optional stage 0 ("base", off by default) trains the dense network alone, for
 without pretrained weights; stage 1 trains the classifier alone with cross-entropy on pseudo labels;
 stage 2 freezes it and trains the restoration branches with L_W; stage 3 trains everything with L_F. Every batch is a pure
 function of (seed, stage, step), so a resumed run continues exactly where the checkpoint left it.
+
+Two additions to the paper's recipe, both off by default: ``lw_floor`` (every branch keeps a minimum L_W weight on
+every image, so no branch forgets the other levels) and ``distill`` (every branch also learns the output of frozen
+dense teachers: the starting network, or one per degradation level).
 """
 
 from __future__ import annotations
@@ -24,12 +28,12 @@ from .checkpoint import load_file, save_atomic
 from .classifier import create_classifier
 from .classpruning import ClassPruning
 from .config import StageConfig, TrainConfig
-from .branch import use_branch
+from .branch import per_group, use_branch
 from .convert import convert, export_branch
 from .layers import sync_variable_norms
 from .registry import create, get_host
 
-__all__ = ["Trainer", "build_model", "load_trained", "STAGES"]
+__all__ = ["Trainer", "build_model", "load", "load_trained", "config_differences", "STAGES"]
 
 STAGES = ("base", "classifier", "restoration", "joint")
 log = logging.getLogger(__name__)
@@ -65,7 +69,8 @@ def load_trained(path: str | Path, ckpt: dict | None = None) -> tuple[ClassPruni
     """
     ckpt = load_file(path) if ckpt is None else ckpt
     if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
-        raise ValueError(f"{str(path)!r} is not a dynprune checkpoint (needs 'model' and 'config' entries)")
+        raise ValueError(f"{str(path)!r} is not a ClassPruning checkpoint (no 'model' + 'config' entries; "
+                         f"{_what_it_is(ckpt)})")
     cfg = TrainConfig.model_validate(ckpt["config"])
     model = build_model(cfg, arch=ckpt.get("arch", {}))
     try:
@@ -75,6 +80,54 @@ def load_trained(path: str | Path, ckpt: dict | None = None) -> tuple[ClassPruni
                          f"{str(err).splitlines()[0]} ...") from err
     model.eval()
     return model, cfg, ckpt
+
+
+# Config fields that do not change what a run computes; a resumed run may change them.
+_RUN_ONLY = ("threads", "device", "checkpoint_every", "out_dir")
+
+
+def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``"key: old -> new"`` for every (dotted) key whose value differs between two config dumps, except
+    :data:`_RUN_ONLY` fields."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        if not prefix and k in _RUN_ONLY:
+            continue
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def _what_it_is(obj) -> str:
+    if isinstance(obj, dict) and "model" in obj and "arch" in obj:
+        return "it holds a dense network's weights: build it with dynprune.create_model(name, **arch) and load them"
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return (f"it is a bare state_dict (first keys {list(obj)[:3]}): load it with "
+                "dynprune.create_model(name, weights=path)")
+    return f"it holds a {type(obj).__name__}"
+
+
+def load(path: str | Path) -> nn.Module:
+    """The trained model a dynprune file holds, in eval mode, in one line: a training checkpoint (``train``'s
+    ``last.pt``, ``docs/checkpoints/*.pt``) gives its :class:`ClassPruning` model; a deployed artifact
+    (``dynprune deploy``) gives the deployed model. Input/output as the model's (images in [0, 1]).
+
+    >>> model = dynprune.load("docs/checkpoints/cp_dncnn_b.pt")            # doctest: +SKIP
+    >>> fast = dynprune.deploy(model)                                         # doctest: +SKIP
+
+    Raises:
+        FileNotFoundError: missing file. ValueError: truncated/corrupt file, or a file that is not a ClassPruning
+        checkpoint nor a deployed model (what it holds instead is named), or weights that do not fit its config.
+    """
+    from .deployment import is_deployed_file, load_deployed
+
+    obj = load_file(path)
+    if is_deployed_file(obj):
+        return load_deployed(path, obj)
+    return load_trained(path, obj)[0]
 
 
 def cosine_lr(step: int, total: int, lr0: float, lr1: float) -> float:
@@ -114,11 +167,60 @@ class Trainer:
                 self.model.load_state_dict(state["model"] if "model" in state else state)
             except (RuntimeError, KeyError) as err:
                 raise ValueError(f"init_from {cfg.init_from!r} does not fit this model: {str(err).splitlines()[0]}") from err
+        self.teachers = self._build_teachers()
         if resume and (self.out / "last.pt").is_file():
             self._load(self.out / "last.pt")
         with torch.no_grad():
             probe = self.dataset[0].unsqueeze(0).to(cfg.device)
             self.costs = audit(self.model, probe).relative_costs().to(cfg.device)
+            self._check_teachers(probe)
+
+    # ---- distillation -----------------------------------------------------------------------
+    def _build_teachers(self) -> list[nn.Module]:
+        """Frozen dense teachers (eval mode, no gradients); [] when distillation is off."""
+        d = self.cfg.distill
+        if d.weight == 0:
+            return []
+        if not d.teachers:
+            if not (self.cfg.model.weights or self.cfg.init_from):
+                raise ValueError("distill.weight > 0 with no distill.teachers distils from the starting network, "
+                                 "but it is untrained here (no model.weights, no init_from): give distill.teachers")
+            teachers = [export_branch(self.model.restorer, -1)]
+        else:
+            levels = getattr(self.degrade, "levels", None)
+            if len(d.teachers) > 1 and len(d.teachers) != levels:
+                raise ValueError(f"distill.teachers has {len(d.teachers)} entries; give one, or one per degradation "
+                                 f"level ({levels} for {self.cfg.degradation.name!r})")
+            teachers = []
+            for t in d.teachers:
+                if not t.weights:
+                    raise ValueError(f"distillation teacher {t.name!r} has no weights: a teacher must be trained")
+                teachers.append(create("models", t.name, weights=t.weights, **t.kwargs))
+        for t in teachers:
+            t.to(self.cfg.device).eval().requires_grad_(False)
+        return teachers
+
+    def _check_teachers(self, probe: torch.Tensor) -> None:
+        want = tuple(self.model.restorer.eval()(probe).shape)
+        for i, t in enumerate(self.teachers):
+            got = tuple(t(probe).shape)
+            if got != want:
+                name = (self.cfg.distill.teachers[i].name if self.cfg.distill.teachers else "the starting network")
+                raise ValueError(f"distillation teacher {i} ({name}) maps a {tuple(probe.shape)} input to {got}, "
+                                 f"but the student's output is {want}: a teacher must restore the same task")
+
+    @torch.no_grad()
+    def _teach(self, degraded: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """Teacher restoration (B, C, H, W) of a degraded batch; with one teacher per level, per sample."""
+        if len(self.teachers) == 1:
+            return self.teachers[0](degraded)
+        return per_group(lambda k, xb: self.teachers[k](xb), degraded, level)
+
+    def _sample_loss(self, degraded: torch.Tensor, level: torch.Tensor):
+        """The per-sample reconstruction loss of this run: the configured loss, distilled if asked."""
+        if not self.teachers:
+            return self.rec_loss
+        return L.distilled(self.rec_loss, self._teach(degraded, level), self.cfg.distill.weight)
 
     # ---- data -------------------------------------------------------------------------------
     def _steps(self, sc: StageConfig) -> tuple[int, int]:
@@ -139,7 +241,7 @@ class Trainer:
         degraded, level = self.degrade(clean, generator=g_noise)
         degraded, labels = self.labeler(clean, degraded, level)
         dev = self.cfg.device
-        return clean.to(dev), degraded.to(dev), labels.to(dev)
+        return clean.to(dev), degraded.to(dev), labels.to(dev), level.to(dev)
 
     def _fit_labeler(self, samples: int = 512) -> None:
         """Fit a data-driven labeler (residual-variance bins, eq. 2-3) on seeded degraded training patches."""
@@ -159,6 +261,16 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         ckpt = load_file(path)
+        if not isinstance(ckpt, dict) or "config" not in ckpt:
+            raise ValueError(f"cannot resume from {str(path)!r}: not a dynprune training checkpoint")
+        try:
+            old = TrainConfig.model_validate(ckpt["config"]).model_dump(mode="json")
+        except ValueError:
+            old = ckpt["config"]
+        diff = config_differences(old, self.cfg.model_dump(mode="json"))
+        if diff:
+            raise ValueError(f"cannot resume from {str(path)!r}: it belongs to another run; its config differs from "
+                             f"this one in " + "; ".join(diff) + ". Use another out_dir, or the same config")
         try:
             self.model.load_state_dict(ckpt["model"])
         except (RuntimeError, KeyError) as err:
@@ -214,14 +326,14 @@ class Trainer:
                    dynamic_ncols=True, mininterval=2.0)
         for step in bar:
             self.step = step
-            clean, degraded, labels = self._batch(stage, step, sc, spe)
+            clean, degraded, labels, level = self._batch(stage, step, sc, spe)
             if not (torch.isfinite(clean).all() and torch.isfinite(degraded).all()):
                 raise FloatingPointError(f"non-finite values in the training batch at stage {stage + 1} ({name}), "
                                          f"step {step}; last checkpoint kept at {self.out / 'last.pt'}")
             lr = cosine_lr(step, total - 1, sc.lr_start, sc.lr_end)
             for group in opt.param_groups:
                 group["lr"] = lr
-            loss, parts = self._loss(stage, clean, degraded, labels, sc)
+            loss, parts = self._loss(stage, clean, degraded, labels, level, sc)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {loss.item()} at stage {stage + 1} ({name}), step {step}; "
                                          f"last checkpoint kept at {self.out / 'last.pt'}")
@@ -236,7 +348,7 @@ class Trainer:
                 self._save(opt)
         model.eval()
 
-    def _loss(self, stage: int, clean, degraded, labels, sc) -> tuple[torch.Tensor, dict[str, float]]:
+    def _loss(self, stage: int, clean, degraded, labels, level, sc) -> tuple[torch.Tensor, dict[str, float]]:
         model = self.model
         if STAGES[stage] == "base":
             model.restorer.train()
@@ -257,11 +369,11 @@ class Trainer:
             for i in range(model.num_branches):
                 with use_branch(i):
                     outputs.append(model.restorer(degraded))
-            lw = L.weighted_reconstruction(probs, outputs, clean, self.rec_loss)
+            lw = L.weighted_reconstruction(probs, outputs, clean, self._sample_loss(degraded, level), self.cfg.lw_floor)
             return lw, {"L_W": lw.item()}
         model.train()
         out = model(degraded)
-        total, parts = L.final_loss(out.probs, out.outputs, clean, self.costs, self.rec_loss,
-                                    sc.loss_weights)
+        total, parts = L.final_loss(out.probs, out.outputs, clean, self.costs, self._sample_loss(degraded, level),
+                                    sc.loss_weights, self.cfg.lw_floor)
         parts["hist"] = torch.bincount(out.probs.argmax(1), minlength=model.num_branches).tolist()
         return total, parts

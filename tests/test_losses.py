@@ -17,6 +17,27 @@ def test_weighted_reconstruction_closed_form():
         L.weighted_reconstruction(probs, outputs[:2], target, l1)
 
 
+def test_lw_floor_closed_form():
+    target = torch.zeros(2, 1, 2, 2)
+    outputs = [torch.full((2, 1, 2, 2), v) for v in (0.1, 0.2, 0.4)]
+    probs = torch.tensor([[1.0, 0.0, 0.0], [0.2, 0.3, 0.5]])
+    w = L.branch_weights(probs, 0.2)     # 0.2 + 0.4 p
+    assert w.flatten().tolist() == pytest.approx([0.6, 0.2, 0.2, 0.28, 0.32, 0.4]) and w.sum(1).tolist() == pytest.approx([1, 1])
+    expected = ((0.6 * 0.1 + 0.2 * 0.2 + 0.2 * 0.4) + (0.28 * 0.1 + 0.32 * 0.2 + 0.4 * 0.4)) / 2
+    assert L.weighted_reconstruction(probs, outputs, target, l1, floor=0.2).item() == pytest.approx(expected)
+    assert L.branch_weights(probs, 1 / 3).flatten().tolist() == pytest.approx([1 / 3] * 6)   # all branches equal
+    with pytest.raises(ValueError, match=r"L_W floor 0.4 is outside \[0, 1/3\]"):
+        L.branch_weights(probs, 0.4)
+
+
+def test_distilled_blends_target_and_teacher():
+    pred, target, teacher = torch.zeros(2, 1, 2, 2), torch.full((2, 1, 2, 2), 0.4), torch.full((2, 1, 2, 2), 0.1)
+    assert L.distilled(l1, teacher, 0.25)(pred, target).tolist() == pytest.approx([0.75 * 0.4 + 0.25 * 0.1] * 2)
+    assert L.distilled(l1, teacher, 0.0) is l1
+    with pytest.raises(ValueError, match=r"distillation weight 1.5 is outside \[0, 1\]"):
+        L.distilled(l1, teacher, 1.5)
+
+
 def test_entropy_and_cost():
     p = torch.tensor([[1 / 3, 1 / 3, 1 / 3], [1.0, 0.0, 0.0]])
     assert L.entropy_loss(p).item() == pytest.approx(math.log(3) / 2, rel=1e-6)

@@ -65,3 +65,67 @@ def test_srn_residual_starts_from_identity():
         plain = dp.create_model("srn", width=8).eval()
         plain.load_state_dict(srn.state_dict())
         assert torch.equal(plain(x), torch.zeros_like(x))
+
+
+def _release_layout(net) -> dict:
+    """A GCANet state_dict under the authors' key names (``res3.pre_conv1.weight``, ...)."""
+    out = {}
+    for k, v in net.state_dict().items():
+        if k.startswith("res."):
+            _, i, part, leaf = k.split(".")
+            k = f"res{int(i) + 1}.{ {'pre1': 'pre_conv1', 'pre2': 'pre_conv2'}.get(part, part)}.{leaf}"
+        out[k] = v
+    return out
+
+
+def test_gcanet_loads_the_authors_layout(tmp_path):
+    torch.manual_seed(0)
+    src = dp.create_model("gcanet", width=16, residual=False).eval()
+    for p in src.parameters():   # move the delta-initialized smoothing kernels off their init
+        p.data.add_(0.01 * torch.randn_like(p))
+    torch.save(_release_layout(src), tmp_path / "release.pth")
+    net = dp.create_model("gcanet", weights=str(tmp_path / "release.pth"), residual=False).eval()
+    x = torch.rand(1, 3, 21, 30)
+    with torch.no_grad():
+        assert torch.equal(net(x), src(x)) and (net(x) >= 0).all()   # ReLU'd image output
+        as_residual = dp.create_model("gcanet", weights=str(tmp_path / "release.pth")).eval()
+        raw = as_residual(x) - x                    # the same prediction, added to the input instead
+        assert torch.allclose(net(x), raw.clamp_min(0), atol=1e-6) and (raw < 0).any()
+    assert net.arch == {"width": 16, "residual": False}
+
+
+def test_gcanet_weight_errors(tmp_path):
+    torch.save(dp.create_model("dncnn", depth=4, width=8).state_dict(), tmp_path / "dncnn.pth")
+    with pytest.raises(ValueError, match="not a GCANet state_dict: needs a 'conv1.weight'"):
+        dp.create_model("gcanet", weights=str(tmp_path / "dncnn.pth"))
+    sd = _release_layout(dp.create_model("gcanet", width=16))
+    sd.pop("res4.pre_conv1.weight")
+    sd["res4.pre_conv1.weight"] = torch.zeros(1, 1, 3, 3)          # the d=2 kernel size where d=4 needs 7x7
+    sd["extra.weight"] = torch.zeros(1)
+    torch.save(sd, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match=r"not the GCANet layout \(width 16\).*unexpected \['extra.weight'\].*"
+                                         r"res.3.pre1.weight \(1, 1, 3, 3\) != \(1, 1, 7, 7\)"):
+        dp.create_model("gcanet", weights=str(tmp_path / "other.pth"))
+    torch.save(_release_layout(dp.create_model("gcanet", width=16)), tmp_path / "w16.pth")
+    with pytest.raises(ValueError, match="width=64 but .* holds width 16"):
+        dp.create_model("gcanet", weights=str(tmp_path / "w16.pth"), width=64)
+
+
+@pytest.mark.parametrize("file,residual,degraded,clean,psnr_in,psnr_out", [
+    ("dehaze.pth", True, "dehaze/SOTS_outdoor_sample/hazy/0001_0.8_0.2.jpg", "dehaze/SOTS_outdoor_sample/clear/0001.png",
+     16.13, 18.52),
+    ("dehaze.pth", True, "dehaze/SOTS_outdoor_sample/hazy/0002_0.8_0.08.jpg",
+     "dehaze/SOTS_outdoor_sample/clear/0002.png", 20.37, 20.52),
+    ("derain.pth", False, "derain/Rain100H/rainy/001.png", "derain/Rain100H/clean/001.png", 15.28, 19.58),
+    ("derain.pth", False, "derain/Rain100H/rainy/002.png", "derain/Rain100H/clean/002.png", 13.53, 18.44)])
+def test_gcanet_pretrained_reproduces_source_figures(data_dir, file, residual, degraded, clean, psnr_in, psnr_out):
+    """The PSNR figures of weights/gcanet/SOURCE.txt (output clamped and rounded to 8 bits, RGB PSNR)."""
+    from dynprune.imageio import read_image
+    from dynprune.metrics import psnr
+
+    net = dp.create_model("gcanet", weights=str(data_dir / "weights/gcanet" / file), residual=residual).eval()
+    y, x = read_image(data_dir / degraded, 3), read_image(data_dir / clean, 3)
+    with torch.no_grad():
+        out = net(y[None])[0]
+    assert psnr(y, x) == pytest.approx(psnr_in, abs=0.005)
+    assert psnr(out, x, quantize=True) == pytest.approx(psnr_out, abs=0.025)

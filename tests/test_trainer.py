@@ -1,9 +1,12 @@
 import pytest
 import torch
 
+import dynprune
 from dynprune import hookimpl
+from dynprune.classpruning import ClassPruning
 from dynprune.config import TrainConfig, load_config
-from dynprune.registry import PluginHost, reset_host
+from dynprune.deployment import SparseConv2d, save_deployed
+from dynprune.registry import PluginHost, create_model, reset_host
 from dynprune.trainer import Trainer, load_trained
 
 
@@ -31,8 +34,24 @@ def test_three_stages_run_and_checkpoint_rebuilds(tmp_path):
     assert any('"stage": "joint"' in ln and '"L_C"' in ln for ln in lines)
 
 
-def test_resume_after_a_crash_is_exact(tmp_path, monkeypatch):
-    ref = Trainer(tiny_config(tmp_path / "ref")).fit().state_dict()
+def teacher_files(folder, n=1, **arch):
+    """``n`` dense tiny DnCNN weight files (distinct random weights), as distillation teachers."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for k in range(n):
+        torch.manual_seed(100 + k)
+        path = folder / f"teacher{k}.pt"
+        torch.save(create_model("dncnn", **{"depth": 4, "width": 8, **arch}).state_dict(), path)
+        out.append({"name": "dncnn", "weights": str(path)})
+    return out
+
+
+@pytest.mark.parametrize("extra", [{}, "distill"])
+def test_resume_after_a_crash_is_exact(tmp_path, monkeypatch, extra):
+    if extra == "distill":   # every new option of issue 8: per-level teachers, L_W floor, masked gradient
+        extra = {"distill": {"weight": 0.5, "teachers": teacher_files(tmp_path / "t", 3)}, "lw_floor": 0.2,
+                 "convert": {"mask_grad": "masked"}}
+    ref = Trainer(tiny_config(tmp_path / "ref", **extra)).fit().state_dict()
 
     original = Trainer._loss
     calls = {"n": 0}
@@ -45,11 +64,11 @@ def test_resume_after_a_crash_is_exact(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "_loss", crashing)
     with pytest.raises(KeyboardInterrupt):
-        Trainer(tiny_config(tmp_path / "run")).fit()
+        Trainer(tiny_config(tmp_path / "run", **extra)).fit()
     ckpt = torch.load(tmp_path / "run/last.pt", weights_only=True)
     assert (ckpt["stage"], ckpt["step"]) == ("restoration", 3)
     monkeypatch.setattr(Trainer, "_loss", original)
-    resumed = Trainer(tiny_config(tmp_path / "run"), resume=True).fit().state_dict()
+    resumed = Trainer(tiny_config(tmp_path / "run", **extra), resume=True).fit().state_dict()
     assert resumed.keys() == ref.keys()
     for k in ref:
         assert torch.equal(resumed[k], ref[k]), k
@@ -117,7 +136,7 @@ def test_checkpoint_errors(tmp_path):
     with pytest.raises(ValueError, match="does not fit the architecture"):
         load_trained(tmp_path / "other.pt")
     torch.save({"weight": torch.zeros(1)}, tmp_path / "plain.pt")
-    with pytest.raises(ValueError, match="not a dynprune checkpoint"):
+    with pytest.raises(ValueError, match="not a ClassPruning checkpoint .*bare state_dict"):
         load_trained(tmp_path / "plain.pt")
     with pytest.raises(FileNotFoundError):
         load_trained(tmp_path / "missing.pt")
@@ -153,3 +172,89 @@ def test_init_from_checkpoint(tmp_path):
     bad = tiny_config(tmp_path / "c", init_from=str(tmp_path / "a/last.pt"), model={"name": "dncnn", "kwargs": {"depth": 3}})
     with pytest.raises(ValueError, match="does not fit this model"):
         Trainer(bad)
+
+
+def test_resume_into_another_runs_folder_names_the_differences(tmp_path):
+    Trainer(tiny_config(tmp_path, stages={"classifier": {"epochs": 1, "steps_per_epoch": 3}})).fit()
+    other = tiny_config(tmp_path, seed=2, lw_floor=0.1, threads=1,
+                        stages={"classifier": {"epochs": 1, "steps_per_epoch": 3}})
+    with pytest.raises(ValueError, match=r"another run.*lw_floor: 0.0 -> 0.1; seed: 1 -> 2\. Use another out_dir"):
+        Trainer(other, resume=True)
+    same = tiny_config(tmp_path, threads=1, stages={"classifier": {"epochs": 1, "steps_per_epoch": 3}})
+    assert Trainer(same, resume=True).stage == 4      # threads does not change what a run computes
+
+
+def test_per_level_teachers_restore_each_sample_with_its_level(tmp_path):
+    cfg = tiny_config(tmp_path, distill={"weight": 1.0, "teachers": teacher_files(tmp_path, 3)})
+    tr = Trainer(cfg)
+    y, level = torch.rand(5, 1, 12, 12), torch.tensor([2, 0, 1, 0, 2])
+    got = tr._teach(y, level)
+    with torch.no_grad():
+        for i in range(5):
+            own = tr.teachers[int(level[i])](y[i:i + 1])[0]
+            other = tr.teachers[(int(level[i]) + 1) % 3](y[i:i + 1])[0]
+            assert torch.allclose(got[i], own, atol=1e-6) and not torch.allclose(got[i], other, atol=1e-3)
+    # weight 1: the per-sample loss is the distance to the teacher only, zero for the teacher's own output
+    loss = tr._sample_loss(y, level)(got, torch.zeros_like(y))
+    assert loss.shape == (5,) and loss.abs().max() == 0
+
+
+def test_default_teacher_is_the_frozen_start(tmp_path):
+    start = tiny_config(tmp_path / "a", stages={"classifier": {"epochs": 0}, "restoration": {"epochs": 0},
+                                                "joint": {"epochs": 0}})
+    Trainer(start).fit()
+    cfg = tiny_config(tmp_path / "b", init_from=str(tmp_path / "a/last.pt"), distill={"weight": 0.5})
+    tr = Trainer(cfg)
+    x = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(tr.teachers[0](x), tr.model.restorer.eval()(x))
+        tr.model.restorer.dncnn[0].weight.add_(1.0)   # training moves the student, never the teacher
+        assert not torch.equal(tr.teachers[0](x), tr.model.restorer(x))
+    assert not any(p.requires_grad for p in tr.teachers[0].parameters())
+
+
+class _Half(torch.nn.Module):
+    def forward(self, x):
+        return x[..., ::2, ::2]
+
+
+class _HalfPlugin:
+    @hookimpl
+    def dynprune_register_models(self, register):
+        register("half", lambda weights=None: _Half())
+
+
+def test_distillation_errors(tmp_path):
+    with pytest.raises(ValueError, match="untrained here .*give distill.teachers"):
+        Trainer(tiny_config(tmp_path, distill={"weight": 0.5}))
+    with pytest.raises(ValueError, match="2 entries; give one, or one per degradation level \\(3 for 'gaussian_noise'\\)"):
+        Trainer(tiny_config(tmp_path, distill={"weight": 0.5, "teachers": teacher_files(tmp_path, 2)}))
+    with pytest.raises(ValueError, match="teacher 'dncnn' has no weights"):
+        Trainer(tiny_config(tmp_path, distill={"weight": 0.5, "teachers": [{"name": "dncnn"}]}))
+    with pytest.raises(ValueError, match="lw_floor 0.5 is above 1/L"):
+        tiny_config(tmp_path, lw_floor=0.5)
+    reset_host(PluginHost(plugins={"half": _HalfPlugin()}))
+    try:
+        half = {"weight": 0.5, "teachers": [{"name": "half", "weights": "unused"}]}
+        with pytest.raises(ValueError, match=r"teacher 0 \(half\) maps a \(1, 1, 16, 16\) input to \(1, 1, 8, 8\), "
+                                             r"but the student's output is \(1, 1, 16, 16\)"):
+            Trainer(tiny_config(tmp_path, distill=half))
+    finally:
+        reset_host()
+
+
+def test_load_gives_the_trained_model_in_eval_mode(tmp_path):
+    trained = Trainer(tiny_config(tmp_path)).fit()
+    model = dynprune.load(tmp_path / "last.pt")
+    assert isinstance(model, ClassPruning) and not model.training
+    x = torch.rand(3, 1, 20, 20)
+    with torch.no_grad():
+        assert torch.equal(model(x), trained(x))
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    save_deployed(dynprune.deploy(model), tmp_path / "fast.pt", ckpt["config"], ckpt["arch"])
+    fast = dynprune.load(tmp_path / "fast.pt")
+    assert not fast.training and any(isinstance(m, SparseConv2d) for m in fast.modules())
+    with torch.no_grad():
+        assert torch.allclose(fast(x), trained(x), atol=1e-4)
+    with pytest.raises(ValueError, match="not a ClassPruning checkpoint .*dense network's weights"):
+        dynprune.load(tmp_path / "base.pt")
