@@ -38,7 +38,10 @@ def rows(data: str) -> dict[str, list[str]]:
             "floor": ["lw_floor=0.2"],
             "distill": teacher_sets(data),                      # DnCNN-S-15/25/50, one per level
             "distill_start": ["distill.weight=0.5"],            # the frozen pretrained DnCNN-B
-            "all": ["convert.mask_grad=masked", "lw_floor=0.2", *teacher_sets(data)]}
+            "all": ["convert.mask_grad=masked", "lw_floor=0.2", *teacher_sets(data)],
+            # the same densities with M = 8 (more freedom per group: 2 of 8 instead of 1 of 4)
+            "all_m8": ["convert.mask_grad=masked", "lw_floor=0.2", *teacher_sets(data),
+                       "convert.ratios=['2:8', '4:8', '8:8']"]}
 
 
 def summarize(report: dict) -> dict:
