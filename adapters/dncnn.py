@@ -14,7 +14,7 @@ import re
 import torch
 from torch import nn
 
-from dynprune.checkpoint import load_file, strip_prefix
+from dynprune.checkpoint import load_weights, strip_prefix
 from dynprune.hookspecs import hookimpl
 
 __all__ = ["DnCNN", "dncnn_from_state_dict"]
@@ -89,10 +89,7 @@ def create_dncnn(weights: str | None = None, **kwargs) -> DnCNN:
         return DnCNN(**kwargs)
     if kwargs:
         raise ValueError(f"dncnn: with weights= the layout comes from the file; drop {sorted(kwargs)}")
-    sd = load_file(weights)
-    if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
-        sd = sd["model"]
-    return dncnn_from_state_dict(sd)
+    return dncnn_from_state_dict(load_weights(weights))
 
 
 @hookimpl

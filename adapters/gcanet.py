@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dynprune.checkpoint import load_file, strip_prefix
+from dynprune.checkpoint import load_weights, strip_prefix
 from dynprune.hookspecs import hookimpl
 
 __all__ = ["GCANet", "edge_map", "gcanet_from_state_dict", "create_gcanet"]
@@ -168,9 +168,7 @@ def create_gcanet(weights: str | None = None, width: int | None = None, residual
     """
     if weights is None:
         return GCANet(width=64 if width is None else width, residual=residual)
-    sd = load_file(weights)
-    if isinstance(sd, dict) and isinstance(sd.get("model"), dict):
-        sd = sd["model"]
+    sd = load_weights(weights)
     if not isinstance(sd, dict):
         raise ValueError(f"{weights!r} holds a {type(sd).__name__}, not a GCANet state_dict")
     try:

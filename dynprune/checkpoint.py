@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["save_atomic", "load_file", "strip_prefix"]
+__all__ = ["save_atomic", "load_file", "load_weights", "strip_prefix"]
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
@@ -49,6 +49,15 @@ def load_file(path: str | os.PathLike) -> Any:
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as err:
         raise ValueError(f"cannot read checkpoint {str(path)!r}: truncated, corrupt or not a torch "
                          f"weights file ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+
+
+def load_weights(path: str | os.PathLike) -> Any:
+    """A weights file's state_dict: a bare one, or the ``"model"`` entry of a ``{"model": ...}`` file
+    (a dense export or a training checkpoint). Raises as :func:`load_file`."""
+    sd = load_file(path)
+    if isinstance(sd, dict) and isinstance(sd.get("model"), dict):
+        return sd["model"]
+    return sd
 
 
 def strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
