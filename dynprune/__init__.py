@@ -6,6 +6,7 @@
 ...     y = net(torch.rand(1, 1, 64, 64))
 """
 from .audit import AuditReport as AuditReport, audit as audit
+from .budget import calibrate_budget as calibrate_budget
 from .branch import current_branch as current_branch, route as route, use_branch as use_branch
 from .classifier import DifficultyClassifier as DifficultyClassifier
 from .classpruning import ClassPruning as ClassPruning
@@ -18,7 +19,7 @@ from .registry import create_model as create_model, list_models as list_models
 from .trainer import load as load
 
 __version__ = "0.1.0"
-__all__ = ["AuditReport", "audit", "current_branch", "route", "use_branch", "DifficultyClassifier", "ClassPruning",
+__all__ = ["AuditReport", "audit", "calibrate_budget", "current_branch", "route", "use_branch", "DifficultyClassifier", "ClassPruning",
            "ConversionReport", "conversion_report", "convert", "export_branch", "model_ratios", "deploy", "load_deployed", "load",
            "hookimpl",
            "NMRatio", "nm_mask", "create_model", "list_models"]

@@ -28,7 +28,7 @@ class ClassPruning(nn.Module):
         classifier: maps (B, C, H, W) to (B, L) logits.
     Forward:
         training mode: :class:`TrainOutput` with every branch's output (for L_W/L_E/L_C);
-        eval mode: the routed restoration (B, C, H, W): each image goes to its argmax branch, the batch
+        eval mode: the routed restoration (B, C, H, W): each image goes to its :meth:`classify` branch, the batch
         grouped by branch, one call per branch (no per-sample loop).
     Raises:
         ValueError: ``restorer`` is neither converted nor a SeparateBranches.
@@ -39,6 +39,13 @@ class ClassPruning(nn.Module):
         labels = getattr(restorer, "branch_labels", None)
         self.ratios = tuple(labels) if labels is not None else model_ratios(restorer)
         self.restorer, self.classifier = restorer, classifier
+        # lam * C_k per branch, float64 like the calibration (dynprune.budget); zeros = the paper's argmax
+        self.register_buffer("route_penalty", torch.zeros(len(self.ratios), dtype=torch.float64))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before budgets existed route by plain argmax
+        state_dict.setdefault(prefix + "route_penalty", torch.zeros(len(self.ratios), dtype=torch.float64))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def in_channels(self) -> int:
@@ -62,8 +69,12 @@ class ClassPruning(nn.Module):
         return len(self.ratios)
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
-        """Branch index per image, int64 (B,) (argmax of the classifier)."""
-        return self.classifier(x).argmax(1)
+        """Branch index per image, int64 (B,): the classifier's argmax, or with a calibrated MACs budget
+        (:func:`dynprune.budget.calibrate_budget`) ``argmax_k(log p_k - route_penalty_k)``."""
+        logits = self.classifier(x)
+        if not self.route_penalty.any():
+            return logits.argmax(1)
+        return (logits.double().log_softmax(1) - self.route_penalty).argmax(1)
 
     def route(self, x: torch.Tensor, branches: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(restored (B, C, H, W), branch int64 (B,)); ``branches`` overrides the classifier."""

@@ -1,4 +1,4 @@
-"""The ``dynprune`` command line: train, eval, restore, deploy, demo, plugins."""
+"""The ``dynprune`` command line: train, eval, calibrate, restore, deploy, demo, plugins."""
 
 from __future__ import annotations
 
@@ -183,6 +183,37 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from .budget import calibrate_budget
+    from .checkpoint import save_atomic
+    from .trainer import load_trained
+
+    ckpt_path = Path(args.checkpoint)
+    model, cfg, ckpt = load_trained(ckpt_path)
+    files, imgs = _read_images(args.data, model)
+    imgs = imgs[: args.limit or None]
+    conds = _noise_conditions(args.sigma, args.seed) if args.sigma else _level_conditions(cfg, args.seed)
+
+    def degraded():
+        for cond in conds:
+            g = torch.Generator().manual_seed(cond.seed)
+            for clean in imgs:
+                yield cond.degrade(clean.unsqueeze(0), g)
+
+    info = calibrate_budget(model, degraded(), args.budget)
+    info.update(data=str(args.data), conditions=[c.label for c in conds], seed=args.seed)
+    ckpt = dict(ckpt, model=model.state_dict(), routing_budget=info)
+    ckpt.pop("optimizer", None)
+    save_atomic(ckpt, args.out)
+    ratios = [str(r) for r in model.ratios]
+    print(f"calibrated on {info['images']} degraded images from {args.data}: penalty {info['penalty']:.4g}")
+    for name in ("argmax", "calibrated"):
+        print(f"  {name:10s}: {100 * info[name + '_cost']:.2f}% of dense MACs, routing "
+              + " / ".join(f"{r}: {n}" for r, n in zip(ratios, info[name + '_routing'])))
+    print(f"checkpoint with the calibrated routing: {args.out}")
+    return 0
+
+
 def _print_summary(result: dict) -> None:
     for label, c in result["conditions"].items():
         parts = [f"{n} {m['psnr']:.2f}" for n, m in c["models"].items()]
@@ -278,6 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--backend", choices=["dynamic", "cpu"], default="dynamic",
                    help="cpu: run the deployed model (N:M CPU kernel); dynamic: the converted model as trained")
     e.set_defaults(fn=cmd_eval)
+    c = sub.add_parser("calibrate", help="route under a mean-MACs budget: fit the routing penalty on calibration images")
+    c.add_argument("checkpoint", help="a training checkpoint (last.pt)")
+    c.add_argument("--budget", type=float, required=True, help="mean MACs as a fraction of dense, classifier included (e.g. 0.58)")
+    c.add_argument("--data", required=True, help="clean calibration images (not the test set), degraded at every level")
+    c.add_argument("--sigma", type=float, nargs="+", help="Gaussian noise levels (0-255 scale) instead of the run's levels")
+    c.add_argument("--out", required=True, help="the calibrated checkpoint to write")
+    c.add_argument("--seed", type=int, default=1, help="degradation seed (default 1; eval's default is 0)")
+    c.add_argument("--limit", type=int, default=0, help="first N images only")
+    c.set_defaults(fn=cmd_calibrate)
     r = sub.add_parser("restore", help="restore a folder of degraded images; writes images and routing.csv")
     r.add_argument("checkpoint")
     r.add_argument("in_dir")

@@ -159,3 +159,27 @@ def test_deploy_artifact_and_cpu_backend(trained, tmp_path, capsys):
     assert main(["deploy", ckpt, str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
 
+
+
+def test_calibrate_budget_then_eval_routes_within_it(trained, capsys, tmp_path):
+    ckpt, clean = str(trained / "run/last.pt"), str(trained / "clean")
+    free = tmp_path / "free.pt"
+    assert main(["calibrate", ckpt, "--budget", "1.0", "--data", clean, "--sigma", "15", "50", "--seed", "0",
+                 "--out", str(free)]) == 0
+    info = torch.load(free, weights_only=True)["routing_budget"]
+    assert info["penalty"] == 0.0 and info["images"] == 4
+    budget = info["branch_costs"][0] + info["classifier_cost"] + 1e-3   # all but forced to the sparsest branch
+    out = tmp_path / "cal.pt"
+    assert main(["calibrate", ckpt, "--budget", str(budget), "--data", clean, "--sigma", "15", "50", "--seed", "0",
+                 "--out", str(out)]) == 0
+    info = torch.load(out, weights_only=True)["routing_budget"]
+    assert info["calibrated_routing"] == [4, 0, 0] and info["calibrated_cost"] <= budget
+    # eval on the same degraded images reports the calibrated routing and cost
+    assert main(["eval", str(out), "--data", clean, "--sigma", "15", "50", "--out", str(tmp_path / "ev")]) == 0
+    rep = json.loads((tmp_path / "ev/report.json").read_text())
+    routed = [c["routed_macs_fraction"] for c in rep["conditions"].values()]
+    assert sum(routed) / 2 == pytest.approx(info["calibrated_cost"], rel=1e-6)
+    assert [c["histogram"]["1:4"] for c in rep["conditions"].values()] == [2, 2]
+    capsys.readouterr()
+    assert main(["calibrate", ckpt, "--budget", "0.01", "--data", clean, "--sigma", "15", "--out", str(out)]) == 2
+    assert "budget 0.0100 is below the cheapest routing's cost" in capsys.readouterr().err
