@@ -4,7 +4,9 @@ For each budget the routing penalty is calibrated on degraded *calibration* imag
 never the test set) with :func:`dynprune.budget.calibrate_budget`. On the test images every branch's
 PSNR is read from a ``dynprune eval`` report of the same checkpoint, whose noise this script regenerates
 with the same seed, so only the classifier runs here (it checks that its argmax routing reproduces the
-report's before using it).
+report's before using it). ``--calibrate test`` instead enforces the budget over the processed set itself:
+lam is solved on the degraded test images' classifier outputs (no clean image is used), as a server that
+restores a batch under a compute budget would.
 
     python benchmarks/budget_curve.py runs/dncnn_b/last.pt --report docs/results/dncnn_b/report.json \\
         --calibrate ../shared/data/denoise/Train400 --test ../shared/data/denoise/BSD68 \\
@@ -41,7 +43,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint")
     ap.add_argument("--report", required=True, help="report.json of `dynprune eval CHECKPOINT --data TEST --sigma ...`")
-    ap.add_argument("--calibrate", required=True, help="clean calibration images (e.g. the training set)")
+    ap.add_argument("--calibrate", required=True,
+                    help="clean calibration images (e.g. the training set), or 'test': the degraded test images "
+                         "themselves (a budget over the processed set, from the classifier's outputs alone)")
     ap.add_argument("--test", required=True, help="the clean test images the report was made on")
     ap.add_argument("--sigma", type=float, nargs="+", required=True)
     ap.add_argument("--budgets", type=float, nargs="+", required=True, help="mean MACs, fractions of dense")
@@ -54,8 +58,11 @@ def main() -> None:
     ratios, frac, cls = report["ratios"], report["branch_macs_fraction"], report["classifier_macs_fraction"]
     names, test = read_folder(args.test)
     test_noisy = degraded(test, cli._noise_conditions(args.sigma, report.get("seed", 0)))
-    _, cal = read_folder(args.calibrate)
-    cal_noisy = [y for ys in degraded(cal, cli._noise_conditions(args.sigma, args.cal_seed)).values() for _, y in ys]
+    if args.calibrate == "test":   # the processed set itself: only the classifier's outputs, no clean image
+        cal_noisy = [y for ys in test_noisy.values() for _, y in ys]
+    else:
+        _, cal = read_folder(args.calibrate)
+        cal_noisy = [y for ys in degraded(cal, cli._noise_conditions(args.sigma, args.cal_seed)).values() for _, y in ys]
     rows_by = {label: {r["image"]: r for r in c["images"]} for label, c in report["conditions"].items()}
 
     def routed(tag: str, budget_info: dict | None) -> str:

@@ -19,7 +19,7 @@ Parts (``--part``, default all):
 The process's allocator is tuned for every variant alike (``sparse_cpu.tune_allocator``: large blocks
 are reused instead of page-faulted in each layer; ``--default-allocator`` measures without it).
 
-    python benchmarks/speed.py --data ../shared/data --checkpoint docs/checkpoints/cp_dncnn_b_bsd68_cpu.pt \
+    python benchmarks/speed.py --data ../shared/data --checkpoint docs/checkpoints/cp_dncnn_b.pt \
         [--pruned runs/channel_pruned/pruned.pt ...] [--part branches bsd68 memory gcanet] [--rounds 7] \
         [--out docs/results/speed]
 """
@@ -335,7 +335,7 @@ def plot(results: dict, branch_psnr: dict, out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data")
-    ap.add_argument("--checkpoint", default="docs/checkpoints/cp_dncnn_b_bsd68_cpu.pt")
+    ap.add_argument("--checkpoint", default="docs/checkpoints/cp_dncnn_b.pt")
     ap.add_argument("--weights", help="dense DnCNN-B weights (default: DATA/weights/dncnn/DnCNN-B/net.pth)")
     ap.add_argument("--pruned", nargs="*", default=[], help="channel-pruned DnCNN-B files (benchmarks/channel_prune.py)")
     ap.add_argument("--part", nargs="+", default=["layer", "branches", "bsd68", "memory", "gcanet"],

@@ -77,7 +77,8 @@ def solve_penalty(log_probs: torch.Tensor, costs: torch.Tensor, budget: float,
 
 
 @torch.no_grad()
-def calibrate_budget(model: ClassPruning, images: Iterable[torch.Tensor], budget: float) -> dict:
+def calibrate_budget(model: ClassPruning, images: Iterable[torch.Tensor], budget: float,
+                     audit_model: torch.nn.Module | None = None) -> dict:
     """Set ``model.route_penalty`` so that routing the calibration ``images`` costs at most ``budget``.
 
     Costs are fvcore's (:func:`dynprune.audit`), per image, the classifier included, as a fraction of the
@@ -88,6 +89,8 @@ def calibrate_budget(model: ClassPruning, images: Iterable[torch.Tensor], budget
         model: a ClassPruning model (its penalty is overwritten).
         images: degraded images, each (1, C, H, W) float32 in [0, 1].
         budget: mean MACs allowed, as a fraction of the dense model's (e.g. 0.58).
+        audit_model: the model whose MACs are audited (default ``model``; a deployed model passes its
+            dynamic original, as in :func:`dynprune.evaluate.evaluate`).
     Returns:
         ``{"budget", "penalty" (lam), "branch_costs", "classifier_cost", "images",
         "argmax_cost", "calibrated_cost", "argmax_routing", "calibrated_routing"}`` (costs are fractions
@@ -103,7 +106,7 @@ def calibrate_budget(model: ClassPruning, images: Iterable[torch.Tensor], budget
         pixels.append(x.shape[-1] * x.shape[-2])
     if first is None:
         raise ValueError("calibrate_budget() needs at least one calibration image")
-    rep = audit(model, first)
+    rep = audit(model if audit_model is None else audit_model, first)
     costs, cls = rep.relative_costs().double(), rep.classifier_macs / rep.dense_macs
     if budget < costs[0].item() + cls:
         raise ValueError(f"budget {budget:.4f} is below the cheapest routing's cost {costs[0].item() + cls:.4f} "

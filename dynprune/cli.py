@@ -237,6 +237,14 @@ def cmd_restore(args) -> int:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ratios = [str(r) for r in model.ratios]
+    if args.budget is not None:
+        from .budget import calibrate_budget
+
+        with torch.inference_mode():
+            info = calibrate_budget(model, (im.unsqueeze(0) for im in imgs), args.budget, audit_model)
+        print(f"budget {100 * args.budget:g}% of dense MACs over these {len(imgs)} images: penalty {info['penalty']:.4g}, "
+              f"{100 * info['argmax_cost']:.1f}% -> {100 * info['calibrated_cost']:.1f}%, routing "
+              + " / ".join(f"{r}: {n}" for r, n in zip(ratios, info["calibrated_routing"])))
     audits: dict[tuple, object] = {}
     with open(out / "routing.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -325,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--clean", help="folder of matching clean images: adds PSNR and side-by-side pictures")
     r.add_argument("--backend", choices=["dynamic", "cpu"], default="dynamic",
                    help="cpu: run the deployed model (N:M CPU kernel); dynamic: the converted model as trained")
+    r.add_argument("--budget", type=float, help="mean MACs over these images as a fraction of dense (e.g. 0.58): "
+                   "the routing penalty is solved on their classifier outputs before restoring")
     r.set_defaults(fn=cmd_restore)
     dp_ = sub.add_parser("deploy", help="pack a trained checkpoint for the N:M CPU kernel and save it")
     dp_.add_argument("checkpoint")

@@ -77,6 +77,20 @@ def test_restore_writes_images_and_csv(trained):
     assert read_image(out / "camera.png").shape == (1, 48, 64)
 
 
+@pytest.mark.parametrize("backend", ["dynamic", "cpu"])
+def test_restore_under_a_budget(trained, backend, capsys, tmp_path):
+    model = dynprune.load(trained / "run/last.pt")
+    rep = dynprune.audit(model, torch.rand(1, 1, 48, 64))
+    budget = (rep.branches[0].effective_macs + rep.classifier_macs) / rep.dense_macs + 1e-3
+    out = tmp_path / "restored"
+    assert main(["restore", str(trained / "run/last.pt"), str(trained / "clean"), str(out), "--budget", str(budget),
+                 "--backend", backend]) == 0
+    assert "routing 1:4: 2 / 2:4: 0 / 4:4: 0" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(out / "routing.csv")))
+    assert [r["branch"] for r in rows] == ["1:4", "1:4"]
+    assert sum(float(r["macs"]) for r in rows) / sum(float(r["dense_macs"]) for r in rows) <= budget
+
+
 def test_cli_errors_are_clear(trained, capsys, tmp_path):
     rgb = tmp_path / "rgb"
     write_image(torch.rand(3, 32, 32), rgb / "a.png")
