@@ -6,7 +6,7 @@ schedule (the paper-recipe config, ``configs/dncnn_bsd68_cpu.yaml``, with stage 
 sigma 15 / 25 / 50 (noise seeded as in ``dynprune eval``). Rows are resumable: a killed run continues where
 its checkpoint left it when the script is started again.
 
-    python benchmarks/ablation.py --data ../shared/data [--rows paper ste masked floor distill all]
+    python benchmarks/ablation.py --data ../shared/data [--rows paper ste masked floor floor_denser distill all]
         [--steps 300] [--joint-steps 100] [--limit 20] [--out runs/ablation]
 
 Prints one markdown table: per sigma the routed PSNR minus the pretrained DnCNN-B's (dB), the densest
@@ -36,9 +36,11 @@ def rows(data: str) -> dict[str, list[str]]:
             "ste": ["convert.mask_grad=ste"],                   # SR-STE without its decay
             "masked": ["convert.mask_grad=masked"],             # each branch updates only the weights it keeps
             "floor": ["lw_floor=0.2"],
+            "floor_denser": ["lw_floor=0.2", "lw_floor_to=denser"],   # the floor on the image's branch and denser ones
             "distill": teacher_sets(data),                      # DnCNN-S-15/25/50, one per level
             "distill_start": ["distill.weight=0.5"],            # the frozen pretrained DnCNN-B
             "all": ["convert.mask_grad=masked", "lw_floor=0.2", *teacher_sets(data)],
+            "all_denser": ["convert.mask_grad=masked", "lw_floor=0.2", "lw_floor_to=denser", *teacher_sets(data)],
             # the same densities with M = 8 (more freedom per group: 2 of 8 instead of 1 of 4)
             "all_m8": ["convert.mask_grad=masked", "lw_floor=0.2", *teacher_sets(data),
                        "convert.ratios=['2:8', '4:8', '8:8']"]}

@@ -108,6 +108,8 @@ class TrainConfig(_Strict):
     init_from: str | None = None  # a dynprune checkpoint whose weights initialize the whole model
     # L_W weight of every branch >= lw_floor (stages 2-3); 0 = the paper's eq. 6, 1/L = all branches equal
     lw_floor: float = Field(0.0, ge=0, le=1)
+    # which branches get the floor: "all", or "denser" (the image's branch and the denser ones only)
+    lw_floor_to: Literal["all", "denser"] = "all"
     distill: DistillConfig = DistillConfig()
 
     @model_validator(mode="after")

@@ -14,39 +14,55 @@ __all__ = ["weighted_reconstruction", "branch_weights", "distilled", "entropy_lo
 PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def branch_weights(probs: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
-    """Each branch's L_W weight per sample: ``floor + (1 - L * floor) * p_i`` (rows still sum to 1).
+FLOOR_TO = ("all", "denser")
 
-    ``floor`` = 0 is the paper's eq. 6 (weights = the classifier's probabilities, near one-hot, so a branch
-    sees almost only "its" level); ``floor`` = 1/L trains every branch on every image equally.
+
+def branch_weights(probs: torch.Tensor, floor: float = 0.0, floor_to: str = "all") -> torch.Tensor:
+    """Each branch's L_W weight per sample (rows sum to 1).
+
+    ``floor_to="all"``: ``floor + (1 - L * floor) * p_i``. ``floor`` = 0 is the paper's eq. 6 (weights = the
+    classifier's probabilities, near one-hot, so a branch sees almost only "its" level); ``floor`` = 1/L
+    trains every branch on every image equally.
+
+    ``floor_to="denser"``: ``floor * c_i + (1 - floor * sum_j c_j) * p_i`` with ``c_i = p_1 + ... + p_i`` (branches
+    sparsest first) the probability that branch i is at least as dense as the image's: the floor goes only
+    to the image's branch and the denser ones, which is what monotone capacity asks (an image sent to a
+    denser branch than needed must still come out well), while a sparse branch spends none of its capacity
+    on harder levels it never serves. With a one-hot p at branch k: ``floor`` on every branch >= k, 0 below.
 
     Args:
         probs: (B, L) class probabilities, float.
-        floor: minimum weight of every branch, 0 <= floor <= 1/L.
+        floor: minimum weight, 0 <= floor <= 1/L.
+        floor_to: ``"all"`` or ``"denser"``.
     Raises:
-        ValueError: ``floor`` outside [0, 1/L].
+        ValueError: ``floor`` outside [0, 1/L], or an unknown ``floor_to``.
     """
     n = probs.shape[1]
     if not 0.0 <= floor <= 1.0 / n + 1e-12:
         raise ValueError(f"L_W floor {floor} is outside [0, 1/{n}] for {n} branches")
-    return floor + (1.0 - n * floor) * probs
+    if floor_to not in FLOOR_TO:
+        raise ValueError(f"L_W floor_to {floor_to!r} is not one of {list(FLOOR_TO)}")
+    if floor_to == "all":
+        return floor + (1.0 - n * floor) * probs
+    c = probs.cumsum(1)
+    return floor * c + (1.0 - floor * c.sum(1, keepdim=True)) * probs
 
 
 def weighted_reconstruction(probs: torch.Tensor, outputs: Sequence[torch.Tensor], target: torch.Tensor,
-                            loss: PerSampleLoss, floor: float = 0.0) -> torch.Tensor:
+                            loss: PerSampleLoss, floor: float = 0.0, floor_to: str = "all") -> torch.Tensor:
     """L_W = sum_i w_i(y) * loss(f_i(y), x), averaged over the batch (eq. 6; ``loss`` = L1 in the paper),
-    with w = :func:`branch_weights` (probs, floor); ``floor`` = 0 gives w_i = p_i as in the paper.
+    with w = :func:`branch_weights` (probs, floor, floor_to); ``floor`` = 0 gives w_i = p_i as in the paper.
 
     Args:
         probs: (B, L) class probabilities. outputs: L tensors (B, C, H, W). target: (B, C, H, W).
         loss: per-sample loss (pred, target) -> (B,).
     Raises:
-        ValueError: len(outputs) != L, or a floor outside [0, 1/L].
+        ValueError: len(outputs) != L, a floor outside [0, 1/L], or an unknown ``floor_to``.
     """
     if len(outputs) != probs.shape[1]:
         raise ValueError(f"{len(outputs)} branch outputs for {probs.shape[1]} probabilities")
     per_branch = torch.stack([loss(o, target) for o in outputs], dim=1)
-    return (branch_weights(probs, floor) * per_branch).sum(1).mean()
+    return (branch_weights(probs, floor, floor_to) * per_branch).sum(1).mean()
 
 
 def distilled(loss: PerSampleLoss, teacher_out: torch.Tensor, alpha: float) -> PerSampleLoss:
@@ -78,10 +94,11 @@ def cost_loss(probs: torch.Tensor, costs: torch.Tensor) -> torch.Tensor:
 
 
 def final_loss(probs, outputs, target, costs, loss: PerSampleLoss,
-               weights: Sequence[float] = (1.0, 0.1, 0.1), floor: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
-    """L_F = w1 L_W + w2 L_E + w3 L_C (eq. 7; L_W with ``floor``, see :func:`weighted_reconstruction`).
-    Returns (L_F, {"L_W", "L_E", "L_C"} as floats)."""
-    lw = weighted_reconstruction(probs, outputs, target, loss, floor)
+               weights: Sequence[float] = (1.0, 0.1, 0.1), floor: float = 0.0,
+               floor_to: str = "all") -> tuple[torch.Tensor, dict[str, float]]:
+    """L_F = w1 L_W + w2 L_E + w3 L_C (eq. 7; L_W with ``floor`` / ``floor_to``, see
+    :func:`weighted_reconstruction`). Returns (L_F, {"L_W", "L_E", "L_C"} as floats)."""
+    lw = weighted_reconstruction(probs, outputs, target, loss, floor, floor_to)
     le, lc = entropy_loss(probs), cost_loss(probs, costs)
     total = weights[0] * lw + weights[1] * le + weights[2] * lc
     return total, {"L_W": lw.item(), "L_E": le.item(), "L_C": lc.item()}

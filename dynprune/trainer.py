@@ -369,11 +369,12 @@ class Trainer:
             for i in range(model.num_branches):
                 with use_branch(i):
                     outputs.append(model.restorer(degraded))
-            lw = L.weighted_reconstruction(probs, outputs, clean, self._sample_loss(degraded, level), self.cfg.lw_floor)
+            lw = L.weighted_reconstruction(probs, outputs, clean, self._sample_loss(degraded, level),
+                                            self.cfg.lw_floor, self.cfg.lw_floor_to)
             return lw, {"L_W": lw.item()}
         model.train()
         out = model(degraded)
         total, parts = L.final_loss(out.probs, out.outputs, clean, self.costs, self._sample_loss(degraded, level),
-                                    sc.loss_weights, self.cfg.lw_floor)
+                                    sc.loss_weights, self.cfg.lw_floor, self.cfg.lw_floor_to)
         parts["hist"] = torch.bincount(out.probs.argmax(1), minlength=model.num_branches).tolist()
         return total, parts

@@ -30,6 +30,22 @@ def test_lw_floor_closed_form():
         L.branch_weights(probs, 0.4)
 
 
+def test_lw_floor_to_denser_branches_closed_form():
+    # c = cumulative p (sparsest first); w = 0.2 c + (1 - 0.2 sum c) p
+    probs = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.2, 0.3, 0.5]])
+    w = L.branch_weights(probs, 0.2, "denser")
+    assert w.tolist() == [pytest.approx(r) for r in ([0.6, 0.2, 0.2], [0.0, 0.8, 0.2], [0.0, 0.0, 1.0],
+                                                      [0.172, 0.298, 0.53])]
+    assert w.sum(1).tolist() == pytest.approx([1.0] * 4)
+    assert torch.equal(L.branch_weights(probs, 0.0, "denser"), probs)       # no floor: the paper's p
+    target = torch.zeros(4, 1, 2, 2)
+    outputs = [torch.full((4, 1, 2, 2), v) for v in (0.1, 0.2, 0.4)]
+    expected = (w * torch.tensor([0.1, 0.2, 0.4])).sum(1).mean().item()
+    assert L.weighted_reconstruction(probs, outputs, target, l1, 0.2, "denser").item() == pytest.approx(expected)
+    with pytest.raises(ValueError, match=r"floor_to 'sparser' is not one of \['all', 'denser'\]"):
+        L.branch_weights(probs, 0.2, "sparser")
+
+
 def test_distilled_blends_target_and_teacher():
     pred, target, teacher = torch.zeros(2, 1, 2, 2), torch.full((2, 1, 2, 2), 0.4), torch.full((2, 1, 2, 2), 0.1)
     assert L.distilled(l1, teacher, 0.25)(pred, target).tolist() == pytest.approx([0.75 * 0.4 + 0.25 * 0.1] * 2)

@@ -49,7 +49,7 @@ def teacher_files(folder, n=1, **arch):
 @pytest.mark.parametrize("extra", [{}, "distill"])
 def test_resume_after_a_crash_is_exact(tmp_path, monkeypatch, extra):
     if extra == "distill":   # every new option of issue 8: per-level teachers, L_W floor, masked gradient
-        extra = {"distill": {"weight": 0.5, "teachers": teacher_files(tmp_path / "t", 3)}, "lw_floor": 0.2,
+        extra = {"distill": {"weight": 0.5, "teachers": teacher_files(tmp_path / "t", 3)}, "lw_floor": 0.2, "lw_floor_to": "denser",
                  "convert": {"mask_grad": "masked"}}
     ref = Trainer(tiny_config(tmp_path / "ref", **extra)).fit().state_dict()
 
