@@ -102,7 +102,7 @@ def calibrate_budget(model: ClassPruning, images: Iterable[torch.Tensor], budget
     logp, pixels, first = [], [], None
     for x in images:
         first = x if first is None else first
-        logp.append(model.classifier(x).double().log_softmax(1))
+        logp.append(model.route_log_probs(x))
         pixels.append(x.shape[-1] * x.shape[-2])
     if first is None:
         raise ValueError("calibrate_budget() needs at least one calibration image")

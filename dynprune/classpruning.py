@@ -41,10 +41,13 @@ class ClassPruning(nn.Module):
         self.restorer, self.classifier = restorer, classifier
         # lam * C_k per branch, float64 like the calibration (dynprune.budget); zeros = the paper's argmax
         self.register_buffer("route_penalty", torch.zeros(len(self.ratios), dtype=torch.float64))
+        # side of the square tiles the classifier sees at inference (0 = the whole image); see route_log_probs
+        self.register_buffer("classify_tile", torch.zeros((), dtype=torch.int64))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # checkpoints written before budgets existed route by plain argmax
+        # checkpoints written before budgets and tiles existed: argmax on the whole image
         state_dict.setdefault(prefix + "route_penalty", torch.zeros(len(self.ratios), dtype=torch.float64))
+        state_dict.setdefault(prefix + "classify_tile", torch.zeros((), dtype=torch.int64))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
@@ -68,13 +71,32 @@ class ClassPruning(nn.Module):
     def num_branches(self) -> int:
         return len(self.ratios)
 
+    def route_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """The classifier's log-probabilities per image, float64 (B, L).
+
+        With ``classify_tile`` = t > 0 and an image of at least t x t pixels, the classifier sees the
+        t x t tiles of a grid covering the image (the last row and column aligned to the border) and the
+        image's log-probabilities are the normalised mean of the tiles': a classifier trained on t x t
+        crops then sees what it was trained on, whatever the image size (a global-pooling classifier
+        trained on 96 px crops of haze is not calibrated on 481 x 321 images). t = 0: the whole image.
+        """
+        t = int(self.classify_tile)
+        H, W = x.shape[-2:]
+        if t <= 0 or H < t or W < t:
+            return self.classifier(x).double().log_softmax(1)
+        rows = sorted({*range(0, H - t + 1, t), H - t})
+        cols = sorted({*range(0, W - t + 1, t), W - t})
+        tiles = torch.stack([x[..., r:r + t, c:c + t] for r in rows for c in cols], dim=1)   # (B, n, C, t, t)
+        logp = self.classifier(tiles.flatten(0, 1)).double().log_softmax(1).view(x.shape[0], len(tiles[0]), -1)
+        return logp.mean(1).log_softmax(1)
+
     def classify(self, x: torch.Tensor) -> torch.Tensor:
-        """Branch index per image, int64 (B,): the classifier's argmax, or with a calibrated MACs budget
-        (:func:`dynprune.budget.calibrate_budget`) ``argmax_k(log p_k - route_penalty_k)``."""
-        logits = self.classifier(x)
-        if not self.route_penalty.any():
-            return logits.argmax(1)
-        return (logits.double().log_softmax(1) - self.route_penalty).argmax(1)
+        """Branch index per image, int64 (B,): ``argmax_k(log p_k - route_penalty_k)`` with p from
+        :meth:`route_log_probs`; the penalty is 0 (the paper's argmax) unless a MACs budget was
+        calibrated (:func:`dynprune.budget.calibrate_budget`)."""
+        if not int(self.classify_tile) and not self.route_penalty.any():
+            return self.classifier(x).argmax(1)
+        return (self.route_log_probs(x) - self.route_penalty).argmax(1)
 
     def route(self, x: torch.Tensor, branches: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(restored (B, C, H, W), branch int64 (B,)); ``branches`` overrides the classifier."""

@@ -79,6 +79,19 @@ def _read_images(folder, model):
     return files, imgs
 
 
+def _set_classify_tile(model, tile) -> None:
+    """Apply ``--classify-tile`` (None keeps the checkpoint's own setting).
+
+    Raises:
+        ValueError: a negative tile.
+    """
+    if tile is None:
+        return
+    if tile < 0:
+        raise ValueError(f"--classify-tile must be >= 0 pixels (0 = whole image), got {tile}")
+    model.classify_tile.fill_(tile)
+
+
 def _load_for_inference(path, backend: str):
     """(model, config, audit_model) from a training checkpoint or a deployed artifact.
 
@@ -153,6 +166,7 @@ def cmd_eval(args) -> int:
         raise ValueError("eval needs --data DIR (clean images, synthetic degradation) and/or --pairs DEGRADED CLEAN")
     ckpt = Path(args.checkpoint)
     model, cfg, audit_model = _load_for_inference(ckpt, args.backend)
+    _set_classify_tile(model, args.classify_tile)
     dense, dense_path = _dense_reference(cfg, ckpt, args.dense)
     result = None
     if args.data:
@@ -190,6 +204,7 @@ def cmd_calibrate(args) -> int:
 
     ckpt_path = Path(args.checkpoint)
     model, cfg, ckpt = load_trained(ckpt_path)
+    _set_classify_tile(model, args.classify_tile)
     files, imgs = _read_images(args.data, model)
     imgs = imgs[: args.limit or None]
     conds = _noise_conditions(args.sigma, args.seed) if args.sigma else _level_conditions(cfg, args.seed)
@@ -227,6 +242,7 @@ def cmd_restore(args) -> int:
     from .metrics import psnr
 
     model, _, audit_model = _load_for_inference(args.checkpoint, args.backend)
+    _set_classify_tile(model, args.classify_tile)
     files, imgs = _read_images(args.in_dir, model)
     clean = {}
     if args.clean:
@@ -316,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu")
     e.add_argument("--backend", choices=["dynamic", "cpu"], default="dynamic",
                    help="cpu: run the deployed model (N:M CPU kernel); dynamic: the converted model as trained")
+    e.add_argument("--classify-tile", type=int, metavar="T",
+                   help="classify the mean of T x T tiles (the classifier's training crop size) instead of the whole image; 0 = whole image; default: the checkpoint's setting")
     e.set_defaults(fn=cmd_eval)
     c = sub.add_parser("calibrate", help="route under a mean-MACs budget: fit the routing penalty on calibration images")
     c.add_argument("checkpoint", help="a training checkpoint (last.pt)")
@@ -325,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="the calibrated checkpoint to write")
     c.add_argument("--seed", type=int, default=1, help="degradation seed (default 1; eval's default is 0)")
     c.add_argument("--limit", type=int, default=0, help="first N images only")
+    c.add_argument("--classify-tile", type=int, metavar="T",
+                   help="classify the mean of T x T tiles (the classifier's training crop size) instead of the whole image; 0 = whole image; default: the checkpoint's setting")
     c.set_defaults(fn=cmd_calibrate)
     r = sub.add_parser("restore", help="restore a folder of degraded images; writes images and routing.csv")
     r.add_argument("checkpoint")
@@ -335,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu: run the deployed model (N:M CPU kernel); dynamic: the converted model as trained")
     r.add_argument("--budget", type=float, help="mean MACs over these images as a fraction of dense (e.g. 0.58): "
                    "the routing penalty is solved on their classifier outputs before restoring")
+    r.add_argument("--classify-tile", type=int, metavar="T",
+                   help="classify the mean of T x T tiles (the classifier's training crop size) instead of the whole image; 0 = whole image; default: the checkpoint's setting")
     r.set_defaults(fn=cmd_restore)
     dp_ = sub.add_parser("deploy", help="pack a trained checkpoint for the N:M CPU kernel and save it")
     dp_.add_argument("checkpoint")

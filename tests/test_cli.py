@@ -195,5 +195,7 @@ def test_calibrate_budget_then_eval_routes_within_it(trained, capsys, tmp_path):
     assert sum(routed) / 2 == pytest.approx(info["calibrated_cost"], rel=1e-6)
     assert [c["histogram"]["1:4"] for c in rep["conditions"].values()] == [2, 2]
     capsys.readouterr()
+    assert main(["eval", str(out), "--data", clean, "--sigma", "15", "--classify-tile", "-1", "--out", str(tmp_path / "e2")]) == 2
+    assert "--classify-tile must be >= 0 pixels (0 = whole image), got -1" in capsys.readouterr().err
     assert main(["calibrate", ckpt, "--budget", "0.01", "--data", clean, "--sigma", "15", "--out", str(out)]) == 2
     assert "budget 0.0100 is below the cheapest routing's cost" in capsys.readouterr().err

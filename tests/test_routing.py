@@ -67,3 +67,44 @@ def test_classifier_size_and_timm_option():
         create_classifier("timm:not_a_model")
     with pytest.raises(ValueError, match="'paper', 'classsr' or 'timm:"):
         create_classifier("vgg")
+
+
+class _Recording(nn.Module):
+    """Brightness classifier (logits (5 - 10 m, 0, 10 m - 5) for the mean m) that records its input shapes."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.shapes = nn.Conv2d(1, 3, 1), []
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([-10.0, 0.0, 10.0]).view(3, 1, 1, 1))
+            self.conv.bias.copy_(torch.tensor([5.0, 0.0, -5.0]))
+
+    def forward(self, x):
+        self.shapes.append(tuple(x.shape))
+        return self.conv(x).mean((2, 3))
+
+
+def test_classify_tiles_average_the_tiles_log_probabilities():
+    net = dp.convert(nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 1, 3, padding=1)))
+    model = ClassPruning(net, _Recording()).eval()
+    x = torch.zeros(2, 1, 32, 64)
+    x[:, :, :, 32:] = 0.8          # left tile dark (m = 0), right tile bright (m = 0.8)
+    x[1] *= 0.5                    # second image: m = 0 and 0.4
+    with torch.no_grad():
+        model.classify_tile.fill_(32)
+        logp = model.route_log_probs(x)
+        tiles = torch.stack([model.classifier(x[..., :32]), model.classifier(x[..., 32:])], 1).double().log_softmax(2)
+        torch.testing.assert_close(logp, tiles.mean(1).log_softmax(1))
+        assert torch.equal(model.classify(x), logp.argmax(1))
+        # a 40 x 70 image: rows {0, 8}, columns {0, 32, 38}: 6 tiles of 32 x 32 in one classifier call
+        model.classifier.shapes.clear()
+        model.classify(torch.rand(3, 1, 40, 70))
+        assert model.classifier.shapes == [(18, 1, 32, 32)]
+        # an image smaller than a tile is classified whole
+        model.classifier.shapes.clear()
+        model.classify(torch.rand(1, 1, 20, 70))
+        assert model.classifier.shapes == [(1, 1, 20, 70)]
+    sd = model.state_dict()
+    del sd["classify_tile"]        # a checkpoint written before tiles existed
+    model.load_state_dict(sd)
+    assert int(model.classify_tile) == 0
