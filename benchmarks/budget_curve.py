@@ -26,17 +26,9 @@ import torch
 
 from dynprune import cli
 from dynprune.budget import calibrate_budget
+from dynprune.evaluate import degraded_images
 from dynprune.imageio import read_folder
 from dynprune.trainer import load_trained
-
-
-def degraded(images, conds):
-    """{condition label: [(image index, degraded (1, C, H, W))]}, noise drawn as ``dynprune eval`` draws it."""
-    out = {}
-    for cond in conds:
-        g = torch.Generator().manual_seed(cond.seed)
-        out[cond.label] = [(i, cond.degrade(x.unsqueeze(0), g)) for i, x in enumerate(images)]
-    return out
 
 
 def main() -> None:
@@ -57,12 +49,12 @@ def main() -> None:
     report = json.loads(open(args.report).read())
     ratios, frac, cls = report["ratios"], report["branch_macs_fraction"], report["classifier_macs_fraction"]
     names, test = read_folder(args.test)
-    test_noisy = degraded(test, cli._noise_conditions(args.sigma, report.get("seed", 0)))
+    test_noisy = {k: list(enumerate(v)) for k, v in degraded_images(test, cli._noise_conditions(args.sigma, report.get("seed", 0))).items()}
     if args.calibrate == "test":   # the processed set itself: only the classifier's outputs, no clean image
         cal_noisy = [y for ys in test_noisy.values() for _, y in ys]
     else:
         _, cal = read_folder(args.calibrate)
-        cal_noisy = [y for ys in degraded(cal, cli._noise_conditions(args.sigma, args.cal_seed)).values() for _, y in ys]
+        cal_noisy = [y for ys in degraded_images(cal, cli._noise_conditions(args.sigma, args.cal_seed)).values() for y in ys]
     rows_by = {label: {r["image"]: r for r in c["images"]} for label, c in report["conditions"].items()}
 
     def routed(tag: str, budget_info: dict | None) -> str:

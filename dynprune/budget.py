@@ -25,6 +25,11 @@ from .classpruning import ClassPruning
 __all__ = ["mean_cost", "solve_penalty", "calibrate_budget"]
 
 
+def _choose(log_probs: torch.Tensor, costs: torch.Tensor, lam: float) -> torch.Tensor:
+    """Branch per image, int64 (N,): argmax_k(log p_k - lam C_k), in float64."""
+    return (log_probs.double() - lam * costs.double()).argmax(1)
+
+
 def mean_cost(log_probs: torch.Tensor, costs: torch.Tensor, lam: float, weights: torch.Tensor | None = None) -> float:
     """Mean branch cost of routing ``argmax_k(log_probs - lam * costs)``.
 
@@ -36,7 +41,7 @@ def mean_cost(log_probs: torch.Tensor, costs: torch.Tensor, lam: float, weights:
         The weighted mean of the chosen branches' costs (a fraction of the dense MACs).
     """
     costs = costs.double()
-    choice = (log_probs.double() - lam * costs).argmax(1)
+    choice = _choose(log_probs, costs, lam)
     w = torch.ones(len(log_probs), dtype=torch.float64) if weights is None else weights.double()
     return float((costs[choice] * w).sum() / w.sum())
 
@@ -117,7 +122,7 @@ def calibrate_budget(model: ClassPruning, images: Iterable[torch.Tensor], budget
     L = len(costs)
 
     def routing(lam_: float) -> list[int]:
-        return torch.bincount((logp - lam_ * costs).argmax(1), minlength=L).tolist()
+        return torch.bincount(_choose(logp, costs, lam_), minlength=L).tolist()
 
     return {"budget": budget, "penalty": lam, "branch_costs": costs.tolist(), "classifier_cost": cls,
             "images": len(pixels), "argmax_cost": mean_cost(logp, costs, 0.0, w) + cls,

@@ -209,13 +209,10 @@ def cmd_calibrate(args) -> int:
     imgs = imgs[: args.limit or None]
     conds = _noise_conditions(args.sigma, args.seed) if args.sigma else _level_conditions(cfg, args.seed)
 
-    def degraded():
-        for cond in conds:
-            g = torch.Generator().manual_seed(cond.seed)
-            for clean in imgs:
-                yield cond.degrade(clean.unsqueeze(0), g)
+    from .evaluate import degraded_images
 
-    info = calibrate_budget(model, degraded(), args.budget)
+    ys = [y for per_cond in degraded_images(imgs, conds).values() for y in per_cond]
+    info = calibrate_budget(model, ys, args.budget)
     info.update(data=str(args.data), conditions=[c.label for c in conds], seed=args.seed)
     ckpt = dict(ckpt, model=model.state_dict(), routing_budget=info)
     ckpt.pop("optimizer", None)

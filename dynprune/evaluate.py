@@ -18,7 +18,7 @@ from .branch import use_branch
 from .classpruning import ClassPruning
 from .metrics import psnr, ssim
 
-__all__ = ["Condition", "evaluate", "write_report"]
+__all__ = ["Condition", "degraded_images", "evaluate", "write_report"]
 
 
 @dataclass
@@ -32,6 +32,16 @@ class Condition:
     degrade: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
     seed: int = 0
     degraded: dict[str, torch.Tensor] | None = None
+
+
+def degraded_images(images: Sequence[torch.Tensor], conditions: Sequence[Condition]) -> dict[str, list[torch.Tensor]]:
+    """{condition label: the degraded (1, C, H, W) images}, drawn as :func:`evaluate` draws them (generator
+    reseeded per condition, images in order). ``images``: clean (C, H, W). Synthetic conditions only."""
+    out = {}
+    for cond in conditions:
+        g = torch.Generator().manual_seed(cond.seed)
+        out[cond.label] = [cond.degrade(x.unsqueeze(0), g) for x in images]
+    return out
 
 
 def _score(out: torch.Tensor, clean: torch.Tensor, kw: dict) -> tuple[float, float]:
