@@ -7,7 +7,7 @@ sigma 15 / 25 / 50 (noise seeded as in ``dynprune eval``). Rows are resumable: a
 its checkpoint left it when the script is started again.
 
     python benchmarks/ablation.py --data ../shared/data [--rows paper ste masked floor floor_denser distill all]
-        [--steps 300] [--joint-steps 100] [--limit 20] [--out runs/ablation]
+        [--steps 300] [--joint-steps 100] [--limit 20] [--out runs/ablation] [--threads N]
 
 Prints one markdown table: per sigma the routed PSNR minus the pretrained DnCNN-B's (dB), the densest
 branch minus DnCNN-B (its drift), the worst monotonicity gap (a denser branch below a sparser one; 0 =
@@ -67,6 +67,7 @@ def main():
     ap.add_argument("--joint-steps", type=int, default=100, help="stage-3 steps of every row")
     ap.add_argument("--limit", type=int, default=20, help="first N BSD68 images")
     ap.add_argument("--out", default="runs/ablation")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads of every row (default: the config's)")
     args = ap.parse_args()
     table = rows(args.data)
     names = args.rows or list(table)
@@ -77,7 +78,7 @@ def main():
     for name in names:
         out = Path(args.out) / name
         sets = [f"stages.restoration.steps_per_epoch={args.steps}", f"stages.joint.steps_per_epoch={args.joint_steps}",
-                f"out_dir={out}", *table[name]]
+                f"out_dir={out}", *table[name]] + ([f"threads={args.threads}"] if args.threads else [])
         cfg = load_config(args.config, sets=sets)
         (out).mkdir(parents=True, exist_ok=True)
         (out / "sets.json").write_text(json.dumps(sets, indent=1))

@@ -11,6 +11,10 @@ fixed lam each image takes the branch with the best likelihood-minus-price, and 
 non-increasing in lam, so the smallest lam that meets a budget is found by bisection on calibration
 images. The images that move first are those the classifier is least sure of, at the smallest cost
 step. lam = 0 is the plain argmax.
+
+"At most the budget" leaves compute unspent when the argmax already costs less. With ``fill`` the
+budget is a target instead: lam may go below 0 (a subsidy for dense branches), and the least-sure images
+move to denser branches until the mean cost reaches the budget, for a classifier that under-routes.
 """
 
 from __future__ import annotations
@@ -47,15 +51,17 @@ def mean_cost(log_probs: torch.Tensor, costs: torch.Tensor, lam: float, weights:
 
 
 def solve_penalty(log_probs: torch.Tensor, costs: torch.Tensor, budget: float,
-                  weights: torch.Tensor | None = None, iters: int = 60) -> float:
-    """The smallest lam >= 0 with ``mean_cost(log_probs, costs, lam, weights) <= budget`` (bisection).
+                  weights: torch.Tensor | None = None, iters: int = 60, fill: bool = False) -> float:
+    """The smallest lam >= 0 (any real lam with ``fill``) with ``mean_cost(log_probs, costs, lam, weights)
+    <= budget`` (bisection).
 
     Args:
         log_probs: (N, L) float. costs: (L,) strictly increasing (sparsest branch first), relative MACs.
         budget: the allowed mean cost, same unit as ``costs``.
+        fill: also move images to denser branches (lam < 0) while the budget allows.
     Returns:
-        lam (0.0 when the argmax already meets the budget); within ``2**-iters`` of the exact breakpoint,
-        on its feasible side.
+        lam (without ``fill``, 0.0 when the argmax already meets the budget); within ``2**-iters`` of the
+        exact breakpoint (relative to the bracket), on its feasible side.
     Raises:
         ValueError: costs not strictly increasing or not one per column, or a budget below the cheapest
             branch's cost (infeasible; both numbers are named).
@@ -67,11 +73,17 @@ def solve_penalty(log_probs: torch.Tensor, costs: torch.Tensor, budget: float,
     if budget < costs[0].item() - 1e-12:
         raise ValueError(f"budget {budget:.4f} is below the cheapest branch's cost {costs[0].item():.4f}: "
                          f"no routing can meet it")
-    if mean_cost(log_probs, costs, 0.0, weights) <= budget:
+    under = mean_cost(log_probs, costs, 0.0, weights) <= budget
+    if under and not fill:
         return 0.0
-    # above this price every image takes the cheapest branch
-    gain = (log_probs[:, 1:] - log_probs[:, :1]) / (costs[1:] - costs[0])
-    lo, hi = 0.0, max(float(gain.max()), 0.0) + 1.0
+    if under:   # below this (negative) price every image takes the densest branch
+        loss = (log_probs[:, :-1] - log_probs[:, -1:]) / (costs[-1] - costs[:-1])
+        lo, hi = -(max(float(loss.max()), 0.0) + 1.0), 0.0
+        if mean_cost(log_probs, costs, lo, weights) <= budget:
+            return lo
+    else:       # above this price every image takes the cheapest branch
+        gain = (log_probs[:, 1:] - log_probs[:, :1]) / (costs[1:] - costs[0])
+        lo, hi = 0.0, max(float(gain.max()), 0.0) + 1.0
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
         if mean_cost(log_probs, costs, mid, weights) <= budget:
@@ -83,8 +95,9 @@ def solve_penalty(log_probs: torch.Tensor, costs: torch.Tensor, budget: float,
 
 @torch.no_grad()
 def calibrate_budget(model: ClassPruning, images: Iterable[torch.Tensor], budget: float,
-                     audit_model: torch.nn.Module | None = None) -> dict:
-    """Set ``model.route_penalty`` so that routing the calibration ``images`` costs at most ``budget``.
+                     audit_model: torch.nn.Module | None = None, fill: bool = False) -> dict:
+    """Set ``model.route_penalty`` so that routing the calibration ``images`` costs at most ``budget``
+    (with ``fill``, as close to it as the images allow: see :func:`solve_penalty`).
 
     Costs are fvcore's (:func:`dynprune.audit`), per image, the classifier included, as a fraction of the
     dense model's MACs, weighted by pixel count like :func:`dynprune.evaluate.evaluate` reports them.
@@ -117,7 +130,7 @@ def calibrate_budget(model: ClassPruning, images: Iterable[torch.Tensor], budget
         raise ValueError(f"budget {budget:.4f} is below the cheapest routing's cost {costs[0].item() + cls:.4f} "
                          f"(branch {model.ratios[0]} plus the classifier, fractions of the dense MACs)")
     logp, w = torch.cat(logp), torch.tensor(pixels, dtype=torch.float64)
-    lam = solve_penalty(logp, costs, budget - cls, w)
+    lam = solve_penalty(logp, costs, budget - cls, w, fill=fill)
     model.route_penalty.copy_(lam * costs)
     L = len(costs)
 

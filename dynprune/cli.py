@@ -212,7 +212,7 @@ def cmd_calibrate(args) -> int:
     from .evaluate import degraded_images
 
     ys = [y for per_cond in degraded_images(imgs, conds).values() for y in per_cond]
-    info = calibrate_budget(model, ys, args.budget)
+    info = calibrate_budget(model, ys, args.budget, fill=args.fill)
     info.update(data=str(args.data), conditions=[c.label for c in conds], seed=args.seed)
     ckpt = dict(ckpt, model=model.state_dict(), routing_budget=info)
     ckpt.pop("optimizer", None)
@@ -254,7 +254,7 @@ def cmd_restore(args) -> int:
         from .budget import calibrate_budget
 
         with torch.inference_mode():
-            info = calibrate_budget(model, (im.unsqueeze(0) for im in imgs), args.budget, audit_model)
+            info = calibrate_budget(model, (im.unsqueeze(0) for im in imgs), args.budget, audit_model, fill=args.fill)
         print(f"budget {100 * args.budget:g}% of dense MACs over these {len(imgs)} images: penalty {info['penalty']:.4g}, "
               f"{100 * info['argmax_cost']:.1f}% -> {100 * info['calibrated_cost']:.1f}%, routing "
               + " / ".join(f"{r}: {n}" for r, n in zip(ratios, info["calibrated_routing"])))
@@ -342,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--limit", type=int, default=0, help="first N images only")
     c.add_argument("--classify-tile", type=int, metavar="T",
                    help="classify the mean of T x T tiles (the classifier's training crop size) instead of the whole image; 0 = whole image; default: the checkpoint's setting")
+    c.add_argument("--fill", action="store_true",
+                   help="spend the budget: when the classifier's own routing costs less, move its least-sure images to denser branches up to the budget")
     c.set_defaults(fn=cmd_calibrate)
     r = sub.add_parser("restore", help="restore a folder of degraded images; writes images and routing.csv")
     r.add_argument("checkpoint")
@@ -354,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "the routing penalty is solved on their classifier outputs before restoring")
     r.add_argument("--classify-tile", type=int, metavar="T",
                    help="classify the mean of T x T tiles (the classifier's training crop size) instead of the whole image; 0 = whole image; default: the checkpoint's setting")
+    r.add_argument("--fill", action="store_true",
+                   help="spend the budget: when the classifier's own routing costs less, move its least-sure images to denser branches up to the budget")
     r.set_defaults(fn=cmd_restore)
     dp_ = sub.add_parser("deploy", help="pack a trained checkpoint for the N:M CPU kernel and save it")
     dp_.add_argument("checkpoint")

@@ -25,6 +25,20 @@ def test_solve_penalty_closed_form():
     assert solve_penalty(logp, COSTS, 0.6, weights=torch.tensor([1.0, 3.0])) == pytest.approx(2 * math.log(3.5), abs=1e-9)
 
 
+def test_fill_spends_an_underused_budget_closed_form():
+    # Argmax cost 0.75 (A on 4:4, B on 2:4). Filling 0.9: the cheapest move up is B 2:4 -> 4:4, worth
+    # ln(0.9 / 0.05) for 0.5 of cost, so lam = -2 ln 18; the mean cost then reaches 1.0 > 0.9, so the
+    # feasible side is lam just above it: the argmax routing. Filling 1.0 takes it.
+    logp = torch.tensor([[0.1, 0.2, 0.7], [0.05, 0.9, 0.05]], dtype=torch.float64).log()
+    lam = solve_penalty(logp, COSTS, 1.0, fill=True)
+    assert lam <= -2 * math.log(18) + 1e-9 and mean_cost(logp, COSTS, lam) == 1.0
+    lam = solve_penalty(logp, COSTS, 0.9, fill=True)
+    assert lam == pytest.approx(-2 * math.log(18), abs=1e-9) and mean_cost(logp, COSTS, lam) == 0.75
+    assert solve_penalty(logp, COSTS, 0.9) == 0.0                       # without fill: at most, not up to
+    # over budget, fill changes nothing: the same positive lam
+    assert solve_penalty(logp, COSTS, 0.6, fill=True) == solve_penalty(logp, COSTS, 0.6)
+
+
 def test_solve_penalty_errors():
     logp = torch.tensor([[0.1, 0.2, 0.7]]).log()
     with pytest.raises(ValueError, match=r"budget 0\.2000 is below the cheapest branch's cost 0\.2500"):

@@ -182,6 +182,11 @@ def test_calibrate_budget_then_eval_routes_within_it(trained, capsys, tmp_path):
                  "--out", str(free)]) == 0
     info = torch.load(free, weights_only=True)["routing_budget"]
     assert info["penalty"] == 0.0 and info["images"] == 4
+    filled = tmp_path / "filled.pt"   # --fill spends an unused budget: 1.5 x dense affords 4:4 for all
+    assert main(["calibrate", ckpt, "--budget", "1.5", "--fill", "--data", clean, "--sigma", "15", "50", "--seed", "0",
+                 "--out", str(filled)]) == 0
+    fi = torch.load(filled, weights_only=True)["routing_budget"]
+    assert fi["penalty"] < 0 and fi["calibrated_routing"] == [0, 0, 4] and fi["argmax_routing"] != [0, 0, 4]
     budget = info["branch_costs"][0] + info["classifier_cost"] + 1e-3   # all but forced to the sparsest branch
     out = tmp_path / "cal.pt"
     assert main(["calibrate", ckpt, "--budget", str(budget), "--data", clean, "--sigma", "15", "50", "--seed", "0",

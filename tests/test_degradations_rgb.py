@@ -81,6 +81,27 @@ def test_haze_closed_form_and_ranges():
             create("degradations", "haze", **bad)
 
 
+def test_haze_frame_makes_a_patch_a_crop_of_a_scene():
+    from dynprune.plugins.haze import ground_plane_depth
+
+    # closed form: rows top .. top + h - 1 of a frame of F rows, d = 1 - y / (F - 1)
+    d = ground_plane_depth(3, 2, top=4, frame=11)
+    torch.testing.assert_close(d[:, 0], torch.tensor([0.6, 0.5, 0.4]))
+    x = _img(4, h=32)
+    whole = create("degradations", "haze")
+    framed = create("degradations", "haze", frame=320)
+    ramp = lambda y: ((y[:, :, 0] - x[:, :, 0]).abs().mean() - (y[:, :, -1] - x[:, :, -1]).abs().mean()).item()
+    y0, _ = whole(x, generator=torch.Generator().manual_seed(0), level=2)
+    y1, _ = framed(x, generator=torch.Generator().manual_seed(0), level=2)
+    assert 0 <= ramp(y1) < 0.25 * ramp(y0)          # a 32-row crop shows ~10% of the far-to-near ramp
+    # an input of F rows or more is a whole scene: bit-identical to no frame
+    tall = create("degradations", "haze", frame=32)
+    y2, _ = tall(x, generator=torch.Generator().manual_seed(0), level=2)
+    torch.testing.assert_close(y2, y0, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="haze frame must be a height in pixels >= 2"):
+        create("degradations", "haze", frame=1)
+
+
 def test_paired_folder_matching_and_errors(tmp_path):
     for name in ("0001_0.8_0.2", "0002_0.8_0.08"):
         write_image(torch.rand(3, 10, 12), tmp_path / f"hazy/{name}.png")
