@@ -13,7 +13,7 @@ e.g. Rain100H) contributes its real condition, read from the report's folders; t
     python benchmarks/budget_curve.py runs/dncnn_b/last.pt --report docs/results/dncnn_b/report.json \\
         --calibrate ../shared/data/denoise/Train400 --test ../shared/data/denoise/BSD68 \\
         --sigma 15 25 50 --budgets 0.50 0.55 0.58
-    python benchmarks/budget_curve.py runs/gcanet_derain/last.pt --report docs/results/gcanet_derain/report.json \
+    python benchmarks/budget_curve.py runs/gcanet_derain/last.pt --report docs/results/gcanet_derain/report.json \\
         --calibrate test --budgets 0.65 0.55
 
 Prints one markdown table: per budget the penalty, the MACs on the calibration and on the test images

@@ -307,6 +307,18 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _add_classify_tile(parser) -> None:
+    parser.add_argument("--classify-tile", type=int, metavar="T",
+                        help="classify the mean of T x T tiles (the classifier's training crop size) instead of the whole "
+                             "image; 0 = whole image; default: the checkpoint's setting")
+
+
+def _add_fill(parser) -> None:
+    parser.add_argument("--fill", action="store_true",
+                        help="spend the budget: when the classifier's own routing costs less, move its least-sure images "
+                             "to denser branches up to the budget")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dynprune", description="Dynamic N:M pruning for image restoration (ClassPruning).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -329,8 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu")
     e.add_argument("--backend", choices=["dynamic", "cpu"], default="dynamic",
                    help="cpu: run the deployed model (N:M CPU kernel); dynamic: the converted model as trained")
-    e.add_argument("--classify-tile", type=int, metavar="T",
-                   help="classify the mean of T x T tiles (the classifier's training crop size) instead of the whole image; 0 = whole image; default: the checkpoint's setting")
+    _add_classify_tile(e)
     e.set_defaults(fn=cmd_eval)
     c = sub.add_parser("calibrate", help="route under a mean-MACs budget: fit the routing penalty on calibration images")
     c.add_argument("checkpoint", help="a training checkpoint (last.pt)")
@@ -340,10 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="the calibrated checkpoint to write")
     c.add_argument("--seed", type=int, default=1, help="degradation seed (default 1; eval's default is 0)")
     c.add_argument("--limit", type=int, default=0, help="first N images only")
-    c.add_argument("--classify-tile", type=int, metavar="T",
-                   help="classify the mean of T x T tiles (the classifier's training crop size) instead of the whole image; 0 = whole image; default: the checkpoint's setting")
-    c.add_argument("--fill", action="store_true",
-                   help="spend the budget: when the classifier's own routing costs less, move its least-sure images to denser branches up to the budget")
+    _add_classify_tile(c)
+    _add_fill(c)
     c.set_defaults(fn=cmd_calibrate)
     r = sub.add_parser("restore", help="restore a folder of degraded images; writes images and routing.csv")
     r.add_argument("checkpoint")
@@ -354,10 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu: run the deployed model (N:M CPU kernel); dynamic: the converted model as trained")
     r.add_argument("--budget", type=float, help="mean MACs over these images as a fraction of dense (e.g. 0.58): "
                    "the routing penalty is solved on their classifier outputs before restoring")
-    r.add_argument("--classify-tile", type=int, metavar="T",
-                   help="classify the mean of T x T tiles (the classifier's training crop size) instead of the whole image; 0 = whole image; default: the checkpoint's setting")
-    r.add_argument("--fill", action="store_true",
-                   help="spend the budget: when the classifier's own routing costs less, move its least-sure images to denser branches up to the budget")
+    _add_classify_tile(r)
+    _add_fill(r)
     r.set_defaults(fn=cmd_restore)
     dp_ = sub.add_parser("deploy", help="pack a trained checkpoint for the N:M CPU kernel and save it")
     dp_.add_argument("checkpoint")
