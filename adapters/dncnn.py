@@ -94,4 +94,6 @@ def create_dncnn(weights: str | None = None, **kwargs) -> DnCNN:
 
 @hookimpl
 def dynprune_register_models(register):
-    register("dncnn", create_dncnn, "DnCNN denoiser (Zhang et al. 2017); weights= loads SaoYan/KAIR-layout files")
+    register("dncnn", create_dncnn, "DnCNN denoiser (Zhang et al. 2017); weights= loads SaoYan/KAIR-layout files",
+             paper={f"sigma={s}": f"paper DnCNN {d:.2f} / CP-DnCNN {c:.2f} dB (CP at 58.3% FLOPs)"
+                    for s, d, c in ((15, 31.63, 31.59), (25, 29.18, 29.17), (50, 26.24, 26.26))})

@@ -183,4 +183,5 @@ def create_gcanet(weights: str | None = None, width: int | None = None, residual
 @hookimpl
 def dynprune_register_models(register):
     register("gcanet", create_gcanet, "GCANet dehazing/deraining (RGB + edge input, gated fusion), 702,818 params; "
-             "weights= loads the authors' dehaze.pth / derain.pth (the latter with residual=False)")
+             "weights= loads the authors' dehaze.pth / derain.pth (the latter with residual=False)",
+             paper={"paper": "GCANet / CP-GCANet on SOTS indoor (Table 3): CP 30.17 dB at 60.4% FLOPs"})

@@ -90,4 +90,5 @@ class RESCAN(nn.Module):
 
 @hookimpl
 def dynprune_register_models(register):
-    register("rescan", RESCAN, "RESCAN deraining (ConvGRU, 24 ch, 4 stages); channels=48 for 589,911 params")
+    register("rescan", RESCAN, "RESCAN deraining (ConvGRU, 24 ch, 4 stages); channels=48 for 589,911 params",
+             paper={"paper": "RESCAN / CP-RESCAN on Test100: 24.46 / 24.38 dB at 56.1% FLOPs"})

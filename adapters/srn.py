@@ -117,4 +117,5 @@ class SRN(nn.Module):
 
 @hookimpl
 def dynprune_register_models(register):
-    register("srn", SRN, "SRN-DeblurNet (3 scales, 5x5 ConvLSTM), 10,250,723 params at width 32")
+    register("srn", SRN, "SRN-DeblurNet (3 scales, 5x5 ConvLSTM), 10,250,723 params at width 32",
+             paper={"paper": "SRN / CP-SRN on GoPro: 30.21 / 30.18 dB at 60.7% FLOPs"})

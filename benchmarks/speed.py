@@ -216,8 +216,8 @@ def part_bsd68(args, dense_kind: str) -> dict:
 
 
 def _model_bytes(model: torch.nn.Module) -> int:
-    """Parameters, buffers and the per-branch weight caches (dynamic layers' masked copies, deployed
-    layers' kernel packing and fallback weights) of ``model``."""
+    """Parameters, buffers and the weight caches (dynamic layers' packed orderings, deployed layers'
+    kernel packing and fallback weights) of ``model``."""
     seen, total = set(), 0
 
     def add(t):
@@ -231,7 +231,8 @@ def _model_bytes(model: torch.nn.Module) -> int:
     for t in list(model.parameters()) + list(model.buffers()):
         add(t)
     for m in model.modules():
-        for cache in ("_nm_cache", "_nm_rank_cache", "_packed", "_dense"):
+        add(getattr(m, "_nm_order_cache", None) or ())  # a dynamic layer's packed magnitude ordering
+        for cache in ("_packed", "_dense"):
             for v in getattr(m, cache, {}).values():
                 add(v)
     return total

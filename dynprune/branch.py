@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Callable, Iterator, Sequence, Union
+from typing import Callable, Iterator, Sequence, TypeVar, Union
 
 import torch
 
 from .nm import NMRatio
 
-__all__ = ["use_branch", "current_branch", "resolve_branch", "route", "per_group", "BranchLike"]
+__all__ = ["use_branch", "current_branch", "resolve_branch", "route", "per_group", "each_branch", "BranchLike"]
 
 BranchLike = Union[int, str, NMRatio]
 _ACTIVE: contextvars.ContextVar[BranchLike | None] = contextvars.ContextVar("dynprune_branch", default=None)
@@ -62,6 +62,18 @@ def resolve_branch(branch: BranchLike | None, ratios: Sequence[NMRatio]) -> int:
     if not -n <= branch < n:
         raise IndexError(f"branch index {branch} out of range for {n} branches {[str(r) for r in ratios]}")
     return branch % n
+
+
+T = TypeVar("T")
+
+
+def each_branch(fn: Callable[[int], T], num_branches: int) -> list[T]:
+    """``[fn(i) for i in range(num_branches)]``, each call inside ``use_branch(i)`` (sparsest first)."""
+    out = []
+    for i in range(num_branches):
+        with use_branch(i):
+            out.append(fn(i))
+    return out
 
 
 def per_group(fn: Callable[[int, torch.Tensor], torch.Tensor], x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

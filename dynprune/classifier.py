@@ -42,18 +42,14 @@ class DifficultyClassifier(nn.Module):
 
 
 def create_classifier(name: str = "paper", in_channels: int = 1, num_classes: int = 3, **kwargs) -> nn.Module:
-    """``"paper"`` gives :class:`DifficultyClassifier`; ``"classsr"`` ClassSR's Class-Module; ``"timm:<model>"`` any timm model, randomly
-    initialised (never downloaded), with ``in_chans`` and ``num_classes`` set.
+    """A registered difficulty classifier (``"paper"``: :class:`DifficultyClassifier`; ``"classsr"``:
+    ClassSR's Class-Module; plugins add theirs through ``dynprune_register_classifiers``), or
+    ``"timm:<model>"``: any timm model, randomly initialised (never downloaded), with ``in_chans`` and
+    ``num_classes`` set.
 
     Raises:
-        ValueError: an unknown name or timm model.
+        ValueError: an unknown name (the registered ones are listed) or timm model.
     """
-    if name == "paper":
-        return DifficultyClassifier(in_channels, num_classes, **kwargs)
-    if name == "classsr":
-        from .classsr import ClassSRClassifier
-
-        return ClassSRClassifier(in_channels, num_classes, **kwargs)
     if name.startswith("timm:"):
         import timm
 
@@ -61,4 +57,9 @@ def create_classifier(name: str = "paper", in_channels: int = 1, num_classes: in
         if not timm.is_model(arch):
             raise ValueError(f"unknown timm model {arch!r} for the classifier (see timm.list_models())")
         return timm.create_model(arch, pretrained=False, in_chans=in_channels, num_classes=num_classes, **kwargs)
-    raise ValueError(f"unknown classifier {name!r}: expected 'paper', 'classsr' or 'timm:<model name>'")
+    from .registry import get_host
+
+    if name not in get_host().names("classifiers"):
+        raise ValueError(f"unknown classifier {name!r}: expected one of {get_host().names('classifiers')} "
+                         "or 'timm:<model name>'")
+    return get_host().create("classifiers", name, in_channels=in_channels, num_classes=num_classes, **kwargs)

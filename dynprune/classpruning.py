@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .branch import route, use_branch
+from .branch import each_branch, route
 from .convert import model_ratios
 
 __all__ = ["ClassPruning", "TrainOutput"]
@@ -108,8 +108,5 @@ class ClassPruning(nn.Module):
         if not self.training:
             return self.route(x)[0]
         logits = self.classifier(x)
-        outputs = []
-        for i in range(self.num_branches):
-            with use_branch(i):
-                outputs.append(self.restorer(x))
+        outputs = each_branch(lambda i: self.restorer(x), self.num_branches)
         return TrainOutput(logits, logits.softmax(1), outputs)

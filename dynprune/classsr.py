@@ -12,9 +12,11 @@ from typing import Callable, Sequence
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
-from .branch import current_branch, resolve_branch
+from .branch import current_branch, each_branch, resolve_branch
 from .metrics import psnr
+from .schedule import cosine_lr
 
 __all__ = ["SeparateBranches", "ClassSRClassifier", "class_loss", "average_loss", "classsr_loss", "psnr_labels",
            "train_sr", "train_classsr_classifier"]
@@ -123,10 +125,6 @@ def train_sr(net: nn.Module, lr: torch.Tensor, hr: torch.Tensor, steps: int, bat
     Raises:
         ValueError: empty data or mismatched counts.
     """
-    from tqdm import tqdm
-
-    from .trainer import cosine_lr
-
     if lr.shape[0] == 0 or lr.shape[0] != hr.shape[0]:
         raise ValueError(f"need matching non-empty LR/HR sub-images, got {lr.shape[0]} and {hr.shape[0]}")
     g = torch.Generator().manual_seed(seed)
@@ -156,11 +154,6 @@ def train_classsr_classifier(model: nn.Module, lr: torch.Tensor, hr: torch.Tenso
     """ClassSR's stage 2: soft routing through every branch, loss :func:`classsr_loss`; with ``freeze_sr``
     (``fix_SR_module`` in ClassSR's configs) only the classifier trains. ``model`` is a
     :class:`~dynprune.classpruning.ClassPruning`. Returns the last step's loss parts."""
-    from tqdm import tqdm
-
-    from .branch import use_branch
-    from .trainer import cosine_lr
-
     g = torch.Generator().manual_seed(seed)
     params = model.classifier.parameters() if freeze_sr else model.parameters()
     opt = torch.optim.Adam(params, lr=lr_start, betas=(0.9, 0.99))
@@ -174,10 +167,7 @@ def train_classsr_classifier(model: nn.Module, lr: torch.Tensor, hr: torch.Tenso
             group["lr"] = cosine_lr(step, steps - 1, lr_start, lr_end)
         probs = model.classifier(x).softmax(1)
         with torch.set_grad_enabled(not freeze_sr):
-            outs = []
-            for i in range(model.num_branches):
-                with use_branch(i):
-                    outs.append(model.restorer(x))
+            outs = each_branch(lambda i: model.restorer(x), model.num_branches)
         loss, parts = classsr_loss(probs, outs, y, weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -12,31 +12,13 @@ import torch
 
 __all__ = ["main"]
 
-PAPER_DNCNN = {"sigma=15": (31.63, 31.59), "sigma=25": (29.18, 29.17), "sigma=50": (26.24, 26.26)}
-PAPER_ROWS = {"rescan": "RESCAN / CP-RESCAN on Test100: 24.46 / 24.38 dB at 56.1% FLOPs",
-              "srn": "SRN / CP-SRN on GoPro: 30.21 / 30.18 dB at 60.7% FLOPs",
-              "gcanet": "GCANet / CP-GCANet on SOTS indoor (Table 3): CP 30.17 dB at 60.4% FLOPs"}
+def _conditions(cfg, args):
+    """--sigma levels of the run's degradation, or else each of its difficulty levels (seeded)."""
+    from .evaluate import level_conditions, sigma_conditions
 
-
-def _noise_conditions(sigmas, seed: int = 0):
-    from .evaluate import Condition
-    from .registry import create
-
-    conds = []
-    for s in sigmas:
-        deg = create("degradations", "gaussian_noise", sigmas=[s])
-        conds.append(Condition(f"sigma={s:g}", lambda x, g, deg=deg: deg(x, generator=g, level=0)[0], seed))
-    return conds
-
-
-def _level_conditions(cfg, seed: int = 0):
-    """One condition per difficulty level of the run's own degradation (seeded, level fixed)."""
-    from .evaluate import Condition
-    from .registry import create
-
-    deg = create("degradations", cfg.degradation.name, **cfg.degradation.kwargs)
-    return [Condition(deg.describe_level(i), lambda x, g, i=i: deg(x, generator=g, level=i)[0], seed)
-            for i in range(deg.levels)]
+    if args.sigma:
+        return sigma_conditions(cfg.degradation.name, args.sigma, args.seed)
+    return level_conditions(cfg.degradation.name, cfg.degradation.kwargs, args.seed)
 
 
 def _pairs_condition(pairs, label: str = "real pairs"):
@@ -159,8 +141,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate, write_report
-    from .registry import create
+    from .evaluate import evaluate, print_summary, write_report
+    from .imageio import read_pairs
+    from .registry import get_host
 
     if not args.data and not args.pairs:
         raise ValueError("eval needs --data DIR (clean images, synthetic degradation) and/or --pairs DEGRADED CLEAN")
@@ -172,10 +155,10 @@ def cmd_eval(args) -> int:
     if args.data:
         files, imgs = _read_images(args.data, model)
         images = list(zip((f.name for f in files), imgs))[: args.limit or None]
-        conds = _noise_conditions(args.sigma, args.seed) if args.sigma else _level_conditions(cfg, args.seed)
+        conds = _conditions(cfg, args)
         result = evaluate(model, images, conds, dense=dense, device=args.device, audit_model=audit_model)
     if args.pairs:
-        pairs = list(create("datasets", "paired_folder", degraded=args.pairs[0], clean=args.pairs[1]))
+        pairs = read_pairs(args.pairs[0], args.pairs[1])
         model.check_channels([(n, d) for n, d, _ in pairs])
         pairs = pairs[: args.limit or None]
         res = evaluate(model, [(n, c) for n, _, c in pairs], [_pairs_condition(pairs, f"real {Path(args.pairs[0]).parent.name}")],
@@ -185,14 +168,10 @@ def cmd_eval(args) -> int:
         else:
             result["conditions"].update(res["conditions"])
     result.update(checkpoint=str(ckpt), data=str(args.data), pairs=args.pairs, dense_reference=dense_path, seed=args.seed)
-    paper = None
-    if cfg.model.name == "dncnn":
-        paper = {k: f"paper DnCNN {v[0]:.2f} / CP-DnCNN {v[1]:.2f} dB (CP at 58.3% FLOPs)"
-                 for k, v in PAPER_DNCNN.items() if k in result["conditions"]}
-    elif cfg.model.name in PAPER_ROWS:
-        paper = {"paper": PAPER_ROWS[cfg.model.name]}
+    published = get_host().entry("models", cfg.model.name).paper
+    paper = {k: v for k, v in published.items() if k in result["conditions"] or k == "paper"} or None
     out = write_report(result, args.out, f"{ckpt} on {args.data or args.pairs}", paper)
-    _print_summary(result)
+    print_summary(result)
     print(f"report: {out / 'report.json'}, {out / 'report.md'}, {out / 'psnr_vs_macs.png'}")
     return 0
 
@@ -207,7 +186,7 @@ def cmd_calibrate(args) -> int:
     _set_classify_tile(model, args.classify_tile)
     files, imgs = _read_images(args.data, model)
     imgs = imgs[: args.limit or None]
-    conds = _noise_conditions(args.sigma, args.seed) if args.sigma else _level_conditions(cfg, args.seed)
+    conds = _conditions(cfg, args)
 
     from .evaluate import degraded_images
 
@@ -226,16 +205,9 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
-def _print_summary(result: dict) -> None:
-    for label, c in result["conditions"].items():
-        parts = [f"{n} {m['psnr']:.2f}" for n, m in c["models"].items()]
-        print(f"{label}: " + ", ".join(parts) + f" dB | routed MACs {100 * c['routed_macs_fraction']:.1f}% of dense"
-              f" | routing {c['histogram']}")
-
-
 def cmd_restore(args) -> int:
     from .audit import audit
-    from .imageio import write_image
+    from .imageio import read_pairs, write_image
     from .metrics import psnr
 
     model, _, audit_model = _load_for_inference(args.checkpoint, args.backend)
@@ -243,9 +215,7 @@ def cmd_restore(args) -> int:
     files, imgs = _read_images(args.in_dir, model)
     clean = {}
     if args.clean:
-        from .registry import create
-
-        pairs = create("datasets", "paired_folder", degraded=args.in_dir, clean=args.clean)
+        pairs = read_pairs(args.in_dir, args.clean)
         clean = {name: c for name, _, c in pairs}
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -258,7 +228,6 @@ def cmd_restore(args) -> int:
         print(f"budget {100 * args.budget:g}% of dense MACs over these {len(imgs)} images: penalty {info['penalty']:.4g}, "
               f"{100 * info['argmax_cost']:.1f}% -> {100 * info['calibrated_cost']:.1f}%, routing "
               + " / ".join(f"{r}: {n}" for r, n in zip(ratios, info["calibrated_routing"])))
-    audits: dict[tuple, object] = {}
     with open(out / "routing.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image", "branch", "macs", "dense_macs", "macs_fraction", "ms", "psnr_in", "psnr_out"])
@@ -269,10 +238,7 @@ def cmd_restore(args) -> int:
                 y, branch = model.route(x)
                 ms = 1e3 * (time.perf_counter() - t0)
                 b = int(branch[0])
-                key = tuple(x.shape)
-                if key not in audits:
-                    audits[key] = audit(audit_model, x)
-                rep = audits[key]
+                rep = audit(audit_model, x)  # traced for the first sizes, then predicted (audit's reuse)
                 macs = rep.branches[b].effective_macs + rep.classifier_macs
                 write_image(y[0], out / (path.stem + ".png"))
                 scores = ["", ""]

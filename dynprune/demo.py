@@ -34,8 +34,7 @@ def run_demo(out_dir: str = "runs/demo", quick: bool = False) -> dict:
     """Train and evaluate the demo; writes ``out_dir/last.pt``, ``base.pt`` and ``eval/report.*``.
     Returns the evaluation dict."""
     from .checkpoint import load_file
-    from .cli import _noise_conditions, _print_summary
-    from .evaluate import evaluate, write_report
+    from .evaluate import evaluate, print_summary, sigma_conditions, write_report
     from .registry import create
     from .trainer import Trainer
 
@@ -48,11 +47,11 @@ def run_demo(out_dir: str = "runs/demo", quick: bool = False) -> dict:
     dense.load_state_dict(base["model"])
     test = ("camera", "coins")  # held out of the training photographs
     images = list(zip(test, create("datasets", "skimage_photos", names=test, channels=1).images))
-    result = evaluate(model, images, _noise_conditions([15, 25, 50]), dense=dense)
+    result = evaluate(model, images, sigma_conditions(cfg.degradation.name, [15, 25, 50]), dense=dense)
     write_report(result, Path(out_dir) / "eval", "dynprune demo: DnCNN-12x32 on scikit-image photos")
     print(f"\nDnCNN (depth 12, width 32), trained and evaluated in {time.time() - t0:.0f} s; "
           f"test photos (held out of training): {', '.join(test)}")
-    _print_summary(result)
+    print_summary(result)
     saved = [1 - c["routed_macs_fraction"] for c in result["conditions"].values()]
     print(f"MACs saved by routing: {100 * sum(saved) / len(saved):.1f}% on average; report in {out_dir}/eval/")
     return result

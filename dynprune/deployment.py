@@ -112,6 +112,8 @@ def _sparse_reason(conv: nn.Conv2d, ratio: NMRatio, max_density: float, min_out_
         return f"groups={conv.groups} (kernel: groups 1)"
     if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
         return f"padding {conv.padding!r}/{conv.padding_mode} (kernel: explicit zero padding)"
+    if conv.nm_span != conv.in_channels:
+        return f"{conv.in_channels} input channels not divisible by M={ratio.m} (kernel: whole groups)"
     if ratio.m not in sparse_cpu.SUPPORTED_M:
         return f"M={ratio.m} (kernel: M in {sparse_cpu.SUPPORTED_M})"
     if conv.out_channels < min_out_channels:

@@ -14,11 +14,12 @@ from torch import nn
 from tqdm import tqdm
 
 from .audit import audit, count_macs
-from .branch import use_branch
+from .branch import each_branch
 from .classpruning import ClassPruning
 from .metrics import psnr, ssim
 
-__all__ = ["Condition", "degraded_images", "evaluate", "write_report"]
+__all__ = ["Condition", "degraded_images", "evaluate", "write_report", "sigma_conditions", "level_conditions",
+           "print_summary"]
 
 
 @dataclass
@@ -32,6 +33,44 @@ class Condition:
     degrade: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
     seed: int = 0
     degraded: dict[str, torch.Tensor] | None = None
+
+
+def sigma_conditions(degradation: str, sigmas: Sequence[float], seed: int = 0) -> list[Condition]:
+    """One condition per noise level ``sigma`` (on the 0-255 scale) of the registered degradation
+    ``degradation``, built with ``sigmas=[sigma]`` (e.g. "gaussian_noise"), labelled "sigma=<s>".
+
+    Raises:
+        ValueError: the degradation takes no ``sigmas`` (it is named).
+    """
+    from .registry import create
+
+    conds = []
+    for s in sigmas:
+        try:
+            deg = create("degradations", degradation, sigmas=[s])
+        except TypeError as err:
+            raise ValueError(f"--sigma needs a degradation that takes sigmas; the run's degradation {degradation!r} "
+                             f"does not ({err})") from err
+        conds.append(Condition(f"sigma={s:g}", lambda x, g, deg=deg: deg(x, generator=g, level=0)[0], seed))
+    return conds
+
+
+def level_conditions(degradation: str, kwargs: dict, seed: int = 0) -> list[Condition]:
+    """One condition per difficulty level of the registered ``degradation`` built with ``kwargs``
+    (seeded, level fixed), labelled by the degradation's ``describe_level``."""
+    from .registry import create
+
+    deg = create("degradations", degradation, **kwargs)
+    return [Condition(deg.describe_level(i), lambda x, g, i=i: deg(x, generator=g, level=i)[0], seed)
+            for i in range(deg.levels)]
+
+
+def print_summary(result: dict) -> None:
+    """One line per condition: mean PSNR (dB) of each model, routed MACs (% of dense), routing histogram."""
+    for label, c in result["conditions"].items():
+        parts = [f"{n} {m['psnr']:.2f}" for n, m in c["models"].items()]
+        print(f"{label}: " + ", ".join(parts) + f" dB | routed MACs {100 * c['routed_macs_fraction']:.1f}% of dense"
+              f" | routing {c['histogram']}")
 
 
 def degraded_images(images: Sequence[torch.Tensor], conditions: Sequence[Condition]) -> dict[str, list[torch.Tensor]]:
@@ -93,11 +132,11 @@ def evaluate(model: ClassPruning, images: Sequence[tuple[str, torch.Tensor]], co
                 row = {"image": name, "degraded input": _score(y, clean, kw)}
                 if dense is not None:
                     row["dense"] = _score(dense(y), clean, kw)
-                branch = int(model.classify(y)[0])
-                for i, r in enumerate(ratios):
-                    with use_branch(i):
-                        row[f"branch {r}"] = _score(model.restorer(y), clean, kw)
-                row["routed"] = row[f"branch {ratios[branch]}"]
+                scores = each_branch(lambda i: _score(model.restorer(y), clean, kw), L)
+                row.update({f"branch {r}": sc for r, sc in zip(ratios, scores)})
+                routed, chosen = model.route(y)  # the deployed path: classifier, then the chosen branch
+                branch = int(chosen[0])
+                row["routed"] = _score(routed, clean, kw)
                 row["branch"] = ratios[branch]
                 hist[branch] += 1
                 scale = clean.shape[-1] * clean.shape[-2] / px0

@@ -6,8 +6,9 @@ entry-point group ``dynprune``::
     [project.entry-points.dynprune]
     my_backbone = "my_package.dynprune_plugin"
 
-Each hook receives a ``register(name, factory, description="")`` callback. ``factory(**kwargs)``
-builds the object; names must be unique across all plugins (a duplicate raises ``ValueError``
+Each hook receives a ``register(name, factory, description="", paper=None)`` callback.
+``factory(**kwargs)`` builds the object; ``paper`` optionally maps an evaluation condition label
+(e.g. "sigma=25") or "paper" to a published figure that ``dynprune eval`` prints beside its rows; names must be unique across all plugins (a duplicate raises ``ValueError``
 naming both plugins). The built-in adapters and plugins use exactly these hooks.
 """
 
@@ -24,7 +25,8 @@ hookimpl = pluggy.HookimplMarker("dynprune")
 
 
 class Register(Protocol):
-    def __call__(self, name: str, factory: Callable[..., object], description: str = "") -> None: ...
+    def __call__(self, name: str, factory: Callable[..., object], description: str = "",
+                 paper: dict[str, str] | None = None) -> None: ...
 
 
 @hookspec
@@ -50,6 +52,12 @@ def dynprune_register_labelers(register: Register) -> None:
 def dynprune_register_losses(register: Register) -> None:
     """Register reconstruction losses. ``factory(**kwargs)`` returns ``(pred, target) -> (B,)`` per-sample
     losses (float32)."""
+
+
+@hookspec
+def dynprune_register_classifiers(register: Register) -> None:
+    """Register difficulty classifiers. ``factory(in_channels, num_classes, **kwargs) -> nn.Module`` mapping
+    a degraded image (B, C, H, W) float32 in [0, 1] to (B, L) logits."""
 
 
 @hookspec

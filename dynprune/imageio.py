@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["IMAGE_EXTS", "list_images", "read_image", "read_folder", "write_image", "to_channels"]
+__all__ = ["IMAGE_EXTS", "list_images", "read_image", "read_folder", "write_image", "to_channels", "read_pairs"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 log = logging.getLogger(__name__)
@@ -95,6 +95,38 @@ def read_folder(root: str | Path, channels: int | None = None) -> tuple[list[Pat
     if not images:
         raise ValueError(f"image folder {str(root)!r} holds no readable image ({len(bad)} corrupt)")
     return files, images
+
+
+def read_pairs(degraded: str | Path, clean: str | Path, channels: int | None = None
+               ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """Degraded/clean image pairs from two folders, matched by file stem; a degraded stem like SOTS's
+    ``0001_0.8_0.2`` also matches clean ``0001`` (the part before the first ``_``).
+
+    Returns:
+        ``(name, degraded (C, H, W), clean (C, H, W))`` float32 in [0, 1], in the degraded folder's order.
+    Raises:
+        FileNotFoundError / ValueError: missing or empty folders; ValueError naming every unmatched file
+        and every pair whose sizes differ.
+    """
+    deg, cln = list_images(degraded), list_images(clean)
+    by_stem = {p.stem: p for p in cln}
+    pairs, unmatched = [], []
+    for p in deg:
+        match = by_stem.get(p.stem) or by_stem.get(p.stem.split("_")[0])
+        (pairs.append((p, match)) if match else unmatched.append(p.name))
+    used = {m for _, m in pairs}
+    orphans = [p.name for p in cln if p not in used]
+    if unmatched or orphans:
+        raise ValueError(f"unmatched files: degraded without clean {unmatched}, clean without degraded {orphans}")
+    items, bad = [], []
+    for d, c in pairs:
+        a, b = read_image(d, channels), read_image(c, channels)
+        if a.shape != b.shape:
+            bad.append(f"{d.name} {tuple(a.shape)} vs {c.name} {tuple(b.shape)}")
+        items.append((d.stem, a, b))
+    if bad:
+        raise ValueError(f"paired images differ in size: {'; '.join(bad)}")
+    return items
 
 
 def write_image(img: torch.Tensor, path: str | Path) -> None:

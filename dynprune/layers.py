@@ -14,8 +14,10 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from . import mask_cpu, srste
 from .branch import current_branch, resolve_branch
-from .nm import MaskGrad, NMRatio, apply_mask, mask_from_order, nm_order
+from .nm import (MaskGrad, NMRatio, apply_mask, covered, mask_from_order, nm_order, order_keeps_top, pack_order,
+                 unpack_order)
 
 __all__ = ["DynamicNMMixin", "VariableNormMixin", "make_dynamic", "make_variable_norm", "dynamic_layers",
            "variable_norms", "is_dynamic", "restore_base", "sync_variable_norms"]
@@ -31,40 +33,84 @@ def _subclass(mixin: type, base: type, prefix: str) -> type:
     return _CLASSES[key]
 
 
-class DynamicNMMixin:
+def _rebuild(mixin: type, base: type) -> nn.Module:
+    """Unpickling: the dynamic subclass of ``base`` (made again if this process has not made it yet)."""
+    cls = _subclass(mixin, base, mixin._dynprune_prefix)
+    return cls.__new__(cls)
+
+
+class _Picklable:
+    """Pickle and deepcopy a dynamic layer by (mixin, base class, state): its class is made on the fly
+    and cannot be found by name. Caches are dropped from the state."""
+
+    _dynprune_base: type
+    _dynprune_prefix = ""
+    _dynprune_transient: tuple[str, ...] = ()
+
+    def __reduce_ex__(self, protocol):
+        state = dict(self.__dict__)
+        for key in self._dynprune_transient:
+            state.pop(key, None)
+        mixin = next(c for c in type(self).__mro__ if c in (DynamicNMMixin, VariableNormMixin))
+        return _rebuild, (mixin, self._dynprune_base), state
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)  # type: ignore[misc]
+        self._dynprune_init()
+
+    def _dynprune_init(self) -> None:
+        pass
+
+
+class DynamicNMMixin(_Picklable):
     """Mixin for a Conv/ConvTranspose/Linear whose ``weight`` is read through the active N:M branch.
 
     Attributes set by :func:`make_dynamic`: ``nm_ratios`` (sparsest first), ``nm_axis`` (the
-    reduction axis: 1, or 0 for transposed convolutions), ``nm_mask_grad`` and ``nm_decay``.
-    While gradients are enabled the mask is recomputed from the current weights and trained with
-    SR-STE/STE; without gradients (inference) the masked weight of each branch is cached until
-    the weight changes (its version counter), so routing costs no mask work.
+    reduction axis: 1, or 0 for transposed convolutions), ``nm_span`` (how much of that axis N:M
+    covers: all of it, or its first ``(K // M) * M`` entries when K is not divisible by M, the rest
+    kept dense), ``nm_mask_grad`` and ``nm_decay`` (SR-STE's lambda_w).
+
+    Masks come from one magnitude ordering per group of M (nested by construction). In eager mode
+    the ordering is cached packed (2 bits per weight for M=4, 1/16 of the float32 weight) and checked
+    against the current weight on every read (:func:`~dynprune.nm.order_keeps_top`), so no change to
+    the weight, however made (optimizer, ``load_state_dict``, ``weight.data.copy_()``), can leave a
+    branch computing with a stale mask. Under ``torch.compile``/``torch.export`` and ``torch.func``
+    the mask is computed in the traced graph instead. With gradients the masked weight trains by
+    straight-through (:func:`~dynprune.nm.apply_mask`) and the branch is recorded for SR-STE's decay,
+    which enters once per optimizer update (:mod:`dynprune.srste`).
     """
 
-    _dynprune_base: type
-    nm_ratios: tuple[NMRatio, ...]
+    _dynprune_prefix = "NM"
+    _dynprune_transient = ("_nm_order_cache", "_nm_frozen", "_nm_used")
+    nm_ratios: tuple
     nm_axis: int
+    nm_span: int
     nm_mask_grad: MaskGrad
     nm_decay: float
+
+    def _dynprune_init(self) -> None:
+        self._nm_order_cache = None
+        self._nm_frozen = None
+        self._nm_used = [False] * len(self.nm_ratios)
+        srste.track(self)
 
     @property
     def weight(self) -> torch.Tensor:  # type: ignore[override]
         w = self._parameters["weight"]
         i = resolve_branch(current_branch(), self.nm_ratios)
-        ratio = self.nm_ratios[i]
-        if ratio.is_dense:
+        n, m = self.nm_ratios[i]
+        if n == m:
             return w
-        key = (w._version, w.data_ptr())
-        if torch.is_grad_enabled() and w.requires_grad:
-            mask = mask_from_order(self._nm_rank(w, ratio.m, key), ratio.n, w.shape, self.nm_axis)
-            return apply_mask(w, mask, self.nm_mask_grad, self.nm_decay)
-        hit = self._nm_cache.get(i)
-        if hit is None or hit[0] != key:
-            with torch.no_grad():
-                mask = mask_from_order(self._nm_rank(w, ratio.m, key), ratio.n, w.shape, self.nm_axis)
-                hit = (key, w * mask)
-            self._nm_cache[i] = hit
-        return hit[1]
+        frozen = self._nm_frozen
+        if frozen is not None and frozen[0] == i:
+            return frozen[1]
+        train = torch.is_grad_enabled() and w.requires_grad
+        if train and self.nm_decay > 0 and self.nm_mask_grad == "sr-ste":
+            self._nm_used[i] = True
+        masked, keep = self._masked(w, n, m, train and self.nm_mask_grad == "masked")
+        if not train:
+            return masked
+        return apply_mask(w, keep, self.nm_mask_grad, masked)
 
     @property
     def dense_weight(self) -> nn.Parameter:
@@ -74,24 +120,61 @@ class DynamicNMMixin:
     def branch_mask(self, branch: int) -> torch.Tensor:
         """Boolean mask (weight-shaped) of branch index ``branch``."""
         w = self._parameters["weight"]
-        ratio = self.nm_ratios[resolve_branch(branch, self.nm_ratios)]
-        if ratio.is_dense:
+        n, m = self.nm_ratios[resolve_branch(branch, self.nm_ratios)]
+        if n == m:
             return torch.ones_like(w, dtype=torch.bool)
-        rank = self._nm_rank(w, ratio.m, (w._version, w.data_ptr()))
-        return mask_from_order(rank, ratio.n, w.shape, self.nm_axis)
+        return self._masked(w, n, m, True)[1]
 
-    def _nm_rank(self, w: torch.Tensor, m: int, key) -> torch.Tensor:
-        hit = self._nm_rank_cache.get(m)
-        if hit is None or hit[0] != key:
-            hit = (key, nm_order(w, self.nm_axis, m))
-            self._nm_rank_cache[m] = hit
-        return hit[1]
+    def branch_density(self, branch: int) -> tuple[int, int]:
+        """Kept fraction of the weight on branch index ``branch`` as (numerator, denominator): N/M on
+        the covered part of the reduction axis, 1 on the rest (ints, for exact MACs)."""
+        n, m = self.nm_ratios[resolve_branch(branch, self.nm_ratios)]
+        k = self._parameters["weight"].shape[self.nm_axis]
+        return self.nm_span * n + (k - self.nm_span) * m, k * m
+
+    def _masked(self, w: torch.Tensor, n: int, m: int, want_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(``w * mask`` with no autograd history or, traced, in the graph; the bool mask if ``want_mask``)."""
+        axis, span, k = self.nm_axis, self.nm_span, w.shape[self.nm_axis]
+        traced = torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(w)
+        if traced or m > 255 or not mask_cpu.usable(w):
+            part = w if span == k else w.narrow(axis, 0, span)
+            rank = nm_order(part, axis, m) if traced else self._order(part.contiguous(), n, m)
+            mask = mask_from_order(rank, n, w.shape, axis)
+            return w.detach() * mask, mask
+        part = w.detach() if span == k else w.detach().narrow(axis, 0, span).contiguous()
+        hit = self._nm_order_cache
+        if hit is None or hit[0].device != part.device:
+            hit = self._nm_order_cache = mask_cpu.order(part, axis, m)
+        masked, keep, _ = mask_cpu.apply(part, hit[0], hit[1], n, True, want_mask)  # checked, stale groups re-ranked
+        if span < k:
+            masked = torch.cat([masked, w.detach().narrow(axis, span, k - span)], axis)
+            if keep is not None:
+                keep = torch.cat([keep, keep.new_ones(*w.shape[:axis], k - span, *w.shape[axis + 1:])], axis)
+        return masked, keep
+
+    def _valid_cache(self, part: torch.Tensor):
+        hit = self._nm_order_cache
+        if hit is None or hit[0].device != part.device or (hit[0].is_inference() and not torch.is_inference_mode_enabled()):
+            return None
+        return hit
+
+    def _order(self, part: torch.Tensor, n: int, m: int) -> torch.Tensor:
+        """The cached ordering if it still selects the top n of ``part``, else a fresh one (cached)."""
+        hit = self._valid_cache(part)
+        if hit is not None:
+            rank = unpack_order(hit[0], hit[1])
+            if order_keeps_top(part, rank, n, self.nm_axis):
+                return rank
+        with torch.no_grad():
+            rank = nm_order(part, self.nm_axis, m)
+        self._nm_order_cache = (pack_order(rank), rank.shape)
+        return rank
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", ratios=(" + ", ".join(map(str, self.nm_ratios)) + ")"
 
 
-class VariableNormMixin:
+class VariableNormMixin(_Picklable):
     """Variable (switchable) normalization: per-branch statistics and affine parameters.
 
     The densest branch uses the layer's own parameters and buffers (the original names, like
@@ -100,8 +183,8 @@ class VariableNormMixin:
     ClassPruning section 3.3 "variable BatchNorm"; Yu et al. 2019 (slimmable networks).
     """
 
-    _dynprune_base: type
-    nm_ratios: tuple[NMRatio, ...]
+    _dynprune_prefix = "Variable"
+    nm_ratios: tuple
     aux_norms: nn.ModuleList
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,11 +207,17 @@ class VariableNormMixin:
 
 def make_dynamic(layer: nn.Module, ratios: tuple[NMRatio, ...], axis: int, mask_grad: MaskGrad = "sr-ste",
                  decay: float = 2e-4) -> nn.Module:
-    """Turn ``layer`` (in place) into its dynamic N:M subclass; returns the same object."""
+    """Turn ``layer`` (in place) into its dynamic N:M subclass; returns the same object.
+
+    ``ratios`` must share one M for their sparse members (see :func:`~dynprune.nm.parse_ratios`); N:M
+    covers the first ``(K // M) * M`` entries of the reduction axis of length K.
+    """
     layer.__class__ = _subclass(DynamicNMMixin, type(layer), "NM")
-    layer.nm_ratios, layer.nm_axis = ratios, axis
-    layer.nm_mask_grad, layer.nm_decay = mask_grad, decay
-    layer._nm_cache, layer._nm_rank_cache = {}, {}
+    k = layer._parameters["weight"].shape[axis]
+    m = max((r.m for r in ratios if not r.is_dense), default=1)
+    layer.nm_ratios, layer.nm_axis, layer.nm_span = tuple(ratios), axis, covered(k, m)
+    layer.nm_mask_grad, layer.nm_decay = mask_grad, float(decay)
+    layer._dynprune_init()
     return layer
 
 
@@ -161,7 +250,7 @@ def restore_base(module: nn.Module, branch: int) -> nn.Module:
             masked = module.dense_weight * module.branch_mask(branch)
         module.__class__ = module._dynprune_base
         module.weight.data = masked
-        for attr in ("nm_ratios", "nm_axis", "nm_mask_grad", "nm_decay", "_nm_cache", "_nm_rank_cache"):
+        for attr in ("nm_ratios", "nm_axis", "nm_span", "nm_mask_grad", "nm_decay", *DynamicNMMixin._dynprune_transient):
             module.__dict__.pop(attr, None)
     elif isinstance(module, VariableNormMixin):
         i = resolve_branch(branch, module.nm_ratios)

@@ -8,39 +8,43 @@ per group serves every ratio, so the masks of 1:4, 2:4 and 4:4 are nested.
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass
+from collections import namedtuple
 from typing import Literal, Union
 
 import torch
 
 __all__ = ["NMRatio", "RatioLike", "parse_ratios", "nm_order", "mask_from_order", "nm_mask",
-           "apply_mask", "MaskGrad"]
+           "apply_mask", "MaskGrad", "covered", "order_keeps_top", "pack_order",
+           "unpack_order"]
 
 MaskGrad = Literal["sr-ste", "ste", "masked"]
 _RATIO_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
-@dataclass(frozen=True, order=True)
-class NMRatio:
+class NMRatio(namedtuple("_NM", "n m")):
     """An N:M sparsity ratio: at most ``n`` non-zeros in every group of ``m`` weights.
+
+    A named tuple of two ints (so ``torch.compile`` and ``torch.export`` trace it as constants and
+    it pickles by value); ratios order as tuples, (n, m).
 
     Args:
         n: kept weights per group, 1 <= n <= m.
         m: group size along the reduction axis, m >= 1.
 
     Raises:
-        ValueError: n < 1, n > m, or m < 1.
+        TypeError: n or m is not an int. ValueError: n < 1, n > m, or m < 1.
     """
 
-    n: int
-    m: int
+    __slots__ = ()
 
-    def __post_init__(self) -> None:
-        if not (isinstance(self.n, int) and isinstance(self.m, int)):
-            raise TypeError(f"NMRatio needs integers, got n={self.n!r}, m={self.m!r}")
-        if self.m < 1 or self.n < 1 or self.n > self.m:
-            raise ValueError(f"invalid N:M ratio {self.n}:{self.m}: need 1 <= N <= M")
+    def __new__(cls, n: int, m: int) -> "NMRatio":
+        if isinstance(n, bool) or isinstance(m, bool) or not (isinstance(n, int) and isinstance(m, int)):
+            raise TypeError(f"NMRatio needs integers, got n={n!r}, m={m!r}")
+        if m < 1 or n < 1 or n > m:
+            raise ValueError(f"invalid N:M ratio {n}:{m}: need 1 <= N <= M")
+        return super().__new__(cls, int(n), int(m))
 
     @classmethod
     def parse(cls, value: "RatioLike") -> "NMRatio":
@@ -76,6 +80,9 @@ class NMRatio:
     def __str__(self) -> str:
         return f"{self.n}:{self.m}"
 
+    def __repr__(self) -> str:
+        return f"NMRatio({self.n}, {self.m})"
+
 
 RatioLike = Union[str, NMRatio, "tuple[int, int]"]
 
@@ -83,8 +90,12 @@ RatioLike = Union[str, NMRatio, "tuple[int, int]"]
 def parse_ratios(ratios) -> tuple[NMRatio, ...]:
     """Parse and order ratios from sparsest to densest (branch order).
 
+    Nested masks come from one magnitude ordering per group of M, so every sparse ratio of a set must
+    share one M; a dense ratio ("k:k") keeps every weight and may use any k.
+
     Raises:
-        ValueError: empty, duplicated, or any invalid ratio.
+        ValueError: empty, duplicated densities, sparse ratios with different M (the ratios are named),
+            or any invalid ratio.
     """
     if isinstance(ratios, (str, NMRatio)):
         ratios = [ratios]
@@ -93,90 +104,176 @@ def parse_ratios(ratios) -> tuple[NMRatio, ...]:
         raise ValueError("ratios is empty: give at least one N:M ratio, e.g. ['1:4', '2:4', '4:4']")
     if len({r.density for r in parsed}) != len(parsed):
         raise ValueError(f"duplicate densities in ratios {[str(r) for r in parsed]}")
+    ms = sorted({r.m for r in parsed if not r.is_dense})
+    if len(ms) > 1:
+        raise ValueError(f"ratios {[str(r) for r in parsed]} mix M={', '.join(map(str, ms))}: nested masks need one M "
+                         f"for every sparse ratio (a dense 'k:k' may use any k), e.g. ['1:8', '3:8', '8:8']")
     return tuple(sorted(parsed, key=lambda r: r.density))
 
 
+def covered(length: int, m: int) -> int:
+    """Length of the part of a reduction axis that N:M covers: the first ``(length // m) * m`` entries."""
+    return length // m * m
+
+
 def _grouped(weight: torch.Tensor, axis: int, m: int) -> torch.Tensor:
-    """View ``weight`` as (..., K/m, m) with the reduction ``axis`` moved last."""
-    w = weight.movedim(axis, -1)
-    return w.reshape(*w.shape[:-1], w.shape[-1] // m, m)
+    """``weight`` as (pre, K/m, m, post): groups of m consecutive entries along the reduction ``axis`` (of
+    length K) in dim 2. A view of a contiguous weight: no copy."""
+    shape = weight.shape
+    return weight.reshape(math.prod(shape[:axis]), shape[axis] // m, m, math.prod(shape[axis + 1:]))
 
 
 def nm_order(weight: torch.Tensor, axis: int, m: int) -> torch.Tensor:
     """Rank of every weight inside its group of ``m`` along ``axis`` (0 = largest magnitude).
 
-    Ties break towards the lower index (stable sort), so masks are deterministic.
+    Ties break towards the lower index, so masks are deterministic. For m <= 8 the ranks come from
+    pairwise comparisons of the group's m slices (no sort: fast on CPU, and in operators every exporter
+    supports; ONNX has no stable sort), for larger m from a stable argsort; both give the same ranks.
 
     Args:
         weight: any float tensor whose ``axis`` length is divisible by ``m``.
     Returns:
-        int16 tensor shaped like the grouped view (..., K/m, m).
+        uint8 tensor (int16 for m > 256) shaped (pre, K/m, m, post), see :func:`_grouped`.
     """
-    g = _grouped(weight.detach(), axis, m)
-    idx = torch.argsort(-g.abs(), dim=-1, stable=True)
+    a = _grouped(weight.detach(), axis, m).abs()
+    dtype = torch.uint8 if m <= 256 else torch.int16
+    if m <= 8:
+        cols = a.unbind(2)
+        ranks = []
+        for i, ai in enumerate(cols):
+            r = torch.zeros(ai.shape, dtype=dtype, device=a.device)
+            for j, aj in enumerate(cols):
+                if j != i:  # an earlier equal weight ranks first
+                    r += (aj >= ai) if j < i else (aj > ai)
+            ranks.append(r)
+        return torch.stack(ranks, 2)
+    idx = torch.argsort(-a, dim=2, stable=True)
     rank = torch.empty_like(idx)
-    ar = torch.arange(m, device=g.device).expand_as(idx)
-    rank.scatter_(-1, idx, ar)
-    return rank.to(torch.int16)
+    rank.scatter_(2, idx, torch.arange(m, device=a.device).view(1, 1, m, 1).expand_as(idx))
+    return rank.to(dtype)
 
 
 def mask_from_order(rank: torch.Tensor, n: int, weight_shape: torch.Size, axis: int) -> torch.Tensor:
-    """Boolean mask shaped like the weight keeping ranks < n (see :func:`nm_order`)."""
+    """Boolean mask shaped like the weight keeping ranks < n (see :func:`nm_order`).
+
+    ``rank`` may cover only the first ``G * m`` entries of the reduction axis (a partly converted
+    layer, see :func:`covered`); the rest of the axis is kept whole.
+    """
+    pre, g, m, post = rank.shape
+    keep = (rank < n).reshape(pre, g * m, post)
+    k = weight_shape[axis]
+    if g * m < k:
+        keep = torch.cat([keep, keep.new_ones(pre, k - g * m, post)], dim=1)
+    return keep.reshape(weight_shape)
+
+
+def order_keeps_top(weight: torch.Tensor, rank: torch.Tensor, n: int, axis: int) -> bool:
+    """Whether ``rank < n`` still selects the n largest magnitudes of every group of ``weight``.
+
+    True when every kept weight is strictly larger than every dropped one of its group, or both are 0
+    (then either choice gives the same masked weight). A few elementwise passes over the weight, no
+    sort: this is how a cached ordering is checked against the current weight, whatever changed it.
+
+    Args:
+        weight: the covered part of the weight (axis length ``G * m``). rank: its :func:`nm_order`.
+    """
+    a = _grouped(weight.detach(), axis, rank.shape[2]).abs()
     keep = rank < n
-    moved = list(weight_shape)
-    moved.append(moved.pop(axis))
-    return keep.reshape(moved).movedim(-1, axis)
+    kept = torch.where(keep, a, torch.inf).unbind(2)
+    dropped = torch.where(keep, -1.0, a).unbind(2)
+    kmin, dmax = kept[0], dropped[0]
+    for k, d in zip(kept[1:], dropped[1:]):
+        kmin, dmax = torch.minimum(kmin, k), torch.maximum(dmax, d)
+    return bool(((kmin > dmax) | ((kmin == 0) & (dmax == 0))).all())
 
 
-def nm_mask(weight: torch.Tensor, ratio: RatioLike, axis: int = 1) -> torch.Tensor:
+def _bits(m: int) -> int:
+    return next(b for b in (1, 2, 4, 8) if (1 << b) >= m) if m <= 256 else 16
+
+
+def pack_order(rank: torch.Tensor) -> torch.Tensor:
+    """Pack a :func:`nm_order` rank into ceil(log2 m) bits per weight (rounded up to 1, 2, 4 or 8):
+    2 bits for M=4, so a cached ordering costs 1/16 of the float32 weight. uint8 (int16 for m > 256)."""
+    bits = _bits(rank.shape[2])
+    per = 8 // bits if bits <= 8 else 1
+    flat = rank.reshape(-1)
+    if per == 1:
+        return flat.clone()
+    pad = (-flat.numel()) % per
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=rank.device)
+    return (flat.view(-1, per) << shifts).sum(-1, dtype=torch.uint8)
+
+
+def unpack_order(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Inverse of :func:`pack_order`: the rank tensor of ``shape`` (pre, G, m, post)."""
+    bits = _bits(shape[2])
+    per = 8 // bits if bits <= 8 else 1
+    numel = math.prod(shape)
+    if per == 1:
+        return packed[:numel].view(shape)
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
+    return ((packed.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)).view(-1)[:numel].view(shape)
+
+
+def nm_mask(weight: torch.Tensor, ratio: RatioLike, axis: int = 1, partial: bool = False) -> torch.Tensor:
     """Boolean N:M mask of ``weight`` (True = kept), magnitude top-N per group along ``axis``.
 
     Args:
         weight: e.g. a Conv2d weight (Cout, Cin/groups, kh, kw) with ``axis=1``.
         ratio: the N:M ratio.
         axis: the reduction axis; 1 for Conv/Linear, 0 for ConvTranspose.
+        partial: when the axis length is not divisible by M, mask its first ``(K // M) * M`` entries
+            and keep the rest (as :func:`dynprune.convert` does for such layers).
     Raises:
-        ValueError: the axis length is not divisible by M.
+        ValueError: the axis length is not divisible by M (and not ``partial``), or shorter than M.
     """
     r = NMRatio.parse(ratio)
-    if weight.shape[axis] % r.m:
-        raise ValueError(f"axis {axis} of weight {tuple(weight.shape)} has length {weight.shape[axis]}, "
-                         f"not divisible by M={r.m}")
-    return mask_from_order(nm_order(weight, axis, r.m), r.n, weight.shape, axis)
+    k = weight.shape[axis]
+    span = covered(k, r.m)
+    if span == 0 or (span != k and not partial):
+        raise ValueError(f"axis {axis} of weight {tuple(weight.shape)} has length {k}, not divisible by M={r.m}")
+    return mask_from_order(nm_order(weight.narrow(axis, 0, span).contiguous(), axis, r.m), r.n, weight.shape, axis)
 
 
 class _MaskedWeight(torch.autograd.Function):
-    """w * mask forward; backward per ``mode`` (SR-STE, Zhou et al. 2021, eq. 4)."""
+    """``weight * mask`` (or the given precomputed product) forward; straight-through backward, or only
+    the kept weights' gradient (``masked``)."""
 
     @staticmethod
-    def forward(ctx, weight, mask, mode: str, decay: float):
-        ctx.save_for_backward(weight, mask)
-        ctx.mode, ctx.decay = mode, decay
-        return weight * mask
+    def forward(weight, mask, masked: bool, product):
+        return weight * mask if product is None else product
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # the torch.func-compatible form
+        _, mask, masked, _ = inputs
+        ctx.save_for_backward(mask if masked else None)
+        ctx.masked = masked
 
     @staticmethod
     def backward(ctx, grad):
-        weight, mask = ctx.saved_tensors
-        if ctx.mode == "masked":
-            g = grad * mask
-        elif ctx.mode == "sr-ste":
-            g = grad + ctx.decay * (~mask) * weight
-        else:  # "ste": straight through to every weight
-            g = grad
-        return g, None, None, None
+        (mask,) = ctx.saved_tensors
+        return (grad * mask if ctx.masked else grad), None, None, None
 
 
-def apply_mask(weight: torch.Tensor, mask: torch.Tensor, mode: MaskGrad = "sr-ste",
-               decay: float = 2e-4) -> torch.Tensor:
-    """Masked weight with a trainable straight-through gradient.
+def apply_mask(weight: torch.Tensor, mask: torch.Tensor | None, mode: MaskGrad = "sr-ste",
+               product: torch.Tensor | None = None) -> torch.Tensor:
+    """Masked weight ``weight * mask`` with a trainable straight-through gradient.
 
-    Modes: ``"sr-ste"`` (gradient reaches every weight; pruned ones get the extra decay
-    ``decay * (1 - mask) * W``, SR-STE with lambda_w = 2e-4), ``"ste"`` (plain straight-through,
-    no decay), ``"masked"`` (only kept weights get a gradient; ClassPruning's "STE" ablation).
+    Modes: ``"sr-ste"`` and ``"ste"`` pass the gradient to every weight (SR-STE's decay on the
+    pruned weights is not part of this gradient: it enters once per optimizer update, see
+    :mod:`dynprune.srste`), ``"masked"`` gives only kept weights a gradient (ClassPruning's "STE"
+    ablation).
 
+    Args:
+        weight: the dense weight (any shape, float). mask: bool, weight-shaped (may be None with
+            ``product`` outside "masked" mode). product: ``weight * mask`` computed already (no history).
     Raises:
-        ValueError: unknown mode.
+        ValueError: unknown mode, or no mask in "masked" mode.
     """
     if mode not in ("sr-ste", "ste", "masked"):
         raise ValueError(f"unknown mask gradient {mode!r}: expected 'sr-ste', 'ste' or 'masked'")
-    return _MaskedWeight.apply(weight, mask, mode, float(decay))
+    if mask is None and (mode == "masked" or product is None):
+        raise ValueError("apply_mask needs the mask in 'masked' mode and without a product")
+    return _MaskedWeight.apply(weight, mask, mode == "masked", product)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import importlib.metadata as md
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pluggy
@@ -21,9 +21,9 @@ from . import hookspecs
 __all__ = ["PluginHost", "get_host", "reset_host", "create_model", "list_models", "create", "list_names",
            "KINDS"]
 
-KINDS = ("models", "degradations", "labelers", "losses", "datasets")
+KINDS = ("models", "degradations", "labelers", "losses", "datasets", "classifiers")
 SINGULAR = {"models": "model", "degradations": "degradation", "labelers": "labeler", "losses": "loss",
-            "datasets": "dataset"}
+            "datasets": "dataset", "classifiers": "classifier"}
 _OWN_DIST = "dynprune"
 
 
@@ -34,6 +34,7 @@ class Entry:
     plugin: str
     distribution: str
     description: str = ""
+    paper: dict = field(default_factory=dict)
 
 
 class PluginHost:
@@ -75,7 +76,8 @@ class PluginHost:
     def _registrar(self, kind: str, reg: dict[str, Entry], plugin: str):
         dist = self.distributions.get(plugin, "?")
 
-        def register(name: str, factory: Callable[..., Any], description: str = "") -> None:
+        def register(name: str, factory: Callable[..., Any], description: str = "",
+                     paper: dict[str, str] | None = None) -> None:
             if not isinstance(name, str) or not name:
                 raise ValueError(f"plugin {plugin!r} registered a {SINGULAR[kind]} with invalid name {name!r}")
             if name in reg:
@@ -83,7 +85,11 @@ class PluginHost:
                                  f"({reg[name].distribution}) and by plugin {plugin!r} ({dist})")
             if not callable(factory):
                 raise TypeError(f"plugin {plugin!r} registered {SINGULAR[kind]} {name!r} with a non-callable factory")
-            reg[name] = Entry(name, factory, plugin, dist, description)
+            if paper is not None and not (isinstance(paper, dict) and all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in paper.items())):
+                raise TypeError(f"plugin {plugin!r} registered {SINGULAR[kind]} {name!r} with paper={paper!r}: "
+                                "expected {condition label or 'paper': text}")
+            reg[name] = Entry(name, factory, plugin, dist, description, dict(paper or {}))
 
         return register
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +27,11 @@ from .checkpoint import load_file, save_atomic
 from .classifier import create_classifier
 from .classpruning import ClassPruning
 from .config import StageConfig, TrainConfig
-from .branch import per_group, use_branch
+from .branch import each_branch, per_group
 from .convert import convert, export_branch
 from .layers import sync_variable_norms
 from .registry import create, get_host
+from .schedule import cosine_lr
 
 __all__ = ["Trainer", "build_model", "load", "load_trained", "config_differences", "STAGES"]
 
@@ -128,11 +128,6 @@ def load(path: str | Path) -> nn.Module:
     if is_deployed_file(obj):
         return load_deployed(path, obj)
     return load_trained(path, obj)[0]
-
-
-def cosine_lr(step: int, total: int, lr0: float, lr1: float) -> float:
-    """Cosine annealing (Loshchilov & Hutter 2017) from lr0 at step 0 to lr1 at the last step."""
-    return lr1 + 0.5 * (lr0 - lr1) * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
 class Trainer:
@@ -365,10 +360,7 @@ class Trainer:
             model.restorer.train()
             with torch.no_grad():
                 probs = model.classifier(degraded).softmax(1)
-            outputs = []
-            for i in range(model.num_branches):
-                with use_branch(i):
-                    outputs.append(model.restorer(degraded))
+            outputs = each_branch(lambda i: model.restorer(degraded), model.num_branches)
             lw = L.weighted_reconstruction(probs, outputs, clean, self._sample_loss(degraded, level),
                                             self.cfg.lw_floor, self.cfg.lw_floor_to)
             return lw, {"L_W": lw.item()}

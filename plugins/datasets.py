@@ -108,37 +108,13 @@ def skimage_photos(names: Sequence[str] = SKIMAGE_TRAIN, channels: int = 1, patc
 
 
 class PairedFolder(Dataset):
-    """Degraded/clean image pairs from two folders, matched by file stem; a degraded stem like SOTS's
-    ``0001_0.8_0.2`` also matches clean ``0001`` (the part before the first ``_``). Items are
-    ``(name, degraded (C, H, W), clean (C, H, W))`` float32 in [0, 1].
-
-    Raises:
-        FileNotFoundError / ValueError: missing or empty folders; ValueError naming every unmatched file
-        and every pair whose sizes differ.
-    """
+    """Degraded/clean image pairs from two folders (:func:`dynprune.imageio.read_pairs`) as a Dataset of
+    ``(name, degraded (C, H, W), clean (C, H, W))`` float32 in [0, 1]."""
 
     def __init__(self, degraded: str, clean: str, channels: int | None = None):
-        from dynprune.imageio import list_images, read_image
+        from dynprune.imageio import read_pairs
 
-        deg, cln = list_images(degraded), list_images(clean)
-        by_stem = {p.stem: p for p in cln}
-        pairs, unmatched = [], []
-        for p in deg:
-            match = by_stem.get(p.stem) or by_stem.get(p.stem.split("_")[0])
-            (pairs.append((p, match)) if match else unmatched.append(p.name))
-        used = {m for _, m in pairs}
-        orphans = [p.name for p in cln if p not in used]
-        if unmatched or orphans:
-            raise ValueError(f"unmatched files: degraded without clean {unmatched}, clean without degraded {orphans}")
-        self.items = []
-        bad = []
-        for d, c in pairs:
-            a, b = read_image(d, channels), read_image(c, channels)
-            if a.shape != b.shape:
-                bad.append(f"{d.name} {tuple(a.shape)} vs {c.name} {tuple(b.shape)}")
-            self.items.append((d.stem, a, b))
-        if bad:
-            raise ValueError(f"paired images differ in size: {'; '.join(bad)}")
+        self.items = read_pairs(degraded, clean, channels)
 
     def __len__(self) -> int:
         return len(self.items)

@@ -52,3 +52,18 @@ def no_kernel(monkeypatch):
     yield
     monkeypatch.delenv("DYNPRUNE_ISA")
     _reset_kernel()
+
+
+@pytest.fixture(params=["kernel", "torch"])
+def mask_path(request, monkeypatch):
+    """Run a test with the compiled mask kernel and with its torch fallback (DYNPRUNE_MASK_KERNEL=0)."""
+    from dynprune import mask_cpu
+
+    if request.param == "torch":
+        monkeypatch.setenv("DYNPRUNE_MASK_KERNEL", "0")
+    mask_cpu._library.cache_clear()
+    if request.param == "kernel" and not mask_cpu.available():
+        pytest.skip("the mask kernel cannot build here (no C compiler)")
+    yield request.param
+    monkeypatch.delenv("DYNPRUNE_MASK_KERNEL", raising=False)
+    mask_cpu._library.cache_clear()

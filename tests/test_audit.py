@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -54,3 +56,33 @@ def test_transposed_conv_output_grid_convention():
     true = 8 * 4 * 16 * 100  # fvcore: Cin*Cout*k^2 per input pixel
     assert rep.branches[0].dense_macs == true
     assert rep.branches[0].flops("classsr") == 2 * true * 4  # thop counts on the output grid (stride^2)
+
+
+def _counting_audits(monkeypatch):
+    audit_module = sys.modules["dynprune.audit"]  # the package exports a function of the same name
+    calls = []
+    real = audit_module._branches  # traces every branch of the restorer
+    monkeypatch.setattr(audit_module, "_branches", lambda r, i, s: calls.append(tuple(i[0].shape)) or real(r, i, s))
+    return calls
+
+
+def test_audit_reuses_traces_across_image_sizes(monkeypatch):
+    calls = _counting_audits(monkeypatch)
+    conv = dp.convert(create_model("dncnn", depth=5, width=16))
+    model = ClassPruning(conv, DifficultyClassifier(1, 3))
+    sizes = [(20, 24), (31, 17), (40, 40), (33, 57), (20, 24)]
+    reps = [audit(model, torch.zeros(1, 1, *s)) for s in sizes]
+    assert calls == [(1, 1, 20, 24), (1, 1, 31, 17), (1, 1, 40, 40)]  # the third verified the affine fit
+    # (the strided classifier is not affine in pixels: it is traced per size, exactly)
+    fresh = audit(model, torch.zeros(1, 1, 33, 57), reuse=False)
+    assert reps[3].branches == fresh.branches and reps[3].classifier_macs == fresh.classifier_macs
+    assert reps[3].input_shape == (1, 1, 33, 57) and reps[4] == reps[0]
+
+
+def test_audit_traces_every_size_when_counts_are_not_affine(monkeypatch):
+    calls = _counting_audits(monkeypatch)
+    net = dp.convert(nn.Sequential(nn.Conv2d(4, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, 8, 3)))  # valid, strided
+    for s in [(20, 24), (31, 17), (40, 40), (33, 57)]:
+        rep = audit(net, torch.zeros(1, 4, *s))
+        assert rep.branches[-1].dense_macs == count_macs(net, torch.zeros(1, 4, *s))
+    assert len(calls) == 4

@@ -92,7 +92,7 @@ def test_linear_conv1d_and_exclusions():
 
 
 def test_nothing_convertible():
-    with pytest.raises(ValueError, match="nothing to convert in Sequential.*not divisible by M=4"):
+    with pytest.raises(ValueError, match="nothing to convert in Sequential.*length 3 is shorter than M=4"):
         dp.convert(nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU()))
     with pytest.raises(ValueError, match="no Conv or Linear"):
         dp.convert(nn.Sequential(nn.ReLU()))
@@ -111,17 +111,6 @@ def test_invalid_ratio_and_branch():
     with pytest.raises(TypeError):
         with dp.use_branch(1.5):
             pass
-
-
-def test_masks_cached_at_inference_and_recomputed_after_update():
-    conv = dp.convert(_net())
-    layer = conv[0]
-    with torch.no_grad(), dp.use_branch(0):
-        a = layer.weight
-        assert layer.weight is a  # cached: no mask work on the second read
-        layer.dense_weight.mul_(-1.0)  # in-place update bumps the version
-        b = layer.weight
-    assert b is not a and torch.equal(b, -a)
 
 
 def test_threads_use_their_own_branch():
@@ -159,3 +148,24 @@ def test_timm_model_converts():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(conv(x), model(x))
+
+
+def test_convert_validates_its_options():
+    with pytest.raises(ValueError, match=r"ratios \['1:4', '3:8', '8:8'\] mix M=4, 8"):
+        dp.convert(_net(), ["1:4", "3:8", "8:8"])
+    for bad in (float("nan"), float("inf"), -1e-4, "2e-4", True):
+        with pytest.raises(ValueError, match="srste_decay=.*finite number >= 0"):
+            dp.convert(_net(), srste_decay=bad)
+    with pytest.raises(ValueError, match="norms='group'"):
+        dp.convert(_net(), norms="group")
+
+
+def test_without_a_dense_ratio_the_densest_branch_runs_outside_use_branch():
+    model = nn.Sequential(nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)).eval()
+    net = dp.convert(model, ["1:4", "2:4"])
+    x = torch.randn(1, 8, 9, 9)
+    with torch.no_grad():
+        with dp.use_branch("2:4"):
+            densest = net(x)
+        assert torch.equal(net(x), densest) and not torch.equal(net(x), model(x))
+    assert "no dense ratio: outside use_branch the model runs its densest branch 2:4" in str(dp.conversion_report(net))

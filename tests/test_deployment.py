@@ -93,6 +93,15 @@ def test_conv_subclass_with_its_own_forward_stays_dynamic():
     assert max(_max_diff_per_branch(net, dep, torch.rand(1, 4, 11, 13))) <= 1e-4
 
 
+def test_partly_converted_layer_runs_dense_on_its_sparse_branches():
+    net = dp.convert(nn.Sequential(nn.Conv2d(30, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1)).eval())
+    dep = dp.deploy(net, max_density=0.5)
+    partial, whole = dep.deploy_report.layers
+    assert partial.paths == ["dense"] * 3 and "30 input channels not divisible by M=4" in partial.reasons[0]
+    assert whole.paths[:2] == ["sparse", "sparse"]
+    assert max(_max_diff_per_branch(net, dep, torch.rand(1, 30, 11, 13))) <= 1e-4
+
+
 def test_classpruning_deploy_routes_like_the_dynamic_model(dncnn):
     cp = dp.ClassPruning(dncnn, DifficultyClassifier(1, 3)).eval()
     dep = dp.deploy(cp, max_density=0.5)

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from dynprune.nm import NMRatio, apply_mask, nm_mask, parse_ratios
+from dynprune.nm import (NMRatio, apply_mask, nm_mask, nm_order, order_keeps_top, pack_order, parse_ratios,
+                         unpack_order)
 
 
 @pytest.mark.parametrize("text,expected", [("2:4", (2, 4)), (" 1 : 4 ", (1, 4)), ("4:4", (4, 4)), ((2, 8), (2, 8))])
@@ -58,11 +59,51 @@ def test_gradients(mode):
     w = torch.randn(4, 8, requires_grad=True)
     m = nm_mask(w, "2:4")
     upstream = torch.randn(4, 8)
-    out = apply_mask(w, m, mode, decay=0.5)
+    out = apply_mask(w, m, mode)
     assert torch.equal(out, w.detach() * m)
     out.backward(upstream)
-    expected = {"sr-ste": upstream + 0.5 * (~m) * w.detach(), "ste": upstream, "masked": upstream * m}[mode]
+    expected = upstream * m if mode == "masked" else upstream  # SR-STE's decay enters at the update (test_srste)
     torch.testing.assert_close(w.grad, expected, rtol=0, atol=0)
+
+
+def test_mixed_m_rejected_dense_any_k_accepted():
+    with pytest.raises(ValueError, match=r"\['1:4', '3:8', '8:8'\] mix M=4, 8"):
+        parse_ratios(["1:4", "3:8", "8:8"])
+    assert [str(r) for r in parse_ratios(["2:4", "1:4", "8:8"])] == ["1:4", "2:4", "8:8"]
+
+
+def test_partial_mask_covers_divisible_part_only():
+    w = torch.randn(5, 10, 3, 3)  # K=10, M=4: N:M on the first 8 channels, channels 8-9 dense
+    m = nm_mask(w, "1:4", axis=1, partial=True)
+    assert m[:, 8:].all()
+    assert torch.equal(m[:, :8], nm_mask(w[:, :8], "1:4", axis=1))
+    with pytest.raises(ValueError, match="not divisible by M=4"):
+        nm_mask(w, "1:4", axis=1)
+    with pytest.raises(ValueError, match="length 3"):
+        nm_mask(torch.randn(2, 3), "1:4", axis=1, partial=True)
+
+
+@pytest.mark.parametrize("m", [2, 4, 8, 16, 32])
+def test_pack_order_round_trip_and_size(m):
+    w = torch.randn(7, 3 * m, 3)  # odd element count: padding in the packed form
+    rank = nm_order(w, 1, m)
+    packed = pack_order(rank)
+    assert torch.equal(unpack_order(packed, rank.shape), rank)
+    bits = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8}[m]
+    assert packed.numel() == -(-rank.numel() * bits // 8) and packed.dtype == torch.uint8
+
+
+def test_order_keeps_top_detects_changes_and_allows_zero_ties():
+    w = torch.randn(8, 16)
+    rank = nm_order(w, 1, 4)
+    assert order_keeps_top(w, rank, 2, 1)
+    w2 = w.clone()
+    w2[0, :4] = torch.tensor([0.1, 0.2, 3.0, 4.0])  # a different top-2 in one group
+    assert not order_keeps_top(w2, rank, 2, 1)
+    z = torch.zeros(8, 16)  # all-zero groups: any choice gives the same masked weight
+    assert order_keeps_top(z, nm_order(w, 1, 4), 2, 1)
+    tie = torch.ones(1, 4)  # a tie between non-zero weights: only the stable order is accepted
+    assert not order_keeps_top(tie, torch.tensor([3, 2, 1, 0], dtype=torch.uint8).view(1, 1, 4, 1), 2, 1)
 
 
 def test_unknown_mode():

@@ -8,7 +8,8 @@ from dynprune import hookimpl
 from dynprune.registry import KINDS, PluginHost, create_model, list_models, reset_host
 
 BUILTIN = {"models": ["dncnn"], "degradations": ["gaussian_noise"], "labelers": ["level", "residual_variance"],
-           "losses": ["charbonnier", "l1", "mse"], "datasets": ["image_folder", "skimage_photos"]}
+           "losses": ["charbonnier", "l1", "mse"], "datasets": ["image_folder", "skimage_photos"],
+           "classifiers": ["classsr", "paper"]}
 
 
 def test_builtins_register_through_entry_points():
@@ -17,6 +18,18 @@ def test_builtins_register_through_entry_points():
         assert set(BUILTIN[kind]) <= set(host.names(kind))
     assert host.entry("models", "dncnn").distribution.startswith("dynprune ")
     assert list_models("dn*") == ["dncnn"]
+    assert host.entry("models", "dncnn").paper["sigma=25"].startswith("paper DnCNN 29.18")  # eval prints it
+
+
+class _PaperTyped:
+    @hookimpl
+    def dynprune_register_models(self, register):
+        register("toy", lambda: None, paper={"sigma=25": 29.1})
+
+
+def test_paper_figures_must_be_text():
+    with pytest.raises(TypeError, match=r"model 'toy' with paper=\{'sigma=25': 29.1\}"):
+        PluginHost(plugins={"typed": _PaperTyped()})
 
 
 def test_unknown_name_lists_registered():

@@ -65,7 +65,7 @@ def test_classifier_size_and_timm_option():
     assert t(torch.randn(2, 1, 32, 32)).shape == (2, 3)
     with pytest.raises(ValueError, match="unknown timm model"):
         create_classifier("timm:not_a_model")
-    with pytest.raises(ValueError, match="'paper', 'classsr' or 'timm:"):
+    with pytest.raises(ValueError, match=r"unknown classifier 'vgg': expected one of \['classsr', 'paper'\] or 'timm:"):
         create_classifier("vgg")
 
 
