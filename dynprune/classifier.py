@@ -7,6 +7,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .registry import get_host
+
 __all__ = ["DifficultyClassifier", "create_classifier"]
 
 
@@ -57,8 +59,6 @@ def create_classifier(name: str = "paper", in_channels: int = 1, num_classes: in
         if not timm.is_model(arch):
             raise ValueError(f"unknown timm model {arch!r} for the classifier (see timm.list_models())")
         return timm.create_model(arch, pretrained=False, in_chans=in_channels, num_classes=num_classes, **kwargs)
-    from .registry import get_host
-
     if name not in get_host().names("classifiers"):
         raise ValueError(f"unknown classifier {name!r}: expected one of {get_host().names('classifiers')} "
                          "or 'timm:<model name>'")

@@ -86,3 +86,10 @@ def test_audit_traces_every_size_when_counts_are_not_affine(monkeypatch):
         rep = audit(net, torch.zeros(1, 4, *s))
         assert rep.branches[-1].dense_macs == count_macs(net, torch.zeros(1, 4, *s))
     assert len(calls) == 4
+
+
+def test_attention_counted_vit_b16_matches_its_documented_macs():
+    import torchvision
+
+    macs = count_macs(torchvision.models.vit_b_16().eval(), torch.zeros(1, 3, 224, 224))
+    assert abs(macs / 17.56e9 - 1) < 0.02  # torchvision's documented 17.56 GFLOPS (multiply-adds)

@@ -145,6 +145,17 @@ def test_torch_func_grad_matches_autograd():
     torch.testing.assert_close(g["0.weight"], net[0].dense_weight.grad)
 
 
+def test_exported_branch_scripts_with_torchscript():
+    import warnings
+
+    net, x = _small(), torch.randn(1, 8, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript is deprecated in recent torch
+        scripted = torch.jit.script(dp.export_branch(net, "1:4"))
+    with torch.no_grad(), dp.use_branch("1:4"):
+        assert torch.equal(scripted(x), net(x))
+
+
 def test_export_branch_and_audit_errors():
     with pytest.raises(ValueError, match="holds no dynamic N:M layer"):
         dp.export_branch(nn.Sequential(nn.Conv2d(8, 8, 3)), 0)
