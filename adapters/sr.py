@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dynprune.checkpoint import load_file, strip_prefix
+from dynprune.checkpoint import load_file, load_strict, strip_prefix
 from dynprune.hookspecs import hookimpl
 
-__all__ = ["FSRCNN", "CARNM", "MSRResNet", "RCAN", "MeanShift", "DIV2K_MEAN"]
+__all__ = ["FSRCNN", "CARNM", "CARNMultiScale", "create_carn_m", "MSRResNet", "RCAN", "MeanShift", "DIV2K_MEAN"]
 
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
 
@@ -116,6 +116,125 @@ class CARNM(nn.Module):
             cat = torch.cat([cat, block(o)], 1)
             o = c(cat)
         return self.add_mean(self.exit(self.upsample(o)))
+
+
+class _Basic(nn.Module):
+    """CARN's BasicBlock(in, out, 1, 1, 0): 1x1 conv with bias + ReLU (key ``body.0``)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(cin, cout, 1), nn.ReLU(inplace=True))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class _Shift(nn.Module):
+    """CARN's MeanShift (key ``shifter``)."""
+
+    def __init__(self, sign: int):
+        super().__init__()
+        self.shifter = MeanShift(sign)
+
+    def forward(self, x):
+        return self.shifter(x)
+
+
+class _CARNBlock(nn.Module):
+    """CARN-M's Block: EResidualBlock ``b1`` applied three times (shared) with cascading fusions c1..c3."""
+
+    def __init__(self, nf: int, groups: int):
+        super().__init__()
+        self.b1 = _EResidual(nf, groups)
+        self.c1, self.c2, self.c3 = (_Basic(nf * k, nf) for k in (2, 3, 4))
+
+    def forward(self, x):
+        cat, o = x, x
+        for fuse in (self.c1, self.c2, self.c3):
+            cat = torch.cat([cat, self.b1(o)], 1)
+            o = fuse(cat)
+        return o
+
+
+class _CARNUp(nn.Module):
+    """CARN's _UpsampleBlock: (grouped 3x3 conv to r^2 nf, ReLU, PixelShuffle(r)) once (x2, x3) or twice (x4)."""
+
+    def __init__(self, nf: int, scale: int, groups: int):
+        super().__init__()
+        body = []
+        for r in [3] if scale == 3 else [2] * {2: 1, 4: 2}[scale]:
+            body += [nn.Conv2d(nf, r * r * nf, 3, padding=1, groups=groups), nn.ReLU(inplace=True), nn.PixelShuffle(r)]
+        self.body = nn.Sequential(*body)
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class CARNMultiScale(nn.Module):
+    """The original CARN-M (Ahn, Kang, Sohn, ECCV 2018), multi-scale: one body shared by x2 / x3 / x4, one
+    upsampler per scale, grouped convolutions (group 4), fusions 1x1 conv + bias + ReLU, MeanShift at both
+    ends; 414,811 parameters at nf=64 with the three upsamplers. The layout of the authors' ``carn_m.pth``
+    (key names included), which ``create_model("carn_m", weights=...)`` loads.
+
+    Args:
+        nf: channels. groups: groups of the 3x3 convs. scale: the default scale of ``forward(x)``.
+        scales: the upsamplers built.
+    Input (B, 3, h, w) RGB in [0, 1] -> (B, 3, s*h, s*w); ``forward(x, scale=s)`` picks another scale.
+    Raises:
+        ValueError: a scale outside ``scales`` (at construction or in forward).
+    """
+
+    def __init__(self, nf: int = 64, groups: int = 4, scale: int = 4, scales=(2, 3, 4)):
+        super().__init__()
+        scales = tuple(_check_scale(s) for s in scales)
+        if scale not in scales:
+            raise ValueError(f"scale {scale!r} is not one of the upsamplers {list(scales)}")
+        self.scale, self.scales = scale, scales
+        self.arch = dict(nf=nf, groups=groups, scale=scale, scales=list(scales), multi_scale=True)
+        self.sub_mean, self.add_mean = _Shift(-1), _Shift(+1)
+        self.entry = nn.Conv2d(3, nf, 3, padding=1)
+        self.b1, self.b2, self.b3 = (_CARNBlock(nf, groups) for _ in range(3))
+        self.c1, self.c2, self.c3 = (_Basic(nf * k, nf) for k in (2, 3, 4))
+        self.upsample = nn.ModuleDict({f"up{s}": _CARNUp(nf, s, groups) for s in scales})
+        self.exit = nn.Conv2d(nf, 3, 3, padding=1)
+
+    def forward(self, x, scale: int | None = None):
+        s = self.scale if scale is None else scale
+        if s not in self.scales:
+            raise ValueError(f"scale {s!r} is not one of the upsamplers {list(self.scales)}")
+        x = self.entry(self.sub_mean(x))
+        cat, o = x, x
+        for block, fuse in ((self.b1, self.c1), (self.b2, self.c2), (self.b3, self.c3)):
+            cat = torch.cat([cat, block(o)], 1)
+            o = fuse(cat)
+        return self.add_mean(self.exit(self.upsample[f"up{s}"](o)))
+
+
+def create_carn_m(width: int | None = None, weights: str | None = None, multi_scale: bool | None = None,
+                  scale: int = 4, **kwargs):
+    """CARN-M. With ``weights`` the file decides the layout: the authors' multi-scale ``carn_m.pth`` (or a
+    dynprune checkpoint of it) gives :class:`CARNMultiScale`, a ClassSR-variant state_dict :class:`CARNM`.
+    Without weights, ``multi_scale=True`` builds the original layout, else ClassSR's single-scale variant.
+
+    Raises:
+        ValueError: a file that fits neither layout (the first mismatching keys are named).
+    """
+    if weights is not None:
+        state = load_file(weights)
+        arch = {}
+        if isinstance(state, dict) and "arch" in state and "model" in state:
+            arch, state = dict(state["arch"]), state["model"]
+        state = strip_prefix(state)
+        if multi_scale is None:
+            multi_scale = bool(arch.pop("multi_scale", False)) or "b1.b1.body.0.weight" in state
+        arch.pop("multi_scale", None)
+        if multi_scale:
+            kw = {**arch, "scale": scale, **kwargs, **({"nf": width} if width else {})}
+            return load_strict(CARNMultiScale(**kw), state, f"{weights!r}")
+        return _factory(CARNM, "nf", 64)(width, weights, scale=scale, **kwargs)
+    if multi_scale:
+        return CARNMultiScale(scale=scale, **kwargs, **({"nf": width} if width else {}))
+    return _factory(CARNM, "nf", 64)(width, None, scale=scale, **kwargs)
 
 
 class _ResBlock(nn.Module):
@@ -234,6 +353,8 @@ def _factory(cls, key: str, default: int):
 @hookimpl
 def dynprune_register_models(register):
     register("fsrcnn", _factory(FSRCNN, "d", 56), "FSRCNN (ClassSR variant), x4; width d in 16/36/56")
-    register("carn_m", _factory(CARNM, "nf", 64), "CARN-M (ClassSR variant), x4; width nf in 36/52/64")
+    register("carn_m", create_carn_m, "CARN-M: ClassSR's single-scale variant (width nf in 36/52/64), or the original "
+             "multi-scale x2/x3/x4 (weights= the authors' carn_m.pth, or multi_scale=True)",
+             paper={"paper": "CARN-M (Ahn et al. 2018) Set5 x2/x3/x4 37.53 / 33.99 / 31.92, Set14 33.26 / 30.08 / 28.42 dB"})
     register("msrresnet", _factory(MSRResNet, "nf", 64), "MSRResNet, 16 blocks, x4; width nf in 36/52/64")
     register("rcan", _factory(RCAN, "nf", 64), "RCAN 10x20, x4; width nf in 36/50/64")

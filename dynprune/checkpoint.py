@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["save_atomic", "load_file", "load_weights", "strip_prefix"]
+__all__ = ["save_atomic", "load_file", "load_weights", "strip_prefix", "load_strict"]
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
@@ -64,3 +64,23 @@ def strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str = "module.") -
     """Drop ``prefix`` (e.g. ``nn.DataParallel``'s ``module.``) from every key that has it."""
     n = len(prefix)
     return {(k[n:] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
+
+
+def load_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> torch.nn.Module:
+    """``model.load_state_dict(state_dict)`` whose error names the missing, unexpected and mis-shaped keys.
+
+    Raises:
+        ValueError: the state_dict does not fit ``model`` (``source`` and up to 5 keys of each kind named).
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state_dict and hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = [f"{what} {items[:5]}{' ...' if len(items) > 5 else ''}"
+                 for what, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                     ("shape mismatches", shapes)) if items]
+        raise ValueError(f"{source} does not fit {type(model).__name__}: " + "; ".join(parts))
+    model.load_state_dict(state_dict)
+    return model

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch import nn
 
 import dynprune as dp
 from dynprune.classsr import SeparateBranches, ClassSRClassifier, psnr_labels
@@ -80,3 +81,39 @@ def test_mismatched_lr_hr(tmp_path):
         load_sr_pairs(tmp_path, 4)
     with pytest.raises(FileNotFoundError, match="no LR file"):
         load_sr_pairs(tmp_path, 2)
+
+
+@pytest.fixture(scope="module")
+def carn_m_original(data_dir):
+    return dp.create_model("carn_m", weights=str(data_dir / "weights/carn_m/carn_m.pth")).eval()
+
+
+@pytest.mark.parametrize("dataset,scale,expected", [("Set5", 2, 37.68), ("Set5", 3, 34.06), ("Set5", 4, 31.88),
+                                                    ("Set14", 4, 28.42)])
+def test_original_carn_m_reproduces_source_figures(carn_m_original, data_dir, dataset, scale, expected):
+    # SOURCE.txt: the authors' code, Y channel, border = scale, 8-bit output, HR mod-cropped
+    pairs = load_sr_pairs(data_dir / "sr" / dataset, scale)
+    with torch.no_grad():
+        scores = [psnr(carn_m_original(lr.unsqueeze(0), scale=scale)[0].clamp(0, 1), hr, crop_border=scale,
+                       y_channel=True, quantize=True) for _, lr, hr in pairs]
+    assert sum(scores) / len(scores) == pytest.approx(expected, abs=0.005)
+
+
+def test_original_carn_m_layout_scales_and_errors(tmp_path):
+    from dynprune.adapters.sr import CARNMultiScale
+
+    model = dp.create_model("carn_m", multi_scale=True, scale=3)
+    assert isinstance(model, CARNMultiScale) and sum(p.numel() for p in model.parameters()) == 414_811
+    x = torch.rand(1, 3, 8, 8)
+    assert model(x).shape == (1, 3, 24, 24) and model(x, scale=4).shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"scale 5 is not one of the upsamplers \[2, 3, 4\]"):
+        model(x, scale=5)
+    net = dp.convert(model)  # the converted model keeps forward(x, scale=s)
+    with torch.no_grad(), dp.use_branch("1:4"):
+        assert net(x, scale=2).shape == (1, 3, 16, 16)
+    assert isinstance(dp.create_model("carn_m", width=36), nn.Module)  # ClassSR's variant as before
+    state = model.state_dict()
+    state.pop("exit.bias")
+    torch.save(state, tmp_path / "broken.pth")
+    with pytest.raises(ValueError, match=r"broken.pth' does not fit CARNMultiScale: missing keys \['exit.bias'\]"):
+        dp.create_model("carn_m", weights=str(tmp_path / "broken.pth"))
