@@ -10,7 +10,8 @@ import torch
 
 from .nm import NMRatio
 
-__all__ = ["use_branch", "current_branch", "resolve_branch", "route", "per_group", "each_branch", "BranchLike"]
+__all__ = ["use_branch", "current_branch", "resolve_branch", "route", "per_group", "each_branch", "branch_key",
+           "BranchLike"]
 
 BranchLike = Union[int, str, NMRatio]
 _ACTIVE: contextvars.ContextVar[BranchLike | None] = contextvars.ContextVar("dynprune_branch", default=None)
@@ -20,19 +21,18 @@ _ACTIVE: contextvars.ContextVar[BranchLike | None] = contextvars.ContextVar("dyn
 def use_branch(branch: BranchLike) -> Iterator[BranchLike]:
     """Run every dynamic layer inside the block on ``branch``.
 
-    ``branch`` is an index into the model's ratios (sparsest first; negative counts from the
-    densest) or a ratio such as ``"2:4"``. The choice lives in a :mod:`contextvars` variable, so
+    ``branch`` is an index into the model's branches (sparsest first; negative counts from the
+    densest), a ratio such as ``"2:4"``, or the name of a plan branch (:mod:`dynprune.plan`). The choice lives in a :mod:`contextvars` variable, so
     two threads can run the same model on different branches at once. Outside any block the
     densest branch runs, which gives the original model's output.
 
     Raises:
-        TypeError: ``branch`` is not an int, ratio string or NMRatio.
-        ValueError: a malformed ratio string.
+        TypeError: ``branch`` is not an int, a string or an NMRatio.
+        ValueError: an empty string.
     """
     if isinstance(branch, bool) or not isinstance(branch, (int, str, NMRatio)):
-        raise TypeError(f"branch must be an index or a ratio like '2:4', got {branch!r}")
-    if isinstance(branch, str):
-        branch = NMRatio.parse(branch)
+        raise TypeError(f"branch must be an index, a ratio like '2:4' or a plan name, got {branch!r}")
+    branch = branch_key(branch)
     token = _ACTIVE.set(branch)
     try:
         yield branch
@@ -40,21 +40,38 @@ def use_branch(branch: BranchLike) -> Iterator[BranchLike]:
         _ACTIVE.reset(token)
 
 
+def branch_key(branch: BranchLike) -> BranchLike:
+    """``branch`` as the model's layers look it up: a ratio string parsed to NMRatio, a plan name kept.
+
+    Raises:
+        ValueError: an empty string.
+    """
+    if isinstance(branch, str):
+        if not branch.strip():
+            raise ValueError("branch '' is empty: give an index, a ratio like '2:4' or a plan name")
+        try:
+            return NMRatio.parse(branch)
+        except ValueError:
+            return branch.strip()
+    return branch
+
+
 def current_branch() -> BranchLike | None:
     """The branch set by the innermost :func:`use_branch`, or None (densest)."""
     return _ACTIVE.get()
 
 
-def resolve_branch(branch: BranchLike | None, ratios: Sequence[NMRatio]) -> int:
-    """Index of ``branch`` in ``ratios`` (sparsest first); None means the densest.
+def resolve_branch(branch: BranchLike | None, ratios: Sequence) -> int:
+    """Index of ``branch`` in the branch labels ``ratios`` (NMRatio or plan names, sparsest first); None
+    means the densest.
 
     Raises:
-        IndexError: index out of range. ValueError: a ratio that is not among ``ratios``.
+        IndexError: index out of range. ValueError: a ratio or name that is not among ``ratios``.
     """
     n = len(ratios)
     if branch is None:
         return n - 1
-    if isinstance(branch, NMRatio):
+    if isinstance(branch, (NMRatio, str)):
         try:
             return ratios.index(branch)
         except ValueError:

@@ -140,6 +140,21 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_search(args) -> int:
+    from .config import load_config
+    from .sls import run_search
+
+    overrides = {"out_dir": args.out_dir} if args.out_dir else None
+    cfg = load_config(args.config, overrides, args.set)
+    t0 = time.time()
+    plans = run_search(cfg, resume=args.resume)
+    print(f"searched in {time.time() - t0:.0f} s")
+    for plan in plans:
+        print(f"  {plan.name}: budget {plan.budget:g}, {100 * plan.macs_fraction:.2f}% of dense MACs -> "
+              f"{Path(cfg.out_dir) / (plan.name + '.yaml')}")
+    return 0
+
+
 def cmd_eval(args) -> int:
     from .evaluate import evaluate, print_summary, write_report
     from .imageio import read_pairs
@@ -285,16 +300,24 @@ def _add_fill(parser) -> None:
                              "to denser branches up to the budget")
 
 
+def _add_run(sub, name: str, fn, help_text: str, checkpoint: str, example: str) -> None:
+    """A subcommand that runs a YAML config: CONFIG, --resume, --out-dir, --set."""
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument("config")
+    p.add_argument("--resume", action="store_true", help=f"continue from OUT_DIR/{checkpoint}")
+    p.add_argument("--out-dir", help="override the config's out_dir")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a config value, e.g. --set {example} (repeatable)")
+    p.set_defaults(fn=fn)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dynprune", description="Dynamic N:M pruning for image restoration (ClassPruning).")
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="run the three training stages of a YAML config")
-    t.add_argument("config")
-    t.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
-    t.add_argument("--out-dir", help="override the config's out_dir")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set stages.base.epochs=2 (repeatable)")
-    t.set_defaults(fn=cmd_train)
+    _add_run(sub, "train", cmd_train, "run the three training stages of a YAML config", "last.pt",
+             "stages.base.epochs=2")
+    _add_run(sub, "search", cmd_search, "SLS: search N:M ratio plans per layer for the config's search.budgets",
+             "search.pt", "search.steps=500")
     e = sub.add_parser("eval", help="PSNR/SSIM/MACs of dense, each branch and routed, on synthetic and real degradations")
     e.add_argument("checkpoint")
     e.add_argument("--data", help="folder of clean images, degraded with the run's degradation at each level")

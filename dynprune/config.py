@@ -8,9 +8,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .nm import parse_ratios
+from .nm import NMRatio, parse_ratios
+from .plan import RatioPlan, is_plan_like
 
-__all__ = ["TrainConfig", "load_config", "Component", "StageConfig", "JointStageConfig", "DistillConfig"]
+__all__ = ["TrainConfig", "load_config", "Component", "StageConfig", "JointStageConfig", "DistillConfig", "SearchConfig"]
 
 
 class _Strict(BaseModel):
@@ -31,15 +32,46 @@ class ModelConfig(_Strict):
 
 
 class ConvertConfig(_Strict):
-    ratios: list[str] = Field(default_factory=lambda: ["1:4", "2:4", "4:4"])
+    """Branches: global ratios ("N:M") and/or ratio plans (a plan file path, read here and kept inline so
+    checkpoints carry it, or an inline plan mapping; :mod:`dynprune.plan`)."""
+
+    ratios: list[str | dict[str, Any]] = Field(default_factory=lambda: ["1:4", "2:4", "4:4"])
     exclude: list[str] = Field(default_factory=list)
     mask_grad: Literal["sr-ste", "ste", "masked"] = "sr-ste"
     srste_decay: float = Field(2e-4, ge=0)
 
     @field_validator("ratios")
     @classmethod
-    def _valid(cls, v: list[str]) -> list[str]:
-        return [str(r) for r in parse_ratios(v)]
+    def _valid(cls, v: list) -> list:
+        if all(isinstance(r, str) and not is_plan_like(r) for r in v):
+            return [str(r) for r in parse_ratios(v)]
+        return [RatioPlan.coerce(r).to_dict() if is_plan_like(r) else str(NMRatio.parse(r)) for r in v]
+
+
+class SearchConfig(_Strict):
+    """``dynprune search``: SLS's differentiable per-layer N (Oh et al., CVPR 2022) with several budgets
+    from one run (:mod:`dynprune.sls`)."""
+
+    budgets: list[float] = Field(default_factory=lambda: [0.5, 0.25, 0.125])  # MACs fractions of dense
+    m: int = Field(32, ge=2, le=256)     # group size; a layer whose K it does not divide uses K's largest divisor <= m
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-4, ge=0)        # the weights (0 = frozen weights, scores only)
+    score_lr: float = Field(1e-2, gt=0)  # the per-layer priority scores
+    reg_weight: float = Field(0.05, gt=0)  # initial weight of the MACs-fraction term beside the task loss
+    anneal_every: int = Field(25, ge=1)    # steps between checks of the budget progress
+    anneal_alpha: float = Field(1.2, gt=1)  # regulariser weight x alpha when the fraction fell less than
+    anneal_min_drop: float = Field(0.01, ge=0)  # this many fraction points over the last check period
+    exclude: list[str] = Field(default_factory=list)  # fnmatch patterns of layers kept dense (SLS: entry, exit)
+    checkpoint_every: int = Field(100, ge=1)
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, v: list[float]) -> list[float]:
+        bad = [b for b in v if not 0 < b <= 1]
+        if bad or not v:
+            raise ValueError(f"budgets {v}: each must be a MACs fraction in (0, 1], e.g. [0.5, 0.25]")
+        return sorted(set(v), reverse=True)
 
 
 class ClassifierConfig(_Strict):
@@ -111,6 +143,7 @@ class TrainConfig(_Strict):
     # which branches get the floor: "all", or "denser" (the image's branch and the denser ones only)
     lw_floor_to: Literal["all", "denser"] = "all"
     distill: DistillConfig = DistillConfig()
+    search: SearchConfig = SearchConfig()
 
     @model_validator(mode="after")
     def _floor_fits(self) -> "TrainConfig":

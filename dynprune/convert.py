@@ -7,7 +7,7 @@ import copy
 import fnmatch
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Literal, Sequence, Union
+from typing import Iterable, Literal, Mapping, Sequence, Union
 
 import torch
 from torch import nn
@@ -15,9 +15,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from .branch import BranchLike, resolve_branch
+from .branch import BranchLike, branch_key, resolve_branch
 from .layers import DynamicNMMixin, VariableNormMixin, is_dynamic, make_dynamic, make_variable_norm, restore_base
 from .nm import MaskGrad, NMRatio, RatioLike, covered, parse_ratios
+from .plan import RatioPlan, is_plan_like
 
 __all__ = ["convert", "export_branch", "ConversionReport", "LayerRecord", "conversion_report", "model_ratios"]
 
@@ -59,9 +60,12 @@ class ConversionReport:
                  f"({len(self.partial)} partly), {len(self.skipped)} skipped, {len(self.norms)} variable norms, "
                  f"{len(self.shared_norms)} shared norms, {len(self.dense_params)} raw weights dense, "
                  f"+{self.params_added} parameters"]
-        densest = NMRatio.parse(self.ratios[-1])
-        if not densest.is_dense:
-            lines.append(f"  no dense ratio: outside use_branch the model runs its densest branch {densest}, "
+        try:
+            densest = NMRatio.parse(self.ratios[-1])
+        except ValueError:  # a plan
+            densest = None
+        if densest is None or not densest.is_dense:
+            lines.append(f"  no dense ratio: outside use_branch the model runs its densest branch {self.ratios[-1]}, "
                          "not the original network")
         lines += [f"  partly converted {r.name} ({r.type} {r.shape}): N:M on {100 * r.coverage:.1f}% of its "
                   f"input channels and MACs, the rest dense" for r in self.partial]
@@ -146,7 +150,7 @@ def convert(model: nn.Module, ratios: Sequence[RatioLike] = ("1:4", "2:4", "4:4"
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert() needs an nn.Module, got {type(model).__name__}")
-    parsed = parse_ratios(ratios)
+    specs = _branch_specs(ratios)
     if mask_grad not in ("sr-ste", "ste", "masked"):
         raise ValueError(f"unknown mask_grad {mask_grad!r}: expected 'sr-ste', 'ste' or 'masked'")
     if isinstance(srste_decay, bool) or not isinstance(srste_decay, (int, float)) or not math.isfinite(srste_decay) \
@@ -158,11 +162,14 @@ def convert(model: nn.Module, ratios: Sequence[RatioLike] = ("1:4", "2:4", "4:4"
     if any(is_dynamic(m) for m in model.modules()):
         raise ValueError(f"{type(model).__name__} is already converted; convert the original model instead")
     exclude, exclude_types = tuple(exclude), tuple(exclude_types)
+    plans = [b for b in specs if isinstance(b, RatioPlan)]
+    for plan in plans:
+        if plan.model is not None and plan.model != type(model).__name__:
+            raise ValueError(f"plan {plan.name!r} was made for {plan.model}, not {type(model).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
-    m = max((r.m for r in parsed if not r.is_dense), default=1)
-    report = ConversionReport(ratios=tuple(str(r) for r in parsed))
-    owners: set[int] = set()
+    uniform_m = max((r.m for r in specs if isinstance(r, NMRatio) and not r.is_dense), default=1)
+    layers, skipped, norm_layers, owners = [], [], [], set()
     for name, mod in list(model.named_modules()):
         excluded = next((p for p in exclude if fnmatch.fnmatchcase(name, p)), None)
         why_excluded = (f"excluded by pattern {excluded!r}" if excluded
@@ -170,25 +177,36 @@ def convert(model: nn.Module, ratios: Sequence[RatioLike] = ("1:4", "2:4", "4:4"
         if isinstance(mod, (_ConvNd, nn.Linear)):
             owners.add(id(mod))
             rec = LayerRecord(name, type(mod).__name__, tuple(mod.weight.shape))
+            m = _layer_m(name, specs, uniform_m)
             rec.reason = why_excluded or _skip_reason(mod, m)
-            if rec.reason:
-                report.skipped.append(rec)
-                continue
-            axis, k = _reduction(mod)
-            rec.coverage = covered(k, m) / k
-            make_dynamic(mod, parsed, axis, mask_grad, srste_decay)
-            report.converted.append(rec)
+            if not rec.reason and plans and all(r.is_dense for r in _layer_ratios(name, specs, m)):
+                rec.reason = "dense on every branch (no plan names it)"
+            (skipped if rec.reason else layers).append((rec, mod, m))
         elif _is_norm(mod, "all"):
             owners.add(id(mod))
             rec = LayerRecord(name, type(mod).__name__, tuple(getattr(mod, "weight", torch.empty(0)).shape))
-            rec.reason = why_excluded or ("one ratio, one branch" if len(parsed) == 1 else
+            rec.reason = why_excluded or ("one ratio, one branch" if len(specs) == 1 else
                                           f"norms={norms!r}" if not _is_norm(mod, which) or which == "none" else "")
-            if rec.reason:
-                report.shared_norms.append(rec)
-                continue
-            report.norms.append(rec)
-            make_variable_norm(mod, parsed)
-            report.params_added += sum(p.numel() for p in mod.aux_norms.parameters())
+            norm_layers.append((rec, mod))
+    _check_plan_layers(plans, model, layers, skipped)
+    per_layer = {rec.name: _layer_ratios(rec.name, specs, m) for rec, _, m in layers}
+    labels, order = _branch_order(specs, layers, per_layer)
+    report = ConversionReport(ratios=tuple(str(lb) for lb in labels))
+    report.skipped = [rec for rec, _, _ in skipped]
+    for rec, mod, m in layers:
+        ratios_here = tuple(per_layer[rec.name][i] for i in order)
+        _check_nested(rec.name, ratios_here, labels)
+        axis, k = _reduction(mod)
+        rec.coverage = covered(k, m) / k
+        make_dynamic(mod, ratios_here, axis, mask_grad, srste_decay, labels=labels)
+        report.converted.append(rec)
+    for rec, mod in norm_layers:
+        if rec.reason:
+            report.shared_norms.append(rec)
+            continue
+        report.norms.append(rec)
+        make_variable_norm(mod, labels)
+        report.params_added += sum(p.numel() for p in mod.aux_norms.parameters())
     if not report.converted:
         why = "; ".join(f"{r.name}: {r.reason}" for r in report.skipped) or "it has no Conv or Linear layer"
         raise ValueError(f"nothing to convert in {type(model).__name__} for ratios "
@@ -201,10 +219,90 @@ def convert(model: nn.Module, ratios: Sequence[RatioLike] = ("1:4", "2:4", "4:4"
                 full = f"{name}.{pname}" if name else pname
                 report.dense_params.append(LayerRecord(full, type(mod).__name__, tuple(p.shape),
                                                        "a raw weight parameter, not a Conv/Linear layer"))
+    branches = [specs[i] for i in order]
     model.dynprune_report = report
-    model.dynprune_config = {"ratios": list(report.ratios), "exclude": list(exclude), "mask_grad": mask_grad,
-                             "srste_decay": srste_decay, "norms": norms}
+    model.dynprune_config = {"ratios": [b.to_dict() if isinstance(b, RatioPlan) else str(b) for b in branches],
+                             "exclude": list(exclude), "mask_grad": mask_grad, "srste_decay": srste_decay,
+                             "norms": norms}
     return model
+
+
+def _branch_specs(ratios) -> list:
+    """Global ratios (NMRatio) and plans (RatioPlan) of ``ratios``; global ratios alone are validated and
+    ordered by :func:`~dynprune.nm.parse_ratios`."""
+    if isinstance(ratios, (str, NMRatio, RatioPlan)) or (isinstance(ratios, Mapping) and not isinstance(ratios, list)):
+        ratios = [ratios]
+    specs = [RatioPlan.coerce(r) if is_plan_like(r) else NMRatio.parse(r) for r in ratios]
+    uniform = [r for r in specs if isinstance(r, NMRatio)]
+    if len(uniform) == len(specs):
+        return list(parse_ratios(specs))
+    if uniform:
+        parse_ratios(uniform)  # one M, no duplicates among the global ratios
+    names = [p.name for p in specs if isinstance(p, RatioPlan)]
+    if len(set(names)) != len(names):
+        raise ValueError(f"plans used as branches need distinct names, got {names}")
+    return specs
+
+
+def _layer_m(name: str, specs: list, uniform_m: int) -> int:
+    """The M of layer ``name`` across the branches (global sparse ratios and the plans naming it).
+
+    Raises:
+        ValueError: the branches give the layer more than one M.
+    """
+    ms = {uniform_m} if uniform_m > 1 else set()
+    ms |= {p.ratios[name].m for p in specs if isinstance(p, RatioPlan) and name in p.ratios
+           and not p.ratios[name].is_dense}
+    if len(ms) > 1:
+        raise ValueError(f"layer {name!r}: the branches give it M={sorted(ms)}; one M per layer nests its masks")
+    return ms.pop() if ms else 1
+
+
+def _layer_ratios(name: str, specs: list, m: int) -> tuple[NMRatio, ...]:
+    return tuple(b.ratio(name, m) if isinstance(b, RatioPlan) else b for b in specs)
+
+
+def _check_plan_layers(plans: list, model: nn.Module, layers: list, skipped: list) -> None:
+    """Every layer a plan names exists, can be converted, and has a reduction axis divisible by its M."""
+    ok = {rec.name: mod for rec, mod, _ in layers}
+    why_not = {rec.name: rec.reason for rec, _, _ in skipped}
+    modules = dict(model.named_modules())
+    for plan in plans:
+        for layer, r in plan.ratios.items():
+            if layer in why_not:
+                raise ValueError(f"plan {plan.name!r} names layer {layer!r}, which cannot be converted: {why_not[layer]}")
+            if layer not in ok:
+                what = f"a {type(modules[layer]).__name__}" if layer in modules else "no such layer"
+                raise ValueError(f"plan {plan.name!r} names layer {layer!r}, which {type(model).__name__} does not have "
+                                 f"as a Conv/Linear ({what})")
+            _, k = _reduction(ok[layer])
+            if not r.is_dense and k % r.m:
+                raise ValueError(f"plan {plan.name!r} gives layer {layer!r} M={r.m}, which does not divide its "
+                                 f"reduction axis of length {k}")
+
+
+def _branch_order(specs: list, layers: list, per_layer: dict) -> tuple[tuple, list[int]]:
+    """(branch labels, order): global ratios alone keep :func:`parse_ratios`' order; with plans, branches
+    are ordered by their kept share of the converted weights (sparsest first)."""
+    if all(isinstance(b, NMRatio) for b in specs):
+        return tuple(specs), list(range(len(specs)))
+    sizes = {rec.name: mod._parameters["weight"].numel() for rec, mod, _ in layers}
+    total = sum(sizes.values()) or 1
+    kept = [sum(sizes[n] * per_layer[n][i].density for n in sizes) / total for i in range(len(specs))]
+    order = sorted(range(len(specs)), key=lambda i: kept[i])
+    return tuple(specs[i] if isinstance(specs[i], NMRatio) else specs[i].name for i in order), order
+
+
+def _check_nested(name: str, ratios: tuple[NMRatio, ...], labels: tuple) -> None:
+    """Per layer, N never decreases from a sparser branch to a denser one.
+
+    Raises:
+        ValueError: naming the layer and the two branches.
+    """
+    for i in range(1, len(ratios)):
+        if ratios[i].density < ratios[i - 1].density:
+            raise ValueError(f"branches are not nested at layer {name!r}: {ratios[i - 1]} on branch {labels[i - 1]} "
+                             f"but {ratios[i]} on the denser branch {labels[i]}")
 
 
 def conversion_report(model: nn.Module) -> ConversionReport:
@@ -224,15 +322,16 @@ def conversion_report(model: nn.Module) -> ConversionReport:
     return report
 
 
-def model_ratios(model: nn.Module) -> tuple[NMRatio, ...]:
-    """The branch ratios (sparsest first) of a converted model.
+def model_ratios(model: nn.Module) -> tuple:
+    """The branch labels (sparsest first) of a converted model: an :class:`NMRatio` per global-ratio
+    branch, the plan's name for a plan branch.
 
     Raises:
         ValueError: ``model`` holds no dynamic layer.
     """
     for m in model.modules():
         if isinstance(m, DynamicNMMixin):
-            return m.nm_ratios
+            return m.nm_labels
     raise ValueError(f"{type(model).__name__} holds no dynamic N:M layer; call dynprune.convert() first")
 
 
@@ -246,7 +345,7 @@ def export_branch(model: nn.Module, branch: BranchLike) -> nn.Module:
         IndexError: ``branch`` index out of range.
     """
     ratios = model_ratios(model)
-    index = resolve_branch(NMRatio.parse(branch) if isinstance(branch, str) else branch, ratios)
+    index = resolve_branch(branch_key(branch), ratios)
     static = copy.deepcopy(model)
     for mod in list(static.modules()):
         if isinstance(mod, (DynamicNMMixin, VariableNormMixin)):

@@ -143,6 +143,7 @@ class SparseConv2d(nn.Module):
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         ratios: tuple[NMRatio, ...] = conv.nm_ratios
         self.ratios, self.paths, self.relu = ratios, list(plan.paths), plan.relu
+        self.labels = conv.nm_labels  # what use_branch values resolve against (ratios, or plan names)
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
         self.dilation, self.groups = conv.dilation, conv.groups
@@ -185,7 +186,7 @@ class SparseConv2d(nn.Module):
         return self._dense[i]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        i = resolve_branch(current_branch(), self.ratios)
+        i = resolve_branch(current_branch(), self.labels)
         bias = getattr(self, f"bias_{i}")
         if self.paths[i] == "sparse" and sparse_cpu.kernel() is not None:
             lanes = sparse_cpu.lanes()

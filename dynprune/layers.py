@@ -65,7 +65,8 @@ class _Picklable:
 class DynamicNMMixin(_Picklable):
     """Mixin for a Conv/ConvTranspose/Linear whose ``weight`` is read through the active N:M branch.
 
-    Attributes set by :func:`make_dynamic`: ``nm_ratios`` (sparsest first), ``nm_axis`` (the
+    Attributes set by :func:`make_dynamic`: ``nm_ratios`` (this layer's ratio per branch, sparsest
+    first), ``nm_labels`` (the model's branch labels: ratios, or plan names), ``nm_axis`` (the
     reduction axis: 1, or 0 for transposed convolutions), ``nm_span`` (how much of that axis N:M
     covers: all of it, or its first ``(K // M) * M`` entries when K is not divisible by M, the rest
     kept dense), ``nm_mask_grad`` and ``nm_decay`` (SR-STE's lambda_w).
@@ -97,7 +98,7 @@ class DynamicNMMixin(_Picklable):
     @property
     def weight(self) -> torch.Tensor:  # type: ignore[override]
         w = self._parameters["weight"]
-        i = resolve_branch(current_branch(), self.nm_ratios)
+        i = resolve_branch(current_branch(), self.nm_labels)
         n, m = self.nm_ratios[i]
         if n == m:
             return w
@@ -120,7 +121,7 @@ class DynamicNMMixin(_Picklable):
     def branch_mask(self, branch: int) -> torch.Tensor:
         """Boolean mask (weight-shaped) of branch index ``branch``."""
         w = self._parameters["weight"]
-        n, m = self.nm_ratios[resolve_branch(branch, self.nm_ratios)]
+        n, m = self.nm_ratios[resolve_branch(branch, self.nm_labels)]
         if n == m:
             return torch.ones_like(w, dtype=torch.bool)
         return self._masked(w, n, m, True)[1]
@@ -128,7 +129,7 @@ class DynamicNMMixin(_Picklable):
     def branch_density(self, branch: int) -> tuple[int, int]:
         """Kept fraction of the weight on branch index ``branch`` as (numerator, denominator): N/M on
         the covered part of the reduction axis, 1 on the rest (ints, for exact MACs)."""
-        n, m = self.nm_ratios[resolve_branch(branch, self.nm_ratios)]
+        n, m = self.nm_ratios[resolve_branch(branch, self.nm_labels)]
         k = self._parameters["weight"].shape[self.nm_axis]
         return self.nm_span * n + (k - self.nm_span) * m, k * m
 
@@ -206,16 +207,19 @@ class VariableNormMixin(_Picklable):
 
 
 def make_dynamic(layer: nn.Module, ratios: tuple[NMRatio, ...], axis: int, mask_grad: MaskGrad = "sr-ste",
-                 decay: float = 2e-4) -> nn.Module:
+                 decay: float = 2e-4, labels: tuple | None = None) -> nn.Module:
     """Turn ``layer`` (in place) into its dynamic N:M subclass; returns the same object.
 
-    ``ratios`` must share one M for their sparse members (see :func:`~dynprune.nm.parse_ratios`); N:M
-    covers the first ``(K // M) * M`` entries of the reduction axis of length K.
+    ``ratios``: this layer's ratio on each branch (sparsest first; repeats allowed, e.g. a plan that keeps
+    the layer dense on two branches); their sparse members share one M. ``labels``: the model's branch
+    labels that :func:`use_branch` values resolve against (default: ``ratios``). N:M covers the first
+    ``(K // M) * M`` entries of the reduction axis of length K.
     """
     layer.__class__ = _subclass(DynamicNMMixin, type(layer), "NM")
     k = layer._parameters["weight"].shape[axis]
     m = max((r.m for r in ratios if not r.is_dense), default=1)
     layer.nm_ratios, layer.nm_axis, layer.nm_span = tuple(ratios), axis, covered(k, m)
+    layer.nm_labels = tuple(labels) if labels is not None else layer.nm_ratios
     layer.nm_mask_grad, layer.nm_decay = mask_grad, float(decay)
     layer._dynprune_init()
     return layer
@@ -250,7 +254,8 @@ def restore_base(module: nn.Module, branch: int) -> nn.Module:
             masked = module.dense_weight * module.branch_mask(branch)
         module.__class__ = module._dynprune_base
         module.weight.data = masked
-        for attr in ("nm_ratios", "nm_axis", "nm_span", "nm_mask_grad", "nm_decay", *DynamicNMMixin._dynprune_transient):
+        for attr in ("nm_ratios", "nm_labels", "nm_axis", "nm_span", "nm_mask_grad", "nm_decay",
+                     *DynamicNMMixin._dynprune_transient):
             module.__dict__.pop(attr, None)
     elif isinstance(module, VariableNormMixin):
         i = resolve_branch(branch, module.nm_ratios)

@@ -130,6 +130,27 @@ def load(path: str | Path) -> nn.Module:
     return load_trained(path, obj)[0]
 
 
+def sample_batch(dataset, degrade, seed: int, stream: int, step: int, batch_size: int, steps_per_epoch: int):
+    """Batch ``step`` of a seeded stream over ``dataset``: (clean (B, C, h, w), degraded, level int64 (B,)).
+
+    Each epoch of ``steps_per_epoch`` steps draws a fresh permutation (seeded by ``seed``, ``stream`` and the
+    epoch) and, for datasets with ``set_epoch``, fresh crops; the degradation is seeded per step, so a resumed
+    run sees exactly the batches an uninterrupted one would.
+    """
+    epoch, k = divmod(step, steps_per_epoch)
+    g = torch.Generator().manual_seed(seed * 7919 + stream * 104729 + epoch)
+    perm = torch.randperm(len(dataset), generator=g)
+    idx = perm[(k * batch_size) % len(perm):][: batch_size]
+    if idx.numel() < batch_size:
+        idx = torch.cat([idx, perm[: batch_size - idx.numel()]])
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(stream * 100_000 + epoch)
+    clean = torch.stack([dataset[int(i)] for i in idx])
+    g_noise = torch.Generator().manual_seed((seed * 31 + stream) * 1_000_003 + step)
+    degraded, level = degrade(clean, generator=g_noise)
+    return clean, degraded, level
+
+
 class Trainer:
     """Runs the three stages of a :class:`TrainConfig`, writing ``out_dir/last.pt`` atomically every
     ``checkpoint_every`` steps and at each stage end, and ``out_dir/log.jsonl``.
@@ -223,17 +244,7 @@ class Trainer:
         return spe, spe * sc.epochs
 
     def _batch(self, stage: int, step: int, sc: StageConfig, spe: int):
-        epoch, k = divmod(step, spe)
-        g = torch.Generator().manual_seed(self.cfg.seed * 7919 + stage * 104729 + epoch)
-        perm = torch.randperm(len(self.dataset), generator=g)
-        idx = perm[(k * sc.batch_size) % len(perm):][: sc.batch_size]
-        if idx.numel() < sc.batch_size:
-            idx = torch.cat([idx, perm[: sc.batch_size - idx.numel()]])
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(stage * 100_000 + epoch)
-        clean = torch.stack([self.dataset[int(i)] for i in idx])
-        g_noise = torch.Generator().manual_seed((self.cfg.seed * 31 + stage) * 1_000_003 + step)
-        degraded, level = self.degrade(clean, generator=g_noise)
+        clean, degraded, level = sample_batch(self.dataset, self.degrade, self.cfg.seed, stage, step, sc.batch_size, spe)
         degraded, labels = self.labeler(clean, degraded, level)
         dev = self.cfg.device
         return clean.to(dev), degraded.to(dev), labels.to(dev), level.to(dev)
