@@ -15,6 +15,7 @@ from .convert import (ConversionReport as ConversionReport, conversion_report as
 from .deployment import deploy as deploy, load_deployed as load_deployed
 from .hookspecs import hookimpl as hookimpl
 from .nm import NMRatio as NMRatio, nm_mask as nm_mask
+from .plan import RatioPlan as RatioPlan
 from .registry import create_model as create_model, list_models as list_models
 from .trainer import load as load
 
@@ -22,4 +23,4 @@ __version__ = "0.1.0"
 __all__ = ["AuditReport", "audit", "calibrate_budget", "current_branch", "route", "use_branch", "DifficultyClassifier", "ClassPruning",
            "ConversionReport", "conversion_report", "convert", "export_branch", "model_ratios", "deploy", "load_deployed", "load",
            "hookimpl",
-           "NMRatio", "nm_mask", "create_model", "list_models"]
+           "NMRatio", "nm_mask", "RatioPlan", "create_model", "list_models"]

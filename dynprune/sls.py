@@ -263,6 +263,8 @@ def run_search(cfg, resume: bool = False) -> list[RatioPlan]:
                dynamic_ncols=True, mininterval=2.0)
     with open(out / "search_log.jsonl", "a") as logf:
         for _ in bar:
+            if len(state.plans) == len(sc.budgets):  # a resumed search that had finished
+                break
             rec = search_step(model, gates, macs, total, sc.budgets, state, opt, loss_fn, type(model).__name__,
                               sc.anneal_every, sc.anneal_alpha, sc.anneal_min_drop)
             if not math.isfinite(rec["task"]):
@@ -271,16 +273,17 @@ def run_search(cfg, resume: bool = False) -> list[RatioPlan]:
             bar.set_postfix(loss=f"{rec['task']:.4g}", macs=f"{rec['fraction']:.3f}", plans=len(state.plans))
             if state.step % 25 == 0:
                 logf.write(json.dumps(rec) + "\n")
+                logf.flush()
             if state.step % sc.checkpoint_every == 0:
                 save()
-            if len(state.plans) == len(sc.budgets):
-                break
+    bar.close()
     save()
     plans = [RatioPlan.coerce(p) for p in state.plans]
     for plan in plans:
         plan.save(out / f"{plan.name}.yaml")
     missing = sc.budgets[len(plans):]
     if missing:
+        last = state.history[-1]["fraction"] if state.history else 1.0
         log.warning("the search ran %d steps and did not reach the budgets %s (MACs fraction %.4f): raise "
-                    "search.steps or search.reg_weight", state.step, missing, state.history[-1]["fraction"])
+                    "search.steps or search.reg_weight", state.step, missing, last)
     return plans

@@ -204,3 +204,20 @@ def test_calibrate_budget_then_eval_routes_within_it(trained, capsys, tmp_path):
     assert "--classify-tile must be >= 0 pixels (0 = whole image), got -1" in capsys.readouterr().err
     assert main(["calibrate", ckpt, "--budget", "0.01", "--data", clean, "--sigma", "15", "--out", str(out)]) == 2
     assert "budget 0.0100 is below the cheapest routing's cost" in capsys.readouterr().err
+
+
+def test_search_command_writes_nested_plans(tmp_path, capsys):
+    cfg = {"model": {"name": "dncnn", "kwargs": {"in_channels": 1, "depth": 4, "width": 16}},
+           "dataset": {"name": "skimage_photos", "kwargs": {"channels": 1, "patch_size": 24, "patches_per_image": 8}},
+           "degradation": {"name": "gaussian_noise", "kwargs": {"sigmas": [25]}},
+           "search": {"budgets": [0.5, 0.75], "m": 8, "steps": 300, "batch_size": 4, "score_lr": 0.05,
+                      "reg_weight": 0.5}, "out_dir": str(tmp_path / "search")}
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["search", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "sls-75: budget 0.75" in out and "sls-50: budget 0.5" in out
+    plans = [dynprune.RatioPlan.load(tmp_path / "search" / f"sls-{b}.yaml") for b in (75, 50)]
+    assert all(plans[1].ratios[k].n <= plans[0].ratios[k].n for k in plans[0].ratios)
+    assert main(["search", str(path), "--set", "search.budgets=[1.5]"]) == 2
+    assert "must be a MACs fraction in (0, 1]" in capsys.readouterr().err
