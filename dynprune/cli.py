@@ -300,6 +300,28 @@ def _add_fill(parser) -> None:
                              "to denser branches up to the budget")
 
 
+def _sigma(text: str) -> float:
+    """argparse type: a finite noise level >= 0 on the 0-255 scale."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid sigma {text!r}: expected a number on the 0-255 scale") from None
+    if not (value >= 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"invalid sigma {text!r}: expected a finite number >= 0 (0-255 scale)")
+    return value
+
+
+def _count(text: str) -> int:
+    """argparse type: an image count >= 0 (0 = all)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected an integer >= 0") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected an integer >= 0 (0 = all images)")
+    return value
+
+
 def _add_run(sub, name: str, fn, help_text: str, checkpoint: str, example: str) -> None:
     """A subcommand that runs a YAML config: CONFIG, --resume, --out-dir, --set."""
     p = sub.add_parser(name, help=help_text)
@@ -312,7 +334,10 @@ def _add_run(sub, name: str, fn, help_text: str, checkpoint: str, example: str) 
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="dynprune", description="Dynamic N:M pruning for image restoration (ClassPruning).")
+    p.add_argument("--version", action="version", version=f"dynprune {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     _add_run(sub, "train", cmd_train, "run the three training stages of a YAML config", "last.pt",
              "stages.base.epochs=2")
@@ -322,11 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint")
     e.add_argument("--data", help="folder of clean images, degraded with the run's degradation at each level")
     e.add_argument("--pairs", nargs=2, metavar=("DEGRADED", "CLEAN"), help="folders of real degraded/clean pairs")
-    e.add_argument("--sigma", type=float, nargs="+", help="Gaussian noise levels (0-255 scale) instead of the levels")
+    e.add_argument("--sigma", type=_sigma, nargs="+", help="Gaussian noise levels (0-255 scale) instead of the levels")
     e.add_argument("--out", required=True, help="folder for report.json, report.md, psnr_vs_macs.png")
     e.add_argument("--dense", help="dense reference weights (default: the run's base.pt or the config's weights)")
     e.add_argument("--seed", type=int, default=0, help="degradation seed, reset per condition (default 0)")
-    e.add_argument("--limit", type=int, default=0, help="first N images only")
+    e.add_argument("--limit", type=_count, default=0, help="first N images only (0: all)")
     e.add_argument("--device", default="cpu")
     e.add_argument("--backend", choices=["dynamic", "cpu"], default="dynamic",
                    help="cpu: run the deployed model (N:M CPU kernel); dynamic: the converted model as trained")
@@ -336,10 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("checkpoint", help="a training checkpoint (last.pt)")
     c.add_argument("--budget", type=float, required=True, help="mean MACs as a fraction of dense, classifier included (e.g. 0.58)")
     c.add_argument("--data", required=True, help="clean calibration images (not the test set), degraded at every level")
-    c.add_argument("--sigma", type=float, nargs="+", help="Gaussian noise levels (0-255 scale) instead of the run's levels")
+    c.add_argument("--sigma", type=_sigma, nargs="+", help="Gaussian noise levels (0-255 scale) instead of the run's levels")
     c.add_argument("--out", required=True, help="the calibrated checkpoint to write")
     c.add_argument("--seed", type=int, default=1, help="degradation seed (default 1; eval's default is 0)")
-    c.add_argument("--limit", type=int, default=0, help="first N images only")
+    c.add_argument("--limit", type=_count, default=0, help="first N images only (0: all)")
     _add_classify_tile(c)
     _add_fill(c)
     c.set_defaults(fn=cmd_calibrate)

@@ -40,6 +40,22 @@ class ConvertConfig(_Strict):
     mask_grad: Literal["sr-ste", "ste", "masked"] = "sr-ste"
     srste_decay: float = Field(2e-4, ge=0)
 
+    @field_validator("ratios", mode="before")
+    @classmethod
+    def _yaml_sexagesimal(cls, v):
+        """YAML 1.1 reads an unquoted ``1:4`` as the base-60 number 64: read such ints back as N:M."""
+        if not isinstance(v, list):
+            return v
+        out = []
+        for r in v:
+            if isinstance(r, int) and not isinstance(r, bool):
+                n, m = divmod(r, 60)
+                if not 1 <= n <= m < 60:
+                    raise ValueError(f"ratio {r!r} is a number, not 'N:M': quote ratios in YAML, e.g. ['1:4', '2:4']")
+                r = f"{n}:{m}"
+            out.append(r)
+        return out
+
     @field_validator("ratios")
     @classmethod
     def _valid(cls, v: list) -> list:

@@ -221,3 +221,21 @@ def test_search_command_writes_nested_plans(tmp_path, capsys):
     assert all(plans[1].ratios[k].n <= plans[0].ratios[k].n for k in plans[0].ratios)
     assert main(["search", str(path), "--set", "search.budgets=[1.5]"]) == 2
     assert "must be a MACs fraction in (0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["eval", "x.pt", "--data", "d", "--sigma", "nan"], "invalid sigma 'nan': expected a finite number >= 0"),
+    (["eval", "x.pt", "--data", "d", "--sigma", "-5"], "invalid sigma '-5'"),
+    (["eval", "x.pt", "--data", "d", "--limit", "-1"], "invalid count '-1': expected an integer >= 0"),
+    (["calibrate", "x.pt", "--budget", "0.5", "--data", "d", "--out", "o.pt", "--limit", "two"], "invalid count 'two'"),
+])
+def test_bad_numbers_rejected_before_any_work(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"dynprune {dynprune.__version__}"
