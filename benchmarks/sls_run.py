@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 import dynprune as dp
+from dynprune.checkpoint import load_file
 from dynprune.config import load_config
 from dynprune.metrics import psnr
 from dynprune.plan import RatioPlan
@@ -137,7 +138,7 @@ def part_eval(cfg, data: Path) -> dict:
         oneshot = dp.convert(dense, [plan]).eval()
         rows[f"{plan.name}, no fine-tune"] = {"macs": plan.macs_fraction, **score(oneshot)}
         ckpt = _out(cfg) / f"ft_{plan.name}" / "last.pt"
-        if ckpt.is_file():
+        if ckpt.is_file() and load_file(ckpt).get("done"):  # a fine-tune still running is left out
             tuned = dp.load(str(ckpt))
             rows[f"{plan.name}, fine-tuned"] = {"macs": plan.macs_fraction, **score(tuned.restorer.eval())}
     keys = [k for k in next(iter(rows.values())) if k != "macs"]
