@@ -72,7 +72,10 @@ def load_trained(path: str | Path, ckpt: dict | None = None) -> tuple[ClassPruni
         raise ValueError(f"{str(path)!r} is not a ClassPruning checkpoint (no 'model' + 'config' entries; "
                          f"{_what_it_is(ckpt)})")
     cfg = TrainConfig.model_validate(ckpt["config"])
-    model = build_model(cfg, arch=ckpt.get("arch", {}))
+    # the classifier's input channels: those of its first convolution (the backbone may not say, e.g. SR nets)
+    channels = next((v.shape[1] for k, v in ckpt["model"].items() if k.startswith("classifier.")
+                     and getattr(v, "dim", lambda: 0)() == 4), None) if isinstance(ckpt["model"], dict) else None
+    model = build_model(cfg, arch=ckpt.get("arch", {}), in_channels=channels)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:

@@ -258,3 +258,19 @@ def test_load_gives_the_trained_model_in_eval_mode(tmp_path):
         assert torch.allclose(fast(x), trained(x), atol=1e-4)
     with pytest.raises(ValueError, match="not a ClassPruning checkpoint .*dense network's weights"):
         dynprune.load(tmp_path / "base.pt")
+
+
+def test_checkpoint_of_a_backbone_without_in_channels_rebuilds(tmp_path):
+    # SR backbones do not say their input channels: the classifier's first conv does (3 here, not 1)
+    from dynprune.trainer import build_model
+
+    cfg = TrainConfig.model_validate({"model": {"name": "carn_m", "kwargs": {"multi_scale": True, "scale": 4}},
+                                      "convert": {"ratios": ["2:4", "4:4"]}})
+    model = build_model(cfg, in_channels=3)
+    torch.save({"model": model.state_dict(), "config": cfg.model_dump(mode="json"), "arch": model.restorer.arch},
+               tmp_path / "sr.pt")
+    loaded, _, _ = load_trained(tmp_path / "sr.pt")
+    assert loaded.in_channels == 3
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.restorer(x), model.eval().restorer(x))
