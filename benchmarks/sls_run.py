@@ -8,7 +8,8 @@ Parts (``--part``, in this order by default):
             compute; MACs from the search's own fvcore layer counts).
   finetune  each plan (``--only`` to pick) fine-tuned from the pretrained weights with the config's
             ``stages.base`` (SR-STE, same steps and batches for every plan), as a one-branch model;
-            resumable (``out/ft_<plan>/last.pt``).
+            resumable (``out/ft_<plan>/last.pt``); ``--from-search`` starts searched plans from the weights
+            the search had adapted when it fixed them (``out/ft_<plan>_from_search``).
   eval      PSNR of the pretrained dense model, each plan before fine-tuning (one-shot masks) and after:
             SR configs on Set5 / Set14 (Y channel, border = scale, 8-bit output), denoising configs on
             BSD68 at the degradation's sigma; table + ``out/eval.json``.
@@ -88,14 +89,19 @@ def _all_plans(cfg) -> list[RatioPlan]:
     return _searched(cfg) + uniform
 
 
-def part_finetune(cfg, only: list[str]) -> None:
+def part_finetune(cfg, only: list[str], from_search: bool = False) -> None:
     from dynprune.trainer import Trainer
 
     for plan in _all_plans(cfg):
         if only and plan.name not in only:
             continue
-        run = cfg.model_copy(update={"convert": cfg.convert.model_copy(update={"ratios": [plan.to_dict()]}),
-                                     "out_dir": str(_out(cfg) / f"ft_{plan.name}")})
+        update = {"convert": cfg.convert.model_copy(update={"ratios": [plan.to_dict()]}),
+                  "out_dir": str(_out(cfg) / f"ft_{plan.name}")}
+        snapshot = Path(cfg.out_dir) / f"{plan.name}.weights.pt"
+        if from_search and snapshot.is_file():  # start from the weights the search adapted to this plan
+            update["model"] = cfg.model.model_copy(update={"weights": str(snapshot)})
+            update["out_dir"] += "_from_search"
+        run = cfg.model_copy(update=update)
         t0 = time.time()
         Trainer(run, resume=True).fit()
         print(f"fine-tuned {plan.name} in {time.time() - t0:.0f} s -> {run.out_dir}/last.pt")
@@ -137,10 +143,11 @@ def part_eval(cfg, data: Path) -> dict:
     for plan in _all_plans(cfg):
         oneshot = dp.convert(dense, [plan]).eval()
         rows[f"{plan.name}, no fine-tune"] = {"macs": plan.macs_fraction, **score(oneshot)}
-        ckpt = _out(cfg) / f"ft_{plan.name}" / "last.pt"
-        if ckpt.is_file() and load_file(ckpt).get("done"):  # a fine-tune still running is left out
-            tuned = dp.load(str(ckpt))
-            rows[f"{plan.name}, fine-tuned"] = {"macs": plan.macs_fraction, **score(tuned.restorer.eval())}
+        for suffix, label in (("", "fine-tuned"), ("_from_search", "fine-tuned from the search's weights")):
+            ckpt = _out(cfg) / f"ft_{plan.name}{suffix}" / "last.pt"
+            if ckpt.is_file() and load_file(ckpt).get("done"):  # a fine-tune still running is left out
+                tuned = dp.load(str(ckpt))
+                rows[f"{plan.name}, {label}"] = {"macs": plan.macs_fraction, **score(tuned.restorer.eval())}
     keys = [k for k in next(iter(rows.values())) if k != "macs"]
     print("| model | MACs (% of dense) | " + " | ".join(keys) + " |")
     print("|---|---:|" + "---:|" * len(keys))
@@ -182,6 +189,8 @@ def main() -> None:
     ap.add_argument("--part", nargs="+", default=["search", "plans", "finetune", "eval", "plot"])
     ap.add_argument("--only", nargs="*", default=[], help="plan names to fine-tune (default: all)")
     ap.add_argument("--plot", type=Path, default=Path("docs/results/sls_plans.png"))
+    ap.add_argument("--from-search", action="store_true",
+                    help="fine-tune searched plans from the weights the search adapted (out/ft_<plan>_from_search)")
     args = ap.parse_args()
     cfg = load_config(args.config)
     for part in args.part:
@@ -190,7 +199,7 @@ def main() -> None:
         elif part == "plans":
             part_plans(cfg)
         elif part == "finetune":
-            part_finetune(cfg, args.only)
+            part_finetune(cfg, args.only, args.from_search)
         elif part == "eval":
             part_eval(cfg, args.data)
         elif part == "plot":

@@ -189,12 +189,25 @@ def search_step(model: nn.Module, gates: dict[str, LayerGates], macs: dict[str, 
     return rec
 
 
+def _plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state_dict without the search parametrizations: each layer's dense weight under its
+    own name (the weights the search trained, unmasked), no scores."""
+    out = {}
+    for k, v in model.state_dict().items():
+        if ".parametrizations.weight.original" in k:
+            out[k.replace(".parametrizations.weight.original", ".weight")] = v.clone()
+        elif ".parametrizations.weight." not in k:
+            out[k] = v.clone()
+    return out
+
+
 def run_search(cfg, resume: bool = False) -> list[RatioPlan]:
     """``dynprune search``: the search of a :class:`~dynprune.config.TrainConfig`'s ``search`` section on its
     model (pretrained ``model.weights``), dataset, degradation and loss. Writes ``out_dir/search.pt``
     (atomic, every ``checkpoint_every`` steps; ``resume`` continues it, bit-identically, and may change only
-    ``search.steps``, ``search.checkpoint_every`` and ``threads``), ``out_dir/<plan>.yaml`` per budget and
-    ``out_dir/search_log.jsonl``.
+    ``search.steps``, ``search.checkpoint_every`` and ``threads``), ``out_dir/<plan>.yaml`` per budget with
+    ``out_dir/<plan>.weights.pt`` (the dense weights the search had adapted when it fixed that plan, a
+    ``model.weights`` file for fine-tuning from there) and ``out_dir/search_log.jsonl``.
 
     Returns:
         The plans, largest budget first (fewer if the search ran out of steps before a budget: warned).
@@ -265,8 +278,12 @@ def run_search(cfg, resume: bool = False) -> list[RatioPlan]:
         for _ in bar:
             if len(state.plans) == len(sc.budgets):  # a resumed search that had finished
                 break
+            recorded = len(state.plans)
             rec = search_step(model, gates, macs, total, sc.budgets, state, opt, loss_fn, type(model).__name__,
                               sc.anneal_every, sc.anneal_alpha, sc.anneal_min_drop)
+            if len(state.plans) > recorded:  # the weights the search had adapted to this plan, for fine-tuning
+                save_atomic({"model": _plain_state(model), "arch": getattr(model, "arch", dict(cfg.model.kwargs)),
+                             "name": cfg.model.name}, out / f"{state.plans[-1]['name']}.weights.pt")
             if not math.isfinite(rec["task"]):
                 raise FloatingPointError(f"non-finite search loss at step {state.step}; last checkpoint kept at "
                                          f"{ckpt_path}")

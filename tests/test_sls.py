@@ -37,9 +37,12 @@ def _cfg(tmp_path, steps, **search):
 def test_one_search_gives_nested_plans_within_budget(tmp_path):
     plans = run_search(_cfg(tmp_path, 300))
     assert [p.name for p in plans] == ["sls-75", "sls-50"]
+    torch.manual_seed(0)
     model = dp.create_model("dncnn", in_channels=1, depth=4, width=16)
     for plan in plans:
         assert plan.macs_fraction <= plan.budget
+        adapted = dp.create_model("dncnn", weights=str(tmp_path / f"{plan.name}.weights.pt"))  # loads as a model
+        assert not torch.equal(adapted.dncnn[0].weight, model.dncnn[0].weight)
         assert RatioPlan.load(tmp_path / f"{plan.name}.yaml").ratios == plan.ratios
         net = dp.convert(model, [plan])  # the audit agrees with the search's own count
         rep = dp.audit(net, torch.zeros(1, 1, 24, 24))
