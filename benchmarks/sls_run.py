@@ -15,7 +15,7 @@ Parts (``--part``, in this order by default):
             BSD68 at the degradation's sigma; table + ``out/eval.json``.
   plot      the layer-wise N/M of every plan: ``--plot`` (default docs/results/sls_plans.png).
 
-    python benchmarks/sls_run.py --config configs/sls_carn_m_x4.yaml --data ../shared/data [--part ...]
+    python benchmarks/sls_run.py --config configs/sls_carn_m_x4.yaml --data ../shared/data [--part ...] [--set k=v]
 """
 
 from __future__ import annotations
@@ -191,8 +191,10 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, default=Path("docs/results/sls_plans.png"))
     ap.add_argument("--from-search", action="store_true",
                     help="fine-tune searched plans from the weights the search adapted (out/ft_<plan>_from_search)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="config overrides, as for dynprune search (e.g. out_dir=runs/x/search)")
     args = ap.parse_args()
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, sets=args.set)
     for part in args.part:
         if part == "search":
             run_search(cfg, resume=True)

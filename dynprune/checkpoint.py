@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["save_atomic", "load_file", "load_weights", "strip_prefix", "load_strict"]
+__all__ = ["save_atomic", "load_file", "load_weights", "strip_prefix", "load_strict", "check_finite"]
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
@@ -39,16 +39,20 @@ def load_file(path: str | os.PathLike) -> Any:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is truncated, corrupt or not a torch file (the path is named).
+        ValueError: a folder, or a file that is truncated, corrupt or not a torch file (the path is named).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {str(path)!r} is a folder; give the checkpoint file (e.g. its last.pt)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as err:
-        raise ValueError(f"cannot read checkpoint {str(path)!r}: truncated, corrupt or not a torch "
-                         f"weights file ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError,
+            IndexError, KeyError, TypeError, AttributeError) as err:
+        first = (str(err).splitlines() or [""])[0][:200]
+        raise ValueError(f"cannot read checkpoint {str(path)!r} ({path.stat().st_size} bytes): truncated, corrupt "
+                         f"or not a torch weights file ({type(err).__name__}{': ' + first if first else ''})") from err
 
 
 def load_weights(path: str | os.PathLike) -> Any:
@@ -56,8 +60,23 @@ def load_weights(path: str | os.PathLike) -> Any:
     (a dense export or a training checkpoint). Raises as :func:`load_file`."""
     sd = load_file(path)
     if isinstance(sd, dict) and isinstance(sd.get("model"), dict):
-        return sd["model"]
+        sd = sd["model"]
+    if isinstance(sd, dict):
+        check_finite(sd, f"weights {str(path)!r}")
     return sd
+
+
+def check_finite(state_dict: dict[str, Any], source: str) -> None:
+    """Refuse weights holding NaN or Inf (a diverged run would restore black images with exit 0).
+
+    Raises:
+        ValueError: the first offending keys and their counts of non-finite values are named.
+    """
+    bad = [f"{k} ({int((~torch.isfinite(v)).sum())} of {v.numel()})" for k, v in state_dict.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{source} holds non-finite weights (NaN/Inf) in {', '.join(bad[:5])}"
+                         f"{' ...' if len(bad) > 5 else ''}: the run that wrote it diverged")
 
 
 def strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:

@@ -98,10 +98,23 @@ class ClassPruning(nn.Module):
             return self.classifier(x).argmax(1)
         return (self.route_log_probs(x) - self.route_penalty).argmax(1)
 
-    def route(self, x: torch.Tensor, branches: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(restored (B, C, H, W), branch int64 (B,)); ``branches`` overrides the classifier."""
+    def route(self, x: torch.Tensor, branches: torch.Tensor | None = None, tile: int = 0,
+              overlap: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+        """(restored (B, C, H, W), branch int64 (B,)); ``branches`` overrides the classifier.
+
+        ``tile`` > 0: images larger than ``tile`` pixels on a side are restored in overlapping tiles
+        (:func:`dynprune.tiling.tiled`, the same output when ``overlap`` >= the restorer's receptive-field
+        radius) after the classifier chose the branch on the whole image, so routing does not change.
+
+        Raises:
+            ValueError: a bad ``tile`` / ``overlap`` (see :func:`~dynprune.tiling.tiled`).
+        """
         if branches is None:
             branches = self.classify(x)
+        if tile and max(x.shape[-2:]) > tile:
+            from .tiling import tiled
+
+            return route(lambda xb: tiled(self.restorer, xb, tile, overlap), x, branches), branches
         return route(self.restorer, x, branches), branches
 
     def forward(self, x: torch.Tensor):

@@ -12,10 +12,10 @@ from typing import Callable, Sequence
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from .branch import current_branch, each_branch, resolve_branch
 from .metrics import psnr
+from .progress import progress
 from .schedule import cosine_lr
 
 __all__ = ["SeparateBranches", "ClassSRClassifier", "class_loss", "average_loss", "classsr_loss", "psnr_labels",
@@ -131,7 +131,7 @@ def train_sr(net: nn.Module, lr: torch.Tensor, hr: torch.Tensor, steps: int, bat
     opt = torch.optim.Adam(net.parameters(), lr=lr_start)
     net.train()
     tail = []
-    for step in tqdm(range(steps), desc=desc, mininterval=5.0, dynamic_ncols=True):
+    for step in progress(range(steps), desc, mininterval=5.0):
         idx = torch.randint(0, lr.shape[0], (batch,), generator=g)
         k = int(torch.randint(0, 8, (1,), generator=g))
         x, y = (torch.rot90(t[idx], k % 4, dims=(2, 3)) for t in (lr, hr))
@@ -160,7 +160,7 @@ def train_classsr_classifier(model: nn.Module, lr: torch.Tensor, hr: torch.Tenso
     model.classifier.train()
     model.restorer.train(not freeze_sr)
     parts: dict[str, float] = {}
-    for step in tqdm(range(steps), desc="ClassSR classifier", mininterval=5.0, dynamic_ncols=True):
+    for step in progress(range(steps), "ClassSR classifier", mininterval=5.0):
         idx = torch.randint(0, lr.shape[0], (batch,), generator=g)
         x, y = lr[idx], hr[idx]
         for group in opt.param_groups:

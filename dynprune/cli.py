@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import sys
 import time
 from pathlib import Path
@@ -61,6 +62,18 @@ def _read_images(folder, model):
     return files, imgs
 
 
+def _check_sizes(model, named_images, what: str, tile: int = 0) -> None:
+    """Refuse, before any work, an image whose run would not fit in memory (:func:`dynprune.tiling.check_fits`)."""
+    from .tiling import check_fits
+
+    restorer = getattr(model, "restorer", model)
+    for name, img in named_images:
+        big = tile and max(img.shape[-2:]) > tile
+        scale = getattr(restorer, "scale", 1)
+        check_fits(restorer, (1, *img.shape), f"{what} of {name}", tile if big else 0,
+                   scale if isinstance(scale, int) else 1)
+
+
 def _set_classify_tile(model, tile) -> None:
     """Apply ``--classify-tile`` (None keeps the checkpoint's own setting).
 
@@ -115,12 +128,11 @@ def _say_deployed(model) -> None:
 
 def cmd_deploy(args) -> int:
     from .deployment import deploy, save_deployed
+    from .outputs import check_output_file
     from .trainer import load_trained
 
+    out = check_output_file(args.out, [args.checkpoint], args.overwrite)
     model, cfg, ckpt = load_trained(args.checkpoint)
-    out = Path(args.out)
-    if out.is_dir():
-        raise ValueError(f"output {str(out)!r} is a folder; give a file name, e.g. {str(out / 'deployed.pt')!r}")
     dep = deploy(model, args.backend, max_density=args.max_density, min_out_channels=args.min_out_channels)
     save_deployed(dep, out, cfg.model_dump(mode="json"), ckpt.get("arch", {}))
     print(dep.deploy_report)
@@ -135,7 +147,7 @@ def cmd_train(args) -> int:
     overrides = {"out_dir": args.out_dir} if args.out_dir else None
     cfg = load_config(args.config, overrides, args.set)
     t0 = time.time()
-    Trainer(cfg, resume=args.resume).fit()
+    Trainer(cfg, resume=args.resume, overwrite=args.overwrite).fit()
     print(f"trained in {time.time() - t0:.0f} s; checkpoint {Path(cfg.out_dir) / 'last.pt'}")
     return 0
 
@@ -147,7 +159,7 @@ def cmd_search(args) -> int:
     overrides = {"out_dir": args.out_dir} if args.out_dir else None
     cfg = load_config(args.config, overrides, args.set)
     t0 = time.time()
-    plans = run_search(cfg, resume=args.resume)
+    plans = run_search(cfg, resume=args.resume, overwrite=args.overwrite)
     print(f"searched in {time.time() - t0:.0f} s")
     for plan in plans:
         print(f"  {plan.name}: budget {plan.budget:g}, {100 * plan.macs_fraction:.2f}% of dense MACs -> "
@@ -156,12 +168,16 @@ def cmd_search(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from .config import check_device
     from .evaluate import evaluate, print_summary, write_report
+    from .outputs import check_output_dir
     from .imageio import read_pairs
     from .registry import get_host
 
     if not args.data and not args.pairs:
         raise ValueError("eval needs --data DIR (clean images, synthetic degradation) and/or --pairs DEGRADED CLEAN")
+    check_output_dir(args.out, [args.data, *(args.pairs or [])], marker="report.json", overwrite=args.overwrite)
+    check_device(args.device)
     ckpt = Path(args.checkpoint)
     model, cfg, audit_model = _load_for_inference(ckpt, args.backend)
     _set_classify_tile(model, args.classify_tile)
@@ -170,6 +186,7 @@ def cmd_eval(args) -> int:
     if args.data:
         files, imgs = _read_images(args.data, model)
         images = list(zip((f.name for f in files), imgs))[: args.limit or None]
+        _check_sizes(audit_model, images, "eval")
         conds = _conditions(cfg, args)
         result = evaluate(model, images, conds, dense=dense, device=args.device, audit_model=audit_model)
     if args.pairs:
@@ -194,9 +211,11 @@ def cmd_eval(args) -> int:
 def cmd_calibrate(args) -> int:
     from .budget import calibrate_budget
     from .checkpoint import save_atomic
+    from .outputs import check_output_file
     from .trainer import load_trained
 
     ckpt_path = Path(args.checkpoint)
+    check_output_file(args.out, [ckpt_path], args.overwrite)
     model, cfg, ckpt = load_trained(ckpt_path)
     _set_classify_tile(model, args.classify_tile)
     files, imgs = _read_images(args.data, model)
@@ -225,14 +244,22 @@ def cmd_restore(args) -> int:
     from .imageio import read_pairs, write_image
     from .metrics import psnr
 
+    from .imageio import list_images
+    from .outputs import check_name_collisions, check_output_dir
+
+    out = check_output_dir(args.out_dir, [args.in_dir, args.clean], marker="routing.csv", overwrite=args.overwrite)
+    check_name_collisions(list_images(args.in_dir))
+    if args.tile < 0 or args.tile_overlap < 0 or (args.tile and 2 * args.tile_overlap >= args.tile):
+        raise ValueError(f"--tile {args.tile} / --tile-overlap {args.tile_overlap}: need tile >= 0 (0 = never tile), "
+                         "overlap >= 0 and 2 * overlap < tile")
     model, _, audit_model = _load_for_inference(args.checkpoint, args.backend)
     _set_classify_tile(model, args.classify_tile)
     files, imgs = _read_images(args.in_dir, model)
+    _check_sizes(audit_model, list(zip((f.name for f in files), imgs)), "restore", args.tile)
     clean = {}
     if args.clean:
         pairs = read_pairs(args.in_dir, args.clean)
         clean = {name: c for name, _, c in pairs}
-    out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ratios = [str(r) for r in model.ratios]
     if args.budget is not None:
@@ -250,7 +277,7 @@ def cmd_restore(args) -> int:
             for path, img in zip(files, imgs):
                 x = img.unsqueeze(0)
                 t0 = time.perf_counter()
-                y, branch = model.route(x)
+                y, branch = model.route(x, tile=args.tile, overlap=args.tile_overlap)
                 ms = 1e3 * (time.perf_counter() - t0)
                 b = int(branch[0])
                 rep = audit(audit_model, x)  # traced for the first sizes, then predicted (audit's reuse)
@@ -274,6 +301,8 @@ def cmd_plugins(args) -> int:
     host = get_host()
     for plugin, dist in sorted(host.distributions.items()):
         print(f"plugin {plugin}: {dist}")
+    for plugin, why in sorted(host.failed.items()):
+        print(f"plugin {plugin}: FAILED, left out: {why}")
     for kind in KINDS:
         for name in host.names(kind):
             e = host.entry(kind, name)
@@ -300,26 +329,31 @@ def _add_fill(parser) -> None:
                              "to denser branches up to the budget")
 
 
-def _sigma(text: str) -> float:
-    """argparse type: a finite noise level >= 0 on the 0-255 scale."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid sigma {text!r}: expected a number on the 0-255 scale") from None
-    if not (value >= 0 and value < float("inf")):
-        raise argparse.ArgumentTypeError(f"invalid sigma {text!r}: expected a finite number >= 0 (0-255 scale)")
-    return value
+def _number(what: str, cast, ok, accepted: str):
+    """An argparse type: ``cast(text)`` accepted when ``ok(value)``; otherwise "invalid WHAT 'text':
+    expected ACCEPTED" (one line, exit 2, before any work)."""
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: expected {accepted}")
+        return value
+
+    parse.__name__ = what
+    return parse
 
 
-def _count(text: str) -> int:
-    """argparse type: an image count >= 0 (0 = all)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected an integer >= 0") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected an integer >= 0 (0 = all images)")
-    return value
+_INF = float("inf")
+_sigma = _number("sigma", float, lambda v: 0 <= v < _INF, "a finite number >= 0 (0-255 scale)")
+_count = _number("count", int, lambda v: v >= 0, "an integer >= 0 (0 = all images)")
+_seed = _number("seed", int, lambda v: 0 <= v < 2 ** 32, "an integer in [0, 2**32)")
+_fraction = _number("budget", float, lambda v: 0 < v < _INF, "a finite fraction of dense MACs > 0, e.g. 0.58")
+
+
+def _overwrite(parser, what: str) -> None:
+    parser.add_argument("--overwrite", action="store_true", help=f"replace {what} if it exists")
 
 
 def _add_run(sub, name: str, fn, help_text: str, checkpoint: str, example: str) -> None:
@@ -327,6 +361,7 @@ def _add_run(sub, name: str, fn, help_text: str, checkpoint: str, example: str) 
     p = sub.add_parser(name, help=help_text)
     p.add_argument("config")
     p.add_argument("--resume", action="store_true", help=f"continue from OUT_DIR/{checkpoint}")
+    p.add_argument("--overwrite", action="store_true", help="replace the run files of another run in OUT_DIR")
     p.add_argument("--out-dir", help="override the config's out_dir")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help=f"override a config value, e.g. --set {example} (repeatable)")
@@ -338,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="dynprune", description="Dynamic N:M pruning for image restoration (ClassPruning).")
     p.add_argument("--version", action="version", version=f"dynprune {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more log lines (-v: debug messages and a traceback with errors)")
+    p.add_argument("-q", "--quiet", action="count", default=0, help="warnings and errors only")
     sub = p.add_subparsers(dest="command", required=True)
     _add_run(sub, "train", cmd_train, "run the three training stages of a YAML config", "last.pt",
              "stages.base.epochs=2")
@@ -350,23 +388,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--sigma", type=_sigma, nargs="+", help="Gaussian noise levels (0-255 scale) instead of the levels")
     e.add_argument("--out", required=True, help="folder for report.json, report.md, psnr_vs_macs.png")
     e.add_argument("--dense", help="dense reference weights (default: the run's base.pt or the config's weights)")
-    e.add_argument("--seed", type=int, default=0, help="degradation seed, reset per condition (default 0)")
+    e.add_argument("--seed", type=_seed, default=0, help="degradation seed, reset per condition (default 0)")
     e.add_argument("--limit", type=_count, default=0, help="first N images only (0: all)")
     e.add_argument("--device", default="cpu")
     e.add_argument("--backend", choices=["dynamic", "cpu"], default="dynamic",
                    help="cpu: run the deployed model (N:M CPU kernel); dynamic: the converted model as trained")
     _add_classify_tile(e)
+    _overwrite(e, "an --out folder holding other files")
     e.set_defaults(fn=cmd_eval)
     c = sub.add_parser("calibrate", help="route under a mean-MACs budget: fit the routing penalty on calibration images")
     c.add_argument("checkpoint", help="a training checkpoint (last.pt)")
-    c.add_argument("--budget", type=float, required=True, help="mean MACs as a fraction of dense, classifier included (e.g. 0.58)")
+    c.add_argument("--budget", type=_fraction, required=True, help="mean MACs as a fraction of dense, classifier included (e.g. 0.58)")
     c.add_argument("--data", required=True, help="clean calibration images (not the test set), degraded at every level")
     c.add_argument("--sigma", type=_sigma, nargs="+", help="Gaussian noise levels (0-255 scale) instead of the run's levels")
     c.add_argument("--out", required=True, help="the calibrated checkpoint to write")
-    c.add_argument("--seed", type=int, default=1, help="degradation seed (default 1; eval's default is 0)")
+    c.add_argument("--seed", type=_seed, default=1, help="degradation seed (default 1; eval's default is 0)")
     c.add_argument("--limit", type=_count, default=0, help="first N images only (0: all)")
     _add_classify_tile(c)
     _add_fill(c)
+    _overwrite(c, "the --out checkpoint")
     c.set_defaults(fn=cmd_calibrate)
     r = sub.add_parser("restore", help="restore a folder of degraded images; writes images and routing.csv")
     r.add_argument("checkpoint")
@@ -375,10 +415,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--clean", help="folder of matching clean images: adds PSNR and side-by-side pictures")
     r.add_argument("--backend", choices=["dynamic", "cpu"], default="dynamic",
                    help="cpu: run the deployed model (N:M CPU kernel); dynamic: the converted model as trained")
-    r.add_argument("--budget", type=float, help="mean MACs over these images as a fraction of dense (e.g. 0.58): "
+    r.add_argument("--budget", type=_fraction, help="mean MACs over these images as a fraction of dense (e.g. 0.58): "
                    "the routing penalty is solved on their classifier outputs before restoring")
+    r.add_argument("--tile", type=int, default=2048, metavar="PX",
+                   help="restore images larger than PX on a side in overlapping PX x PX tiles (the branch is chosen on "
+                        "the whole image; default 2048, 0 = never tile)")
+    r.add_argument("--tile-overlap", type=int, default=32, metavar="PX",
+                   help="pixels shared by neighbouring tiles on each side; the output equals the untiled one when this "
+                        "is at least the network's receptive-field radius (DnCNN-20: 20; default 32)")
     _add_classify_tile(r)
     _add_fill(r)
+    _overwrite(r, "an OUT_DIR holding files that are not an earlier restore's")
     r.set_defaults(fn=cmd_restore)
     dp_ = sub.add_parser("deploy", help="pack a trained checkpoint for the N:M CPU kernel and save it")
     dp_.add_argument("checkpoint")
@@ -387,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     dp_.add_argument("--max-density", type=float, default=0.25,
                      help="branches denser than N/M run on oneDNN (default 0.25: the kernel wins at 1:4 here)")
     dp_.add_argument("--min-out-channels", type=int, default=16, help="layers with fewer outputs run on oneDNN")
+    _overwrite(dp_, "OUT")
     dp_.set_defaults(fn=cmd_deploy)
     d = sub.add_parser("demo", help="train briefly on scikit-image's photos and print PSNR and MACs saved")
     d.add_argument("--out", default="runs/demo")
@@ -396,12 +444,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# What a user's input can raise: one "dynprune CMD: error: ..." line and exit 2 (-v adds the traceback).
+_USER_ERRORS = (ValueError, TypeError, OSError, FloatingPointError, MemoryError, torch.OutOfMemoryError)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (not the one at configuration time)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _configure_logging(verbose: int, quiet: int) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    for noisy in ("PIL", "matplotlib", "fvcore", "iopath", "torch"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
 def main(argv=None) -> int:
+    """Run the ``dynprune`` command line; returns the exit status (2: a user error, one line on stderr)."""
     args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose, args.quiet)
     try:
         return args.fn(args)
-    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as err:
-        print(f"dynprune {args.command}: error: {err}", file=sys.stderr)
+    except _USER_ERRORS as err:
+        if args.verbose:
+            raise
+        text = " ".join(str(err).split("\n")) if str(err) else type(err).__name__
+        print(f"dynprune {args.command}: error: {text}", file=sys.stderr)
         return 2
 
 

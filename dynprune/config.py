@@ -11,11 +11,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .nm import NMRatio, parse_ratios
 from .plan import RatioPlan, is_plan_like
 
-__all__ = ["TrainConfig", "load_config", "Component", "StageConfig", "JointStageConfig", "DistillConfig", "SearchConfig"]
+__all__ = ["TrainConfig", "load_config", "check_device", "shipped_configs", "resolve_paths", "Component", "StageConfig", "JointStageConfig", "DistillConfig", "SearchConfig"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys and non-finite numbers (nan, inf: YAML ``.nan``, ``.inf``) are rejected with the key named."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Component(_Strict):
@@ -148,8 +150,8 @@ class TrainConfig(_Strict):
     labeler: Component = Component(name="level")
     loss: Component = Component(name="l1")
     stages: Stages = Stages()
-    seed: int = 0
-    device: str = "cpu"
+    seed: int = Field(0, ge=0, lt=2**32)  # seeds torch and numpy generators (numpy takes < 2**32)
+    device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "mps"; checked against this machine by check_device
     threads: int | None = Field(None, ge=1)
     out_dir: str = "runs/default"
     checkpoint_every: int = Field(100, ge=1)
@@ -161,12 +163,49 @@ class TrainConfig(_Strict):
     distill: DistillConfig = DistillConfig()
     search: SearchConfig = SearchConfig()
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return check_device(v, available=False)
+
     @model_validator(mode="after")
     def _floor_fits(self) -> "TrainConfig":
         n = len(self.convert.ratios)
         if self.lw_floor > 1.0 / n + 1e-12:
             raise ValueError(f"lw_floor {self.lw_floor} is above 1/L = {1.0 / n:.4g} for {n} branches")
         return self
+
+
+def shipped_configs() -> Path:
+    """The folder of the example configs installed with dynprune (``configs/`` of the source tree).
+    Their data paths point at ``../../shared/data`` as laid out in the repository: copy one and edit them."""
+    from importlib.resources import files
+
+    return Path(str(files("dynprune.configs")))
+
+
+def check_device(device: str, available: bool = True) -> str:
+    """``device`` if it names a torch device kind dynprune runs on ("cpu", "cuda", "cuda:N", "mps") and,
+    with ``available``, one this machine has.
+
+    Raises:
+        ValueError: another string, or a device this machine lacks (what it has is named).
+    """
+    kind, _, index = str(device).partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and not (kind == "cuda" and index.isdigit())):
+        raise ValueError(f"device {device!r} is not one of 'cpu', 'cuda', 'cuda:N', 'mps'")
+    if available and kind == "cuda":
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if int(index or 0) >= count:
+            raise ValueError(f"device {device!r} is not available here ({count} CUDA device(s)); use device: cpu")
+    if available and kind == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {device!r} is not available here; use device: cpu")
+    return device
 
 
 def apply_override(data: dict, dotted: str) -> None:
@@ -187,9 +226,66 @@ def apply_override(data: dict, dotted: str) -> None:
     node[leaf] = yaml.safe_load(raw)
 
 
+_PATH_KEYS = ("root", "weights", "path", "file")
+_PATH_SUFFIXES = ("_root", "_dir", "_path", "_file", "_weights")
+_PLAN_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def _is_path_key(key: str) -> bool:
+    return key in _PATH_KEYS or key.endswith(_PATH_SUFFIXES)
+
+
+def resolve_paths(data: dict, folder: Path) -> dict:
+    """Rewrite the relative input paths of a config mapping as seen from ``folder`` (the config file's),
+    expressed relative to the working directory when they lie below it (absolute otherwise), in place.
+
+    Input paths are ``model.weights``, ``init_from``, the teachers' ``weights``, plan files in
+    ``convert.ratios``, and, in any ``kwargs`` mapping (nested ones too), the values of keys named
+    ``root``, ``weights``, ``path``, ``file`` or ending in ``_root``, ``_dir``, ``_path``, ``_file``,
+    ``_weights``. ``out_dir``, written by the run, stays relative to the working directory (as ``--out-dir``).
+    """
+    import os
+
+    def fix(value):
+        if not isinstance(value, str) or not value or Path(value).is_absolute() or "://" in value:
+            return value
+        full = Path(os.path.normpath(folder / value))
+        rel = os.path.relpath(full)
+        return rel if not rel.startswith(".." + os.sep + ".." + os.sep + "..") else str(full.resolve())
+
+    def walk_kwargs(kw):
+        if not isinstance(kw, dict):
+            return
+        for k, v in kw.items():
+            if isinstance(v, dict):
+                walk_kwargs(v)
+            elif _is_path_key(str(k)):
+                kw[k] = fix(v)
+
+    for section in ("model", "dataset", "degradation", "labeler", "loss", "classifier"):
+        node = data.get(section)
+        if isinstance(node, dict):
+            if section == "model" and "weights" in node:
+                node["weights"] = fix(node["weights"])
+            walk_kwargs(node.get("kwargs"))
+    if "init_from" in data:
+        data["init_from"] = fix(data["init_from"])
+    distill = data.get("distill")
+    for t in (distill.get("teachers") or []) if isinstance(distill, dict) else []:
+        if isinstance(t, dict):
+            t["weights"] = fix(t.get("weights"))
+            walk_kwargs(t.get("kwargs"))
+    conv = data.get("convert")
+    if isinstance(conv, dict) and isinstance(conv.get("ratios"), list):
+        conv["ratios"] = [fix(r) if isinstance(r, str) and r.endswith(_PLAN_SUFFIXES) else r for r in conv["ratios"]]
+    return data
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> TrainConfig:
     """Read a YAML run configuration; ``overrides`` replace top-level keys, ``sets`` are ``a.b=value``
-    overrides (see :func:`apply_override`).
+    overrides (see :func:`apply_override`). Relative input paths in the file are read from the file's
+    folder (:func:`resolve_paths`); those in ``overrides`` and ``sets``, typed by the user, from the
+    working directory.
 
     Raises:
         FileNotFoundError: no such file.
@@ -197,13 +293,15 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None, sets:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist; example configs ship with dynprune in "
+                                f"{shipped_configs()}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ValueError(f"config {str(path)!r} is not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ValueError(f"config {str(path)!r} must be a mapping, got {type(data).__name__}")
+    resolve_paths(data, path.parent)
     data.update(overrides or {})
     for item in sets or []:
         apply_override(data, item)

@@ -31,14 +31,21 @@ def demo_config(out_dir: str, quick: bool = False):
 
 
 def run_demo(out_dir: str = "runs/demo", quick: bool = False) -> dict:
-    """Train and evaluate the demo; writes ``out_dir/last.pt``, ``base.pt`` and ``eval/report.*``.
-    Returns the evaluation dict."""
+    """Train and evaluate the demo in ``out_dir/full`` (``out_dir/quick`` for the smoke run), each keyed on
+    its own settings: a finished run there is reused (resumed when interrupted), a run of other settings
+    is refused (its differences named). Writes ``last.pt``, ``base.pt`` and ``eval/report.*`` there.
+    Returns the evaluation dict.
+
+    Raises:
+        ValueError: the folder holds a run of other settings (e.g. written by another dynprune version).
+    """
     from .checkpoint import load_file
     from .evaluate import evaluate, print_summary, sigma_conditions, write_report
     from .registry import create
     from .trainer import Trainer
 
     t0 = time.time()
+    out_dir = str(Path(out_dir) / ("quick" if quick else "full"))
     cfg = demo_config(out_dir, quick)
     trainer = Trainer(cfg, resume=True)
     model = trainer.fit()

@@ -27,7 +27,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import sparse_cpu
 from .branch import current_branch, resolve_branch
-from .checkpoint import load_file, save_atomic
+from .checkpoint import check_finite, load_file, save_atomic
 from .classpruning import ClassPruning
 from .convert import model_ratios
 from .layers import DynamicNMMixin, VariableNormMixin, dynamic_layers
@@ -374,7 +374,8 @@ def load_deployed(path: str | Path, obj: dict | None = None) -> nn.Module:
     ``obj``: the file's content when the caller has read it already (it is not read again).
 
     Raises:
-        FileNotFoundError: missing file. ValueError: not a deployed artifact, or weights that do not fit.
+        FileNotFoundError: missing file. ValueError: not a deployed artifact, non-finite weights, or weights
+        that do not fit.
     """
     from .config import TrainConfig
     from .trainer import build_model
@@ -384,6 +385,7 @@ def load_deployed(path: str | Path, obj: dict | None = None) -> nn.Module:
         raise ValueError(f"{str(path)!r} is not a deployed dynprune model (no format {DEPLOY_FORMAT!r}); "
                          f"make one with `dynprune deploy CKPT OUT`")
     cfg = TrainConfig.model_validate(obj["config"])
+    check_finite(obj["model"], f"deployed model {str(path)!r}")
     opts = {k: v for k, v in obj["deploy"].items() if k != "backend"}
     model = deploy(build_model(cfg, arch=obj.get("arch", {})), obj["deploy"].get("backend", "cpu"), **opts)
     try:

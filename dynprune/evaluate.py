@@ -5,20 +5,21 @@ as a fraction of dense; ``report.json``, ``report.md`` and a PSNR-vs-MACs plot."
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from .audit import audit, count_macs
 from .branch import each_branch
 from .classpruning import ClassPruning
 from .metrics import psnr, ssim
+from .progress import progress
 
-__all__ = ["Condition", "degraded_images", "evaluate", "write_report", "sigma_conditions", "level_conditions",
+__all__ = ["Condition", "degraded_images", "evaluate", "write_report", "strict_json", "sigma_conditions", "level_conditions",
            "print_summary"]
 
 
@@ -126,7 +127,7 @@ def evaluate(model: ClassPruning, images: Sequence[tuple[str, torch.Tensor]], co
         for cond in conditions:
             g = torch.Generator().manual_seed(cond.seed)
             rows, hist, macs_routed, macs_dense = [], [0] * L, 0.0, 0.0
-            for name, clean in tqdm(images, desc=cond.label, dynamic_ncols=True, mininterval=2.0):
+            for name, clean in progress(images, cond.label):
                 y = (cond.degraded[name].unsqueeze(0) if cond.degraded is not None
                      else cond.degrade(clean.unsqueeze(0), g)).to(device)
                 row = {"image": name, "degraded input": _score(y, clean, kw)}
@@ -151,6 +152,18 @@ def evaluate(model: ClassPruning, images: Sequence[tuple[str, torch.Tensor]], co
     return result
 
 
+def strict_json(obj):
+    """``obj`` with every non-finite float replaced by None, so it serialises as strict JSON (RFC 8259 has no
+    NaN or Infinity): the PSNR of an image identical to its reference is +inf dB and is written as null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def write_report(result: dict, out_dir: str | Path, title: str = "dynprune evaluation",
                  paper_rows: dict | None = None) -> Path:
     """Write ``report.json``, ``report.md`` (a table per condition) and ``psnr_vs_macs.png``."""
@@ -161,7 +174,7 @@ def write_report(result: dict, out_dir: str | Path, title: str = "dynprune evalu
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(result, indent=1))
+    (out / "report.json").write_text(json.dumps(strict_json(result), indent=1, allow_nan=False))
     fr = dict(zip((f"branch {r}" for r in result["ratios"]), result["branch_macs_fraction"]))
     lines = [f"# {title}", "", "| condition | model | PSNR (dB) | SSIM | MACs % of dense | routing |",
              "|---|---|---:|---:|---:|---|"]

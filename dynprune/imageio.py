@@ -53,25 +53,64 @@ def to_channels(img: torch.Tensor, channels: int, name: str = "image") -> torch.
     raise ValueError(f"{name} has {c} channels; cannot convert to {channels} (accepted: 1 or 3)")
 
 
+# Pillow modes read through an RGB conversion: palette (its colours, not its indices), CMYK, YCbCr, LAB, HSV
+_VIA_RGB = ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
+
+
+def _pixels(im: Image.Image, path: Path) -> np.ndarray:
+    """The image's pixels as float32 (H, W[, C]) in [0, 1], by its storage type's documented range:
+    1-bit {0, 1}; 8-bit / 255; 16-bit / 65535; 32-bit integer (Pillow's mode "I") / (2**31 - 1), negative
+    values rejected; float (mode "F") as stored, which must lie in [0, 1]. Alpha channels are dropped."""
+    if im.mode in _VIA_RGB:
+        im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
+    if im.mode == "LA":
+        im = im.getchannel("L")
+    arr = np.asarray(im)
+    name = str(path)
+    if arr.dtype == np.bool_:
+        out = arr.astype(np.float32)
+    elif arr.dtype.kind == "u" and arr.dtype.itemsize <= 2:
+        out = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
+    elif arr.dtype.kind in "iu":
+        if arr.min() < 0:
+            raise ValueError(f"image {name!r} (32-bit integer) has negative pixels (min {arr.min()}): "
+                             "accepted are values in [0, 2**31 - 1]")
+        out = (arr.astype(np.float64) / float(2 ** 31 - 1)).astype(np.float32)
+    elif arr.dtype.kind == "f":
+        out = arr.astype(np.float32)
+        if not np.isfinite(out).all():
+            raise ValueError(f"image {name!r} holds {int((~np.isfinite(out)).sum())} non-finite pixels (NaN/Inf)")
+        lo, hi = float(out.min()), float(out.max())
+        if lo < 0 or hi > 1:
+            raise ValueError(f"image {name!r} is floating point with values in [{lo:g}, {hi:g}]: accepted are "
+                             "float images in [0, 1] (scale it, or save it as 8/16-bit)")
+    else:
+        raise ValueError(f"image {name!r} has an unsupported pixel type {arr.dtype} (mode {im.mode!r})")
+    if out.ndim == 3 and out.shape[2] in (2, 4):  # drop alpha
+        out = out[..., : out.shape[2] - 1]
+    return out
+
+
 def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
-    """Read an 8/16-bit image as float32 (C, H, W) in [0, 1].
+    """Read an image as float32 (C, H, W) in [0, 1] (8/16/32-bit integer, 1-bit, float, palette; see
+    :func:`_pixels` for each type's range; palette images give their colours).
 
     Args:
         channels: None keeps the file's channels; 1 or 3 converts.
     Raises:
-        FileNotFoundError: missing file. ValueError: unreadable/corrupt image.
+        FileNotFoundError: missing file. ValueError: unreadable/corrupt image, non-finite or out-of-range
+        float pixels, negative integer pixels, an unsupported pixel type (each names the file).
     """
     path = Path(path)
     try:
         with Image.open(path) as im:
             im.load()
-            arr = np.asarray(im)
+            arr = _pixels(im, path)
     except FileNotFoundError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"cannot read image {str(path)!r}: {err}") from err
-    scale = 65535.0 if arr.dtype == np.uint16 else 255.0 if arr.dtype == np.uint8 else 1.0
-    t = torch.from_numpy(arr.astype(np.float32) / scale)
+    t = torch.from_numpy(arr)
     t = t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)
     return to_channels(t.contiguous(), channels, str(path)) if channels else t
 

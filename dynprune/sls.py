@@ -23,7 +23,6 @@ import fnmatch
 import logging
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -39,6 +38,7 @@ __all__ = ["LayerGates", "SearchState", "searchable_layers", "attach", "detach",
 
 log = logging.getLogger(__name__)
 _SAFE_TO_CHANGE = ("search.steps", "search.checkpoint_every", "threads")  # may differ on --resume (extend a search)
+_SEARCH_USES = ("model.", "dataset.", "degradation.", "loss.", "search.", "seed:")  # the rest is the fine-tune's
 
 
 class LayerGates(nn.Module):
@@ -201,29 +201,39 @@ def _plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def run_search(cfg, resume: bool = False) -> list[RatioPlan]:
+SEARCH_FILES = ("search.pt", "search_log.jsonl", "sls-*.yaml", "sls-*.weights.pt")  # what a search writes
+
+
+def run_search(cfg, resume: bool = False, overwrite: bool = False) -> list[RatioPlan]:
     """``dynprune search``: the search of a :class:`~dynprune.config.TrainConfig`'s ``search`` section on its
     model (pretrained ``model.weights``), dataset, degradation and loss. Writes ``out_dir/search.pt``
     (atomic, every ``checkpoint_every`` steps; ``resume`` continues it, bit-identically, and may change only
-    ``search.steps``, ``search.checkpoint_every`` and ``threads``), ``out_dir/<plan>.yaml`` per budget with
+    ``search.steps``, ``search.checkpoint_every``, ``threads`` and the sections the search does not read:
+    ``convert``, ``stages``, ``classifier``...), ``out_dir/<plan>.yaml`` per budget with
     ``out_dir/<plan>.weights.pt`` (the dense weights the search had adapted when it fixed that plan, a
     ``model.weights`` file for fine-tuning from there) and ``out_dir/search_log.jsonl``.
+
+    ``overwrite`` replaces another search's files in ``out_dir`` (:data:`SEARCH_FILES`); without it or
+    ``resume`` such a folder is refused.
 
     Returns:
         The plans, largest budget first (fewer if the search ran out of steps before a budget: warned).
     Raises:
-        ValueError: no searchable layer, or a resumed checkpoint of another configuration.
+        ValueError: no searchable layer, ``out_dir`` holding another search, or a resumed checkpoint of
+        another configuration.
     """
     import json
 
-    from tqdm import tqdm
-
     from .checkpoint import load_file, save_atomic
+    from .config import check_device
+    from .outputs import claim_run_dir
+    from .progress import progress
     from .registry import create
     from .trainer import config_differences, sample_batch
 
     sc = cfg.search
-    out = Path(cfg.out_dir)
+    check_device(cfg.device)
+    out = claim_run_dir(cfg.out_dir, SEARCH_FILES, resume, overwrite, "search")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -253,7 +263,8 @@ def run_search(cfg, resume: bool = False) -> list[RatioPlan]:
     dump = cfg.model_dump(mode="json")
     if resume and ckpt_path.is_file():
         ckpt = load_file(ckpt_path)
-        diff = [d for d in config_differences(ckpt["config"], dump) if not d.startswith(_SAFE_TO_CHANGE)]
+        diff = [d for d in config_differences(ckpt["config"], dump)
+                if d.startswith(_SEARCH_USES) and not d.startswith(_SAFE_TO_CHANGE)]
         if diff:
             raise ValueError(f"cannot resume from {str(ckpt_path)!r}: its config differs in " + "; ".join(diff))
         model.load_state_dict(ckpt["model"])
@@ -272,8 +283,7 @@ def run_search(cfg, resume: bool = False) -> list[RatioPlan]:
 
     out.mkdir(parents=True, exist_ok=True)
     model.train()
-    bar = tqdm(range(state.step, sc.steps), desc="SLS search", initial=state.step, total=sc.steps,
-               dynamic_ncols=True, mininterval=2.0)
+    bar = progress(range(state.step, sc.steps), "SLS search", total=sc.steps, initial=state.step)
     with open(out / "search_log.jsonl", "a") as logf:
         for _ in bar:
             if len(state.plans) == len(sc.budgets):  # a resumed search that had finished

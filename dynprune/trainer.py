@@ -19,17 +19,18 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from . import losses as L
 from .audit import audit
-from .checkpoint import load_file, save_atomic
+from .checkpoint import check_finite, load_file, load_strict, save_atomic
 from .classifier import create_classifier
 from .classpruning import ClassPruning
-from .config import StageConfig, TrainConfig
+from .config import StageConfig, TrainConfig, check_device
 from .branch import each_branch, per_group
 from .convert import convert, export_branch
 from .layers import sync_variable_norms
+from .outputs import claim_run_dir
+from .progress import progress
 from .registry import create, get_host
 from .schedule import cosine_lr
 
@@ -65,7 +66,7 @@ def load_trained(path: str | Path, ckpt: dict | None = None) -> tuple[ClassPruni
 
     Raises:
         FileNotFoundError: missing file. ValueError: truncated/corrupt file, not a dynprune checkpoint,
-        or weights of another architecture (the mismatching keys are named).
+        non-finite weights (the keys named), or weights of another architecture (the mismatching keys named).
     """
     ckpt = load_file(path) if ckpt is None else ckpt
     if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
@@ -75,16 +76,20 @@ def load_trained(path: str | Path, ckpt: dict | None = None) -> tuple[ClassPruni
     # the classifier's input channels: those of its first convolution (the backbone may not say, e.g. SR nets)
     channels = next((v.shape[1] for k, v in ckpt["model"].items() if k.startswith("classifier.")
                      and getattr(v, "dim", lambda: 0)() == 4), None) if isinstance(ckpt["model"], dict) else None
+    if isinstance(ckpt["model"], dict):
+        check_finite(ckpt["model"], f"checkpoint {str(path)!r}")
     model = build_model(cfg, arch=ckpt.get("arch", {}), in_channels=channels)
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as err:
-        raise ValueError(f"checkpoint {str(path)!r} does not fit the architecture its config describes: "
-                         f"{str(err).splitlines()[0]} ...") from err
+    except RuntimeError as err:  # name the keys (older checkpoints without routing buffers load above)
+        load_strict(model, ckpt["model"], f"checkpoint {str(path)!r} (architecture of its config)")
+        raise ValueError(f"checkpoint {str(path)!r} does not fit its config: {str(err).splitlines()[0]}") from err
     model.eval()
     return model, cfg, ckpt
 
 
+# The files a training run writes into its out_dir (another run there needs --resume or --overwrite).
+RUN_FILES = ("last.pt", "base.pt", "log.jsonl")
 # Config fields that do not change what a run computes; a resumed run may change them.
 _RUN_ONLY = ("threads", "device", "checkpoint_every", "out_dir")
 
@@ -158,13 +163,20 @@ class Trainer:
     """Runs the three stages of a :class:`TrainConfig`, writing ``out_dir/last.pt`` atomically every
     ``checkpoint_every`` steps and at each stage end, and ``out_dir/log.jsonl``.
 
-    Raises (from :meth:`fit`):
-        FloatingPointError: a NaN/Inf batch or loss (stage and step named; the last checkpoint is kept).
+    Args:
+        resume: continue ``out_dir/last.pt`` (its config must equal ``cfg`` except :data:`_RUN_ONLY` fields).
+        overwrite: replace the run files (:data:`RUN_FILES`) another run left in ``out_dir``.
+    Raises:
+        ValueError: ``out_dir`` holds another run and neither ``resume`` nor ``overwrite`` was given; a resumed
+            checkpoint of another config (the differences named); a device this machine lacks.
+        FloatingPointError (from :meth:`fit`): a NaN/Inf batch or loss (stage and step named; the last
+            checkpoint, if one was written, is kept).
     """
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False):
+    def __init__(self, cfg: TrainConfig, resume: bool = False, overwrite: bool = False):
         self.cfg = cfg
-        self.out = Path(cfg.out_dir)
+        check_device(cfg.device)
+        self.out = claim_run_dir(cfg.out_dir, RUN_FILES, resume, overwrite)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
@@ -174,6 +186,8 @@ class Trainer:
         n = len(cfg.convert.ratios)
         self.labeler = create("labelers", cfg.labeler.name, num_classes=n, **cfg.labeler.kwargs)
         self.rec_loss = create("losses", cfg.loss.name, **cfg.loss.kwargs)
+        if hasattr(self.labeler, "check_degradation"):
+            self.labeler.check_degradation(self.degrade, cfg.degradation.name)
         if hasattr(self.labeler, "fit") and getattr(self.labeler, "edges", True) is None:
             self._fit_labeler()
         channels = self.dataset[0].shape[0]
@@ -290,6 +304,10 @@ class Trainer:
         self.step, self.opt_state = ckpt["step"], ckpt.get("optimizer")
         log.info("resumed from %s at stage %s step %s", path, ckpt["stage"], self.step)
 
+    def _kept(self) -> str:
+        last = self.out / "last.pt"
+        return f"last checkpoint kept at {last}" if last.is_file() else "no checkpoint was written yet"
+
     def _log(self, rec: dict) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         with open(self.out / "log.jsonl", "a") as f:
@@ -331,21 +349,20 @@ class Trainer:
         opt = torch.optim.Adam(self._params(stage), lr=sc.lr_start)
         if self.opt_state is not None:
             opt.load_state_dict(self.opt_state)
-        bar = tqdm(range(self.step, total), desc=f"stage {stage + 1} ({name})", initial=self.step, total=total,
-                   dynamic_ncols=True, mininterval=2.0)
+        bar = progress(range(self.step, total), f"stage {stage + 1} ({name})", total=total, initial=self.step)
         for step in bar:
             self.step = step
             clean, degraded, labels, level = self._batch(stage, step, sc, spe)
             if not (torch.isfinite(clean).all() and torch.isfinite(degraded).all()):
                 raise FloatingPointError(f"non-finite values in the training batch at stage {stage + 1} ({name}), "
-                                         f"step {step}; last checkpoint kept at {self.out / 'last.pt'}")
+                                         f"step {step}; {self._kept()}")
             lr = cosine_lr(step, total - 1, sc.lr_start, sc.lr_end)
             for group in opt.param_groups:
                 group["lr"] = lr
             loss, parts = self._loss(stage, clean, degraded, labels, level, sc)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {loss.item()} at stage {stage + 1} ({name}), step {step}; "
-                                         f"last checkpoint kept at {self.out / 'last.pt'}")
+                                         f"{self._kept()}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -22,6 +22,19 @@ class LevelLabeler:
     def __init__(self, num_classes: int):
         self.num_classes = int(num_classes)
 
+    def check_degradation(self, degradation, name: str) -> None:
+        """Refuse a degradation whose number of levels is not the number of branches (a level with no
+        branch, or a branch no image is ever labelled for).
+
+        Raises:
+            ValueError: the two counts and the way out are named.
+        """
+        levels = getattr(degradation, "levels", None)
+        if levels is not None and levels != self.num_classes:
+            raise ValueError(f"degradation {name!r} has {levels} levels but the model has {self.num_classes} branches: "
+                             "the level labeler needs one level per branch (give as many sigmas/levels as ratios, "
+                             "or use the residual_variance labeler)")
+
     def __call__(self, clean, degraded, level):
         if level is None or int(level.max()) >= self.num_classes or int(level.min()) < 0:
             raise ValueError(f"levels {None if level is None else level.tolist()} do not fit "

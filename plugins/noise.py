@@ -6,6 +6,8 @@ KAIR and the ClassPruning recipe do not clip; clipping biases the residual varia
 
 from __future__ import annotations
 
+import math
+
 from typing import Sequence
 
 import torch
@@ -25,7 +27,7 @@ class GaussianNoise:
         levels: number of bins in blind mode.
     Call: ``(clean (B,C,H,W) float, generator=None, level=None) -> (noisy, level int64 (B,))``.
     Raises:
-        ValueError: both or neither of sigmas / sigma_range, or negative sigma values.
+        ValueError: both or neither of sigmas / sigma_range, or negative or non-finite sigma values.
     """
 
     def __init__(self, sigmas: Sequence[float] | None = (15, 25, 50), sigma_range: Sequence[float] | None = None,
@@ -34,13 +36,13 @@ class GaussianNoise:
             raise ValueError("GaussianNoise needs exactly one of sigmas=[...] or sigma_range=[lo, hi]")
         if sigmas is not None:
             self.sigmas = tuple(float(s) for s in sigmas)
-            if not self.sigmas or min(self.sigmas) < 0:
-                raise ValueError(f"sigmas must be non-empty and >= 0 (0-255 scale), got {list(sigmas)}")
+            if not self.sigmas or not all(0 <= s < math.inf for s in self.sigmas):
+                raise ValueError(f"sigmas must be non-empty, finite and >= 0 (0-255 scale), got {list(sigmas)}")
             self.range, self.levels = None, len(self.sigmas)
         else:
             lo, hi = (float(v) for v in sigma_range)
-            if not 0 <= lo < hi:
-                raise ValueError(f"sigma_range must satisfy 0 <= lo < hi, got {list(sigma_range)}")
+            if not 0 <= lo < hi < math.inf:
+                raise ValueError(f"sigma_range must be finite with 0 <= lo < hi, got {list(sigma_range)}")
             self.sigmas, self.range, self.levels = None, (lo, hi), int(levels)
 
     def describe_level(self, i: int) -> str:

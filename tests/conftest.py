@@ -14,6 +14,61 @@ def data_dir() -> Path:
     return Path(root)
 
 
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Path:
+    """A tiny ClassPruning run trained through the CLI: ``run/`` (config ``cfg.yaml``, ``last.pt``,
+    ``base.pt``) and ``clean/`` (camera.png, coins.png, 48 x 64 gray). Tests must not write into it."""
+    import yaml
+
+    from dynprune.cli import main
+    from dynprune.imageio import write_image
+    from dynprune.plugins.datasets import load_skimage
+
+    from .test_trainer import tiny_config
+
+    root = tmp_path_factory.mktemp("cli")
+    cfg = tiny_config(root / "run")
+    path = root / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    assert main(["train", str(path)]) == 0
+    images = root / "clean"
+    for name, img in zip(("camera", "coins"), load_skimage(["camera", "coins"])):
+        write_image(img[:, :48, :64], images / f"{name}.png")
+    return root
+
+
+@pytest.fixture
+def third_party(tmp_path, monkeypatch):
+    """Install a fake third-party distribution: ``third_party(entry_points={name: module}, modules={module:
+    source})`` writes the modules and a dist-info (``bad-plugins 1.0``) on sys.path; returns a fresh
+    :class:`PluginHost` with autoload on. Modules and the process-wide host are reset afterwards."""
+    import sys
+    import textwrap
+
+    from dynprune.registry import PluginHost, reset_host
+
+    written = []
+
+    def install(entry_points: dict[str, str], modules: dict[str, str]):
+        for mod, src in modules.items():
+            (tmp_path / f"{mod}.py").write_text(textwrap.dedent(src))
+            written.append(mod)
+        info = tmp_path / "bad_plugins-1.0.dist-info"
+        info.mkdir(exist_ok=True)
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: bad-plugins\nVersion: 1.0\n")
+        (info / "entry_points.txt").write_text("[dynprune]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items()))
+        monkeypatch.syspath_prepend(str(tmp_path))
+        monkeypatch.delenv("DYNPRUNE_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+        host = PluginHost()
+        reset_host(host)
+        return host
+
+    yield install
+    for mod in written:
+        sys.modules.pop(mod, None)
+    reset_host()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -11,22 +11,8 @@ from dynprune.cli import main
 from dynprune.imageio import read_image, write_image
 from dynprune.metrics import psnr
 from dynprune.registry import create_model
-from dynprune.plugins.datasets import load_skimage
 
 from .test_trainer import tiny_config
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    cfg = tiny_config(root / "run")
-    path = root / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    assert main(["train", str(path)]) == 0
-    images = root / "clean"
-    for name, img in zip(("camera", "coins"), load_skimage(["camera", "coins"])):
-        write_image(img[:, :48, :64], images / f"{name}.png")
-    return root
 
 
 def test_eval_report(trained, capsys):
@@ -202,7 +188,8 @@ def test_calibrate_budget_then_eval_routes_within_it(trained, capsys, tmp_path):
     capsys.readouterr()
     assert main(["eval", str(out), "--data", clean, "--sigma", "15", "--classify-tile", "-1", "--out", str(tmp_path / "e2")]) == 2
     assert "--classify-tile must be >= 0 pixels (0 = whole image), got -1" in capsys.readouterr().err
-    assert main(["calibrate", ckpt, "--budget", "0.01", "--data", clean, "--sigma", "15", "--out", str(out)]) == 2
+    assert main(["calibrate", ckpt, "--budget", "0.01", "--data", clean, "--sigma", "15", "--out", str(out),
+                 "--overwrite"]) == 2
     assert "budget 0.0100 is below the cheapest routing's cost" in capsys.readouterr().err
 
 

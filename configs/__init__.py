@@ -1,0 +1,1 @@
+"""Example run configurations (YAML), shipped with dynprune; see dynprune.config.shipped_configs."""

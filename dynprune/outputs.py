@@ -1,0 +1,103 @@
+"""Where dynprune writes: run folders and output paths that never overwrite a user's files unasked.
+
+- A run folder (``train``, ``search``) that holds another run's files needs ``resume`` (continue it) or
+  ``overwrite`` (its run files are deleted first; nothing else in the folder is touched).
+- An output folder or file is never an input of the same command, never a file where a folder is
+  wanted (or the reverse), and an existing output file is replaced only when asked.
+- Inputs whose outputs would share a name (``a.png`` and ``a.jpg`` both give ``a.png``) are refused.
+
+Every check runs before any long work starts; each raises ``ValueError`` naming the paths.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Iterable, Sequence
+
+__all__ = ["claim_run_dir", "check_output_dir", "check_output_file", "check_name_collisions"]
+
+
+def _same(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
+def claim_run_dir(out: str | Path, patterns: Sequence[str], resume: bool, overwrite: bool,
+                  what: str = "run") -> Path:
+    """Make ``out`` ready for a run whose files match the glob ``patterns`` (e.g. ``last.pt``).
+
+    Returns:
+        ``out`` (created).
+    Raises:
+        ValueError: ``out`` is a file; both ``resume`` and ``overwrite``; or it holds run files and
+        neither was given (the files are named).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{what} folder {str(out)!r} is a file")
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: continue the run, or replace it")
+    found = sorted(p for p in (out.iterdir() if out.is_dir() else ())
+                   if p.is_file() and any(fnmatch.fnmatchcase(p.name, pat) for pat in patterns))
+    if found and not resume:
+        if not overwrite:
+            raise ValueError(f"{what} folder {str(out)!r} already holds a {what} ({', '.join(p.name for p in found)}): "
+                             "pass --resume to continue it, --overwrite to replace it, or choose another out_dir")
+        for p in found:
+            p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def check_output_dir(out: str | Path, inputs: Iterable[str | Path | None], marker: str | None = None,
+                     overwrite: bool = False) -> Path:
+    """Check an output folder before work: not a file, not one of ``inputs``, and, when it exists and is
+    not empty, either holding ``marker`` (an earlier output of the same command, replaced) or ``overwrite``.
+
+    Raises:
+        ValueError: as above, naming the folder.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {str(out)!r} is a file, not a folder")
+    for src in inputs:
+        if src is not None and Path(src).exists() and _same(out, Path(src)):
+            raise ValueError(f"output folder {str(out)!r} is an input folder: its files would be overwritten; "
+                             "choose another output folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite and not (marker and (out / marker).exists()):
+        raise ValueError(f"output folder {str(out)!r} already holds files that are not dynprune's output"
+                         f"{f' (no {marker})' if marker else ''}: choose an empty folder or pass --overwrite")
+    return out
+
+
+def check_output_file(out: str | Path, inputs: Iterable[str | Path | None], overwrite: bool = False) -> Path:
+    """Check an output file before work: not a folder, not one of ``inputs``, replaced only with ``overwrite``.
+
+    Raises:
+        ValueError: as above, naming the file.
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"output {str(out)!r} is a folder; give a file name, e.g. {str(out / 'out.pt')!r}")
+    for src in inputs:
+        if src is not None and Path(src).exists() and out.exists() and _same(out, Path(src)):
+            raise ValueError(f"output {str(out)!r} is an input of this command; choose another file name")
+    if out.exists() and not overwrite:
+        raise ValueError(f"output {str(out)!r} exists: pass --overwrite to replace it, or choose another name")
+    return out
+
+
+def check_name_collisions(files: Sequence[Path], suffix: str = ".png") -> None:
+    """Refuse inputs whose outputs (``stem + suffix``) would overwrite each other.
+
+    Raises:
+        ValueError: the colliding input names, grouped.
+    """
+    by_stem: dict[str, list[str]] = {}
+    for f in files:
+        by_stem.setdefault(Path(f).stem, []).append(Path(f).name)
+    clashes = [names for names in by_stem.values() if len(names) > 1]
+    if clashes:
+        raise ValueError("input images would overwrite each other's output: "
+                         + "; ".join(f"{' and '.join(n)} -> {Path(n[0]).stem}{suffix}" for n in clashes)
+                         + ". Rename them or restore them from separate folders")
