@@ -2,7 +2,8 @@
 
 A redrawn bar written to a file or a pipe is kilobytes of carriage returns per minute; when standard
 error is not a terminal, :func:`progress` logs ``desc: step/total (pct) key=value ...`` through the
-``dynprune.progress`` logger every ``DYNPRUNE_LOG_EVERY`` steps (default 100) and at the last step.
+``dynprune.progress`` logger every ``DYNPRUNE_LOG_EVERY`` steps (default 100) and at the last step (printed
+to standard error when logging is not configured at all, e.g. in a notebook or a script).
 ``DYNPRUNE_PROGRESS=bar`` or ``=lines`` forces either form.
 """
 
@@ -46,7 +47,10 @@ class _Lines:
         rate = done / max(time.perf_counter() - self.t0, 1e-9)
         total = f"/{self.total} ({100 * self.n / self.total:.0f}%)" if self.total else ""
         extra = " ".join(f"{k}={v}" for k, v in self.postfix.items())
-        log.info("%s: %d%s %.2f it/s %s", self.desc, self.n, total, rate, extra)
+        if log.hasHandlers():
+            log.info("%s: %d%s %.2f it/s %s", self.desc, self.n, total, rate, extra)
+        else:  # logging not configured (a script, a notebook): still show progress
+            print(f"{self.desc}: {self.n}{total} {rate:.2f} it/s {extra}", file=sys.stderr, flush=True)
 
     def __iter__(self) -> Iterator:
         for item in self.iterable:

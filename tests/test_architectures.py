@@ -11,6 +11,8 @@ import dynprune as dp
 from dynprune.audit import count_macs
 from dynprune.layers import dynamic_layers, variable_norms
 
+from .conftest import requires_compile
+
 
 class LayerNorm2d(nn.Module):
     """NAFNet's channel-wise LayerNorm over (B, C, H, W)."""
@@ -175,6 +177,7 @@ def test_norms_and_raw_weights_reported(arch):
     assert not shared.norms and {r.name for r in shared.shared_norms} == expected
 
 
+@requires_compile
 def test_compile_fullgraph_and_export_every_branch(arch):
     name, model, x = arch
     net = dp.convert(model)

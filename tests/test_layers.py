@@ -13,6 +13,8 @@ import dynprune as dp
 from dynprune.layers import dynamic_layers
 from dynprune.nm import nm_mask
 
+from .conftest import requires_compile
+
 
 def _fresh_branch_out(model, x, branch):
     """The branch output of a freshly converted copy holding ``model``'s current weights."""
@@ -92,6 +94,7 @@ def _small():
                                     nn.Conv2d(16, 8, 3, padding=1))).eval()
 
 
+@requires_compile
 def test_compile_default_backend_recompiles_once_per_branch():
     from torch._dynamo.utils import counters
 
@@ -107,6 +110,7 @@ def test_compile_default_backend_recompiles_once_per_branch():
     assert counters["stats"]["unique_graphs"] == 3
 
 
+@requires_compile
 def test_unknown_branch_inside_compiled_region():
     net, x = _small(), torch.randn(1, 8, 6, 6)
     torch._dynamo.reset()

@@ -61,6 +61,7 @@ def test_classpruning_eval_routes_to_argmax_and_train_returns_all_branches():
 def test_classifier_size_and_timm_option():
     clf = DifficultyClassifier(1, 3)
     assert sum(p.numel() for p in clf.parameters()) == 288 + 9216 + 18432 + 55296 + 2 * (32 + 32 + 64 + 96) + 96 * 3 + 3
+    pytest.importorskip("torchvision", reason="timm needs torchvision, not installed here")
     t = create_classifier("timm:resnet10t", in_channels=1, num_classes=3)
     assert t(torch.randn(2, 1, 32, 32)).shape == (2, 3)
     with pytest.raises(ValueError, match="unknown timm model"):
