@@ -31,7 +31,7 @@ def main():
     cfg = load_config(args.config, sets=["convert.mask_grad=ste", "out_dir=/tmp/dynprune_srste_probe",
                                          "distill.weight=0"])
     lam = load_config(args.config).convert.srste_decay
-    tr = Trainer(cfg)
+    tr = Trainer(cfg, overwrite=True)  # a scratch folder of this probe
     sc = cfg.stages.restoration
     spe, _ = tr._steps(sc)
     net = tr.model.restorer.train()

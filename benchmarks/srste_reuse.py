@@ -81,7 +81,7 @@ def main():
     sets = ["out_dir=/tmp/dynprune_srste_reuse"] + ([f"stages.restoration.batch_size={args.batch}"] if args.batch else [])
     cfg = load_config(args.config, sets=sets)
     torch.manual_seed(cfg.seed)
-    tr = Trainer(cfg)
+    tr = Trainer(cfg, overwrite=True)  # a scratch folder of this probe
     sc = cfg.stages.restoration
     spe, _ = tr._steps(sc)
     start = copy.deepcopy(tr.model.state_dict())

@@ -22,13 +22,13 @@ for task in "${@:-rescan_derain srn_deblur gcanet_dehaze}"; do
   init_var=INIT_${net}
   init=${!init_var:-}
   read -r deg clean <<<"${PAIRS[$task]}"
-  /usr/bin/time -f "$task base: %e s" dynprune train "$cfg" --out-dir "runs/${net}_base" $ONLY_BASE \
+  /usr/bin/time -f "$task base: %e s" dynprune train "$cfg" --resume --out-dir "runs/${net}_base" $ONLY_BASE \
     ${init:+--set init_from=$init}
-  /usr/bin/time -f "$task dense: %e s" dynprune train "$cfg" --out-dir "runs/${net}_dense" $ONLY_BASE \
+  /usr/bin/time -f "$task dense: %e s" dynprune train "$cfg" --resume --out-dir "runs/${net}_dense" $ONLY_BASE \
     --set init_from="runs/${net}_base/last.pt" --set stages.base.steps_per_epoch="$CONT" \
     --set stages.base.lr_start=2.0e-4 --set stages.base.lr_end=1.0e-6 &
   dense_pid=$!
-  /usr/bin/time -f "$task ClassPruning: %e s" dynprune train "$cfg" --out-dir "runs/${net}_cp" \
+  /usr/bin/time -f "$task ClassPruning: %e s" dynprune train "$cfg" --resume --out-dir "runs/${net}_cp" \
     --set init_from="runs/${net}_base/last.pt" --set stages.base.epochs=0 &
   cp_pid=$!
   wait "$dense_pid"; wait "$cp_pid"   # set -e stops the script if either run failed
