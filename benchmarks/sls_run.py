@@ -25,14 +25,13 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 import dynprune as dp
 from dynprune.checkpoint import load_file
 from dynprune.config import load_config
-from dynprune.metrics import psnr
 from dynprune.plan import RatioPlan
 from dynprune.sls import layer_macs, run_search, searchable_layers
+
+from scores import denoise_scores, sr_scores
 
 
 def _out(cfg) -> Path:
@@ -107,37 +106,11 @@ def part_finetune(cfg, only: list[str], from_search: bool = False) -> None:
         print(f"fine-tuned {plan.name} in {time.time() - t0:.0f} s -> {run.out_dir}/last.pt")
 
 
-def _sr_scores(fn, data: Path, scale: int) -> dict[str, float]:
-    from dynprune.plugins.sr import load_sr_pairs
-
-    out = {}
-    for name in ("Set5", "Set14"):
-        pairs = load_sr_pairs(data / "sr" / name, scale)
-        with torch.no_grad():
-            vals = [psnr(fn(lr.unsqueeze(0))[0].clamp(0, 1), hr, crop_border=scale, y_channel=True, quantize=True)
-                    for _, lr, hr in pairs]
-        out[name] = sum(vals) / len(vals)
-    return out
-
-
-def _denoise_scores(fn, data: Path, sigma: float) -> dict[str, float]:
-    from dynprune.imageio import read_folder
-
-    _, images = read_folder(data / "denoise/BSD68", channels=1)
-    g = torch.Generator().manual_seed(0)
-    vals = []
-    with torch.no_grad():
-        for im in images:
-            y = im + sigma / 255.0 * torch.randn(im.shape, generator=g)
-            vals.append(psnr(fn(y.unsqueeze(0))[0].clamp(0, 1), im))
-    return {f"BSD68 sigma {sigma:g}": sum(vals) / len(vals)}
-
-
 def part_eval(cfg, data: Path) -> dict:
     if cfg.degradation.name == "bicubic":
-        score = lambda fn: _sr_scores(fn, data, cfg.degradation.kwargs.get("scale", 4))  # noqa: E731
+        score = lambda fn: sr_scores(fn, data, cfg.degradation.kwargs.get("scale", 4))  # noqa: E731
     else:
-        score = lambda fn: _denoise_scores(fn, data, cfg.degradation.kwargs["sigmas"][0])  # noqa: E731
+        score = lambda fn: denoise_scores(fn, data, cfg.degradation.kwargs["sigmas"][0])  # noqa: E731
     dense = _pretrained(cfg)
     rows = {"dense (pretrained)": {"macs": 1.0, **score(dense)}}
     for plan in _all_plans(cfg):

@@ -167,6 +167,21 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_png(args) -> int:
+    from .config import load_config
+    from .png import run_png
+
+    overrides = {"out_dir": args.out_dir} if args.out_dir else None
+    cfg = load_config(args.config, overrides, args.set)
+    t0 = time.time()
+    model = run_png(cfg, resume=args.resume, overwrite=args.overwrite)
+    out = Path(cfg.out_dir)
+    print(f"PnG: {len(model.tasks)} tasks ({', '.join(model.task_names)}) in {time.time() - t0:.0f} s; "
+          f"model {out / 'png.pt'}" + (f", routed model {out / 'classifier' / 'last.pt'}"
+                                       if cfg.stages.classifier.epochs > 0 else ""))
+    return 0
+
+
 def cmd_eval(args) -> int:
     from .config import check_device
     from .evaluate import evaluate, print_summary, write_report
@@ -381,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
              "stages.base.epochs=2")
     _add_run(sub, "search", cmd_search, "SLS: search N:M ratio plans per layer for the config's search.budgets",
              "search.pt", "search.steps=500")
+    _add_run(sub, "png", cmd_png, "PnG: train the config's png.tasks in order by prune-and-grow, one branch each",
+             "last.pt", "png.grow.epochs=2")
     e = sub.add_parser("eval", help="PSNR/SSIM/MACs of dense, each branch and routed, on synthetic and real degradations")
     e.add_argument("checkpoint")
     e.add_argument("--data", help="folder of clean images, degraded with the run's degradation at each level")

@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .nm import NMRatio, parse_ratios
 from .plan import RatioPlan, is_plan_like
 
-__all__ = ["TrainConfig", "load_config", "check_device", "shipped_configs", "resolve_paths", "Component", "StageConfig", "JointStageConfig", "DistillConfig", "SearchConfig"]
+__all__ = ["TrainConfig", "load_config", "check_device", "shipped_configs", "resolve_paths", "Component", "StageConfig", "JointStageConfig", "DistillConfig", "SearchConfig",
+           "PnGTask", "PnGConfig"]
 
 
 class _Strict(BaseModel):
@@ -139,6 +140,60 @@ class DistillConfig(_Strict):
     teachers: list[ModelConfig] = Field(default_factory=list)
 
 
+class PnGTask(_Strict):
+    """One PnG task: what it restores and how much of every layer it owns.
+
+    ``share``: weights per group of ``png.m`` this task takes from those earlier tasks left free (its
+    branch keeps the earlier tasks' weights plus its own: N_t = share_1 + ... + share_t). ``dataset``,
+    ``degradation``, ``loss``: this task's, default the run's. ``forward``: keyword arguments of the
+    model's forward for this task (``{scale: 2}`` for a multi-scale SR net). ``head``: the module this task
+    alone uses and owns (kept dense, out of the N:M masks), e.g. ``upsample.up2``. ``grow``, ``finetune``:
+    this task's phase schedules, default ``png.grow`` / ``png.finetune`` (e.g. ``grow: {epochs: 0}`` for a
+    first task the pretrained weights already solve).
+    """
+
+    name: str
+    share: int = Field(1, ge=1)
+    dataset: Component | None = None
+    degradation: Component | None = None
+    loss: Component | None = None
+    forward: dict[str, Any] = Field(default_factory=dict)
+    head: str | None = None
+    grow: StageConfig | None = None
+    finetune: StageConfig | None = None
+
+
+class PnGConfig(_Strict):
+    """``dynprune png``: micro-structured prune-and-grow over a sequence of tasks (:mod:`dynprune.png`).
+
+    Per task, in ``tasks`` order: ``grow`` trains the weights no earlier task owns (with the owned ones
+    frozen) on the task, then ``criterion`` picks the task's ``share`` of them per group of ``m``
+    (``magnitude``: the largest |w| after growing; ``random``: a seeded control), then ``finetune``
+    trains only those on the task's branch.
+    """
+
+    tasks: list[PnGTask] = Field(default_factory=list)
+    m: int = Field(4, ge=2, le=256)
+    criterion: Literal["magnitude", "random"] = "magnitude"
+    grow: StageConfig = StageConfig(epochs=1, steps_per_epoch=500, batch_size=16, lr_start=1e-4, lr_end=1e-5)
+    finetune: StageConfig = StageConfig(epochs=1, steps_per_epoch=500, batch_size=16, lr_start=5e-5, lr_end=1e-6)
+
+    @model_validator(mode="after")
+    def _fits(self) -> "PnGConfig":
+        names = [t.name for t in self.tasks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"png.tasks: task names must be unique, {dup} repeated")
+        total = sum(t.share for t in self.tasks)
+        if total > self.m:
+            raise ValueError(f"png.tasks shares {[t.share for t in self.tasks]} add up to {total}, more than the "
+                             f"m={self.m} weights each group of a layer holds: lower the shares or raise png.m")
+        heads = [t.head for t in self.tasks if t.head]
+        if len(set(heads)) != len(heads):
+            raise ValueError(f"png.tasks: each head belongs to one task, got {heads}")
+        return self
+
+
 class TrainConfig(_Strict):
     """Everything a ClassPruning run needs; see ``configs/*.yaml`` for real examples."""
 
@@ -162,6 +217,7 @@ class TrainConfig(_Strict):
     lw_floor_to: Literal["all", "denser"] = "all"
     distill: DistillConfig = DistillConfig()
     search: SearchConfig = SearchConfig()
+    png: PnGConfig = PnGConfig()
 
     @field_validator("device")
     @classmethod
@@ -262,10 +318,12 @@ def resolve_paths(data: dict, folder: Path) -> dict:
             elif _is_path_key(str(k)):
                 kw[k] = fix(v)
 
-    for section in ("model", "dataset", "degradation", "labeler", "loss", "classifier"):
-        node = data.get(section)
+    png = data.get("png")
+    tasks = [t for t in (png.get("tasks") or []) if isinstance(t, dict)] if isinstance(png, dict) else []
+    for node in [data.get(s) for s in ("model", "dataset", "degradation", "labeler", "loss", "classifier")] + \
+            [t.get(s) for t in tasks for s in ("dataset", "degradation", "loss")]:
         if isinstance(node, dict):
-            if section == "model" and "weights" in node:
+            if "weights" in node:
                 node["weights"] = fix(node["weights"])
             walk_kwargs(node.get("kwargs"))
     if "init_from" in data:

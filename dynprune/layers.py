@@ -20,7 +20,8 @@ from .nm import (MaskGrad, NMRatio, apply_mask, covered, mask_from_order, nm_ord
                  unpack_order)
 
 __all__ = ["DynamicNMMixin", "VariableNormMixin", "make_dynamic", "make_variable_norm", "dynamic_layers",
-           "variable_norms", "is_dynamic", "restore_base", "sync_variable_norms"]
+           "variable_norms", "is_dynamic", "restore_base", "sync_variable_norms", "pin_order", "pinned_order",
+           "pin_from_state"]
 
 _CLASSES: dict[tuple[type, type], type] = {}
 
@@ -76,7 +77,9 @@ class DynamicNMMixin(_Picklable):
     against the current weight on every read (:func:`~dynprune.nm.order_keeps_top`), so no change to
     the weight, however made (optimizer, ``load_state_dict``, ``weight.data.copy_()``), can leave a
     branch computing with a stale mask. Under ``torch.compile``/``torch.export`` and ``torch.func``
-    the mask is computed in the traced graph instead. With gradients the masked weight trains by
+    the mask is computed in the traced graph instead. A *pinned* ordering (:func:`pin_order`, PnG) replaces
+    the magnitude ordering: the masks are then ``rank < N`` of the ``nm_rank`` buffer whatever the weights
+    become. With gradients the masked weight trains by
     straight-through (:func:`~dynprune.nm.apply_mask`) and the branch is recorded for SR-STE's decay,
     which enters once per optimizer update (:mod:`dynprune.srste`).
     """
@@ -136,6 +139,10 @@ class DynamicNMMixin(_Picklable):
     def _masked(self, w: torch.Tensor, n: int, m: int, want_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(``w * mask`` with no autograd history or, traced, in the graph; the bool mask if ``want_mask``)."""
         axis, span, k = self.nm_axis, self.nm_span, w.shape[self.nm_axis]
+        pinned = self._buffers.get("nm_rank")
+        if pinned is not None:
+            mask = mask_from_order(pinned, n, w.shape, axis)
+            return w.detach() * mask, mask
         traced = torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(w)
         if traced or m > 255 or not mask_cpu.usable(w):
             part = w if span == k else w.narrow(axis, 0, span)
@@ -254,6 +261,7 @@ def restore_base(module: nn.Module, branch: int) -> nn.Module:
             masked = module.dense_weight * module.branch_mask(branch)
         module.__class__ = module._dynprune_base
         module.weight.data = masked
+        module._buffers.pop("nm_rank", None)
         for attr in ("nm_ratios", "nm_labels", "nm_axis", "nm_span", "nm_mask_grad", "nm_decay",
                      *DynamicNMMixin._dynprune_transient):
             module.__dict__.pop(attr, None)
@@ -266,6 +274,68 @@ def restore_base(module: nn.Module, branch: int) -> nn.Module:
         if i < len(aux):
             module.load_state_dict(aux[i].state_dict())
     return module
+
+
+def pinned_order(layer: nn.Module) -> torch.Tensor | None:
+    """The pinned ordering of a dynamic layer (see :func:`pin_order`), or None when it ranks by magnitude."""
+    return layer._buffers.get("nm_rank") if isinstance(layer, DynamicNMMixin) else None
+
+
+def pin_order(layer: nn.Module, rank: torch.Tensor | None = None) -> torch.Tensor:
+    """Pin the nested ordering of a dynamic layer: from now on branch N:M keeps exactly the weights whose
+    rank is < N, whatever values the weights take (PnG's fixed per-task ownership), instead of the top-N
+    magnitudes. The ordering is the ``nm_rank`` buffer, so it is saved in and loaded from the state_dict,
+    moves with ``.to()``, and is read by every path (eager, compiled, ``branch_mask``, ``export_branch``,
+    deployment).
+
+    Args:
+        layer: a dynamic N:M layer (:func:`make_dynamic`).
+        rank: the rank of every covered weight inside its group, shaped (pre, G, M, post) as
+            :func:`~dynprune.nm.nm_order` returns (uint8, int16 for M > 256), each group a permutation of
+            0..M-1; None pins the current magnitude ordering.
+    Returns:
+        the pinned rank (the layer's buffer).
+    Raises:
+        TypeError: ``layer`` is not dynamic. ValueError: ``rank`` of the wrong shape, or a group that is not a
+            permutation of 0..M-1 (the first such group's position named).
+    """
+    if not isinstance(layer, DynamicNMMixin):
+        raise TypeError(f"pin_order needs a dynamic N:M layer (dynprune.convert), got {type(layer).__name__}")
+    w = layer._parameters["weight"]
+    m = max((r.m for r in layer.nm_ratios if not r.is_dense), default=0)
+    if m == 0:
+        raise ValueError(f"layer {type(layer).__name__} has only dense branches {layer.nm_ratios}: nothing to pin")
+    part = w.detach().narrow(layer.nm_axis, 0, layer.nm_span).contiguous()
+    expected = nm_order(part, layer.nm_axis, m)
+    if rank is None:
+        rank = expected
+    if tuple(rank.shape) != tuple(expected.shape):
+        raise ValueError(f"rank shape {tuple(rank.shape)} does not fit this layer's groups: expected "
+                         f"{tuple(expected.shape)} (pre, groups, M={m}, post)")
+    rank = rank.to(device=w.device, dtype=expected.dtype)
+    ok = rank.long().sort(dim=2).values == torch.arange(m, device=w.device).view(1, 1, m, 1)
+    if not bool(ok.all()):
+        bad = (~ok.all(dim=2)).nonzero()[0].tolist()
+        raise ValueError(f"rank group at (pre, group, post) = {tuple(bad)} is not a permutation of 0..{m - 1}")
+    if "nm_rank" in layer._buffers:
+        layer._buffers["nm_rank"].copy_(rank)
+    else:
+        layer.register_buffer("nm_rank", rank.clone())
+    layer._nm_order_cache = None
+    return layer._buffers["nm_rank"]
+
+
+def pin_from_state(model: nn.Module, state_dict: dict) -> int:
+    """Pin (with placeholder ranks) every dynamic layer of ``model`` whose ``<name>.nm_rank`` is in
+    ``state_dict``, so that ``load_state_dict(state_dict)`` then restores the pinned orderings of a PnG
+    model. Returns the number of layers pinned."""
+    count = 0
+    for name, layer in dynamic_layers(model):
+        key = f"{name}.nm_rank" if name else "nm_rank"
+        if key in state_dict and pinned_order(layer) is None:
+            pin_order(layer)
+            count += 1
+    return count
 
 
 def sync_variable_norms(model: nn.Module) -> int:

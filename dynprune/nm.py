@@ -16,7 +16,7 @@ from typing import Literal, Union
 import torch
 
 __all__ = ["NMRatio", "RatioLike", "parse_ratios", "nm_order", "mask_from_order", "nm_mask",
-           "apply_mask", "MaskGrad", "covered", "order_keeps_top", "pack_order",
+           "apply_mask", "MaskGrad", "covered", "grouped", "grouped_to_weight", "order_keeps_top", "pack_order",
            "unpack_order"]
 
 MaskGrad = Literal["sr-ste", "ste", "masked"]
@@ -116,7 +116,7 @@ def covered(length: int, m: int) -> int:
     return length // m * m
 
 
-def _grouped(weight: torch.Tensor, axis: int, m: int) -> torch.Tensor:
+def grouped(weight: torch.Tensor, axis: int, m: int) -> torch.Tensor:
     """``weight`` as (pre, K/m, m, post): groups of m consecutive entries along the reduction ``axis`` (of
     length K) in dim 2. A view of a contiguous weight: no copy."""
     shape = weight.shape
@@ -133,9 +133,9 @@ def nm_order(weight: torch.Tensor, axis: int, m: int) -> torch.Tensor:
     Args:
         weight: any float tensor whose ``axis`` length is divisible by ``m``.
     Returns:
-        uint8 tensor (int16 for m > 256) shaped (pre, K/m, m, post), see :func:`_grouped`.
+        uint8 tensor (int16 for m > 256) shaped (pre, K/m, m, post), see :func:`grouped`.
     """
-    a = _grouped(weight.detach(), axis, m).abs()
+    a = grouped(weight.detach(), axis, m).abs()
     dtype = torch.uint8 if m <= 256 else torch.int16
     if m <= 8:
         cols = a.unbind(2)
@@ -159,11 +159,17 @@ def mask_from_order(rank: torch.Tensor, n: int, weight_shape: torch.Size, axis: 
     ``rank`` may cover only the first ``G * m`` entries of the reduction axis (a partly converted
     layer, see :func:`covered`); the rest of the axis is kept whole.
     """
-    pre, g, m, post = rank.shape
-    keep = (rank < n).reshape(pre, g * m, post)
+    return grouped_to_weight(rank < n, weight_shape, axis)
+
+
+def grouped_to_weight(sel: torch.Tensor, weight_shape: torch.Size, axis: int, rest: bool = True) -> torch.Tensor:
+    """A per-group boolean ``sel`` (pre, G, m, post) laid out like the weight; the part of the reduction axis
+    beyond ``G * m`` (a partly converted layer, see :func:`covered`) is ``rest``."""
+    pre, g, m, post = sel.shape
+    keep = sel.reshape(pre, g * m, post)
     k = weight_shape[axis]
     if g * m < k:
-        keep = torch.cat([keep, keep.new_ones(pre, k - g * m, post)], dim=1)
+        keep = torch.cat([keep, keep.new_full((pre, k - g * m, post), rest)], dim=1)
     return keep.reshape(weight_shape)
 
 
@@ -177,7 +183,7 @@ def order_keeps_top(weight: torch.Tensor, rank: torch.Tensor, n: int, axis: int)
     Args:
         weight: the covered part of the weight (axis length ``G * m``). rank: its :func:`nm_order`.
     """
-    a = _grouped(weight.detach(), axis, rank.shape[2]).abs()
+    a = grouped(weight.detach(), axis, rank.shape[2]).abs()
     keep = rank < n
     kept = torch.where(keep, a, torch.inf).unbind(2)
     dropped = torch.where(keep, -1.0, a).unbind(2)

@@ -28,7 +28,7 @@ from .classpruning import ClassPruning
 from .config import StageConfig, TrainConfig, check_device
 from .branch import each_branch, per_group
 from .convert import convert, export_branch
-from .layers import sync_variable_norms
+from .layers import pin_from_state, sync_variable_norms
 from .outputs import claim_run_dir
 from .progress import progress
 from .registry import create, get_host
@@ -79,6 +79,8 @@ def load_trained(path: str | Path, ckpt: dict | None = None) -> tuple[ClassPruni
     if isinstance(ckpt["model"], dict):
         check_finite(ckpt["model"], f"checkpoint {str(path)!r}")
     model = build_model(cfg, arch=ckpt.get("arch", {}), in_channels=channels)
+    if isinstance(ckpt["model"], dict):
+        pin_from_state(model, ckpt["model"])  # a PnG restorer's fixed orderings
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:  # name the keys (older checkpoints without routing buffers load above)
@@ -196,8 +198,10 @@ class Trainer:
         self.stage, self.step, self.opt_state = 0, 0, None
         if cfg.init_from:
             state = load_file(cfg.init_from)
+            state = state["model"] if "model" in state else state
+            pin_from_state(self.model, state)
             try:
-                self.model.load_state_dict(state["model"] if "model" in state else state)
+                self.model.load_state_dict(state)
             except (RuntimeError, KeyError) as err:
                 raise ValueError(f"init_from {cfg.init_from!r} does not fit this model: {str(err).splitlines()[0]}") from err
         self.teachers = self._build_teachers()
@@ -295,6 +299,7 @@ class Trainer:
             raise ValueError(f"cannot resume from {str(path)!r}: it belongs to another run; its config differs from "
                              f"this one in " + "; ".join(diff) + ". Use another out_dir, or the same config")
         try:
+            pin_from_state(self.model, ckpt["model"])
             self.model.load_state_dict(ckpt["model"])
         except (RuntimeError, KeyError) as err:
             raise ValueError(f"cannot resume from {str(path)!r}: {str(err).splitlines()[0]}") from err

@@ -1,7 +1,7 @@
 /* dynprune: N:M masks of a dense weight from a cached, packed magnitude ordering (plain C, no torch).
  *
  * A weight is viewed as (pre, G, m, post): groups of m consecutive entries along its reduction axis in
- * dim 2 (dynprune.nm._grouped); the m entries of one group are `post` floats apart. The ordering stores
+ * dim 2 (dynprune.nm.grouped); the m entries of one group are `post` floats apart. The ordering stores
  * each entry's rank inside its group (0 = largest magnitude, ties to the lower index) in `bits` bits
  * (1, 2, 4 or 8), entry j of the flat (pre, G, m, post) order at byte j >> lp, shift (j & (per - 1)) *
  * bits, per = 8 / bits = 1 << lp (dynprune.nm.pack_order). Threads are plain pthreads per call (an

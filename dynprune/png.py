@@ -1,0 +1,465 @@
+"""PnG: one model instance for several restoration tasks by micro-structured prune-and-grow (Jiang, Wang, Liu,
+Li, "PNG: Micro-Structured Prune-and-Grow Networks for Flexible Image Restoration", CVPRW 2021).
+
+The tasks (SR scales, noise levels, ...) come in a fixed order. Task t owns ``share_t`` weights of every group
+of M along each converted layer's reduction axis; its branch runs the weights of tasks 1..t, N_t = share_1 +
+... + share_t of every M, so the branches are dynprune's nested N:M branches and ``use_branch(t)`` is task t.
+Per task:
+
+1. **grow**: every weight no earlier task owns is trained on task t (on a dense branch), the owned ones are
+   frozen: their gradient is zeroed and, after every optimizer step, they are written back bit for bit;
+2. **prune**: ``criterion`` ranks the grown weights per group (magnitude: the largest |w|); the first
+   ``share_t`` become task t's, pinned in the layer's ordering (:func:`dynprune.layers.pin_order`), so no
+   later change of any weight can move a mask;
+3. **fine-tune**: only task t's weights train, on branch t.
+
+The paper publishes no code; the decisions it leaves open are made as follows (docs/concepts.md, "PnG"):
+
+- Weights not owned after task t keep their grown values and start task t+1's growth from there.
+- Variable norms are per task (each branch has its own); task t grows with the dense branch's norm and
+  starts its fine-tune from it. Heads (``PnGTask.head``) are dense, owned by their task, frozen after it.
+- Everything else (biases, layers N:M cannot convert, shared norms and their running statistics, the part of
+  a reduction axis beyond the last whole group) is shared: trained with task 1, frozen afterwards.
+- If the shares add up to less than M, a training-only dense branch serves the growth and is removed at the
+  end (the weights no task owns are zeroed): the model has one branch per task.
+- The result is a ClassPruning checkpoint (``out_dir/png.pt``) whose branches are the tasks; when the tasks
+  are the levels of one degradation, ``stages.classifier`` trains the classifier on it (the restorer stays
+  frozen, so no branch drifts), written to ``out_dir/classifier/last.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
+
+from .branch import use_branch
+from .checkpoint import check_finite, load_file, save_atomic
+from .config import PnGTask, StageConfig, TrainConfig, check_device
+from .layers import dynamic_layers, pin_from_state, pin_order, variable_norms
+from .nm import grouped, grouped_to_weight
+from .outputs import claim_run_dir
+from .progress import progress
+from .registry import create, get_host
+from .schedule import cosine_lr
+from .trainer import build_model, config_differences, load_trained, sample_batch
+
+__all__ = ["PnG", "PnGModel", "task_ratios", "classpruning_config", "load", "run_png", "RUN_FILES"]
+
+log = logging.getLogger(__name__)
+RUN_FILES = ("last.pt", "png.pt", "log.jsonl")
+PHASES = ("grow", "finetune")
+
+
+def task_ratios(cfg: TrainConfig) -> list[str]:
+    """The branch ratios of a PnG model, one per task in order: ``"N_t:M"`` with N_t = share_1 + ... + share_t."""
+    out, n = [], 0
+    for task in cfg.png.tasks:
+        n += task.share
+        out.append(f"{n}:{cfg.png.m}")
+    return out
+
+
+def _head_patterns(cfg: TrainConfig) -> list[str]:
+    return [p for t in cfg.png.tasks if t.head for p in (t.head, f"{t.head}.*")]
+
+
+def classpruning_config(cfg: TrainConfig, ratios: Sequence[str] | None = None) -> TrainConfig:
+    """The ClassPruning config of a PnG run's model: branches ``ratios`` (default: one per task,
+    :func:`task_ratios`), task heads kept out of N:M, plain masking (pinned orderings: no SR-STE decay), and
+    every restorer stage off, so only the classifier can train on it."""
+    data = cfg.model_dump(mode="json")
+    data["convert"].update(ratios=list(ratios or task_ratios(cfg)), mask_grad="masked", srste_decay=0.0,
+                           exclude=list(cfg.convert.exclude) + _head_patterns(cfg))
+    for stage in ("base", "restoration", "joint"):
+        data["stages"][stage]["epochs"] = 0
+    data["init_from"] = None
+    return TrainConfig.model_validate(data)
+
+
+def _name(prefix: str, leaf: str) -> str:
+    return f"{prefix}.{leaf}" if prefix else leaf
+
+
+def _norm_module(norm: nn.Module, branch: int) -> nn.Module:
+    return norm if branch == len(norm.nm_ratios) - 1 else norm.aux_norms[branch]
+
+
+def _norm_state(norm: nn.Module, branch: int) -> dict[str, torch.Tensor]:
+    """One branch's parameters and statistics of a variable norm (without the other branches' copies)."""
+    return {k: v.clone() for k, v in _norm_module(norm, branch).state_dict().items() if not k.startswith("aux_norms.")}
+
+
+class PnGModel(nn.Module):
+    """A PnG restorer with its tasks: ``model(x, task)`` runs task ``task``'s branch with its forward arguments.
+
+    Args:
+        restorer: the converted network (branch t = task t; a training checkpoint's may have one more,
+            dense, growth branch). tasks: the run's tasks, in order. trained: how many of them are trained.
+    Input/output as the restorer's: (B, C, h, w) in [0, 1] -> the task's output (e.g. (B, C, s*h, s*w)).
+    """
+
+    def __init__(self, restorer: nn.Module, tasks: Sequence[PnGTask], trained: int):
+        super().__init__()
+        self.restorer, self.tasks, self.trained = restorer, list(tasks), int(trained)
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def task_index(self, task: int | str) -> int:
+        """Index of a trained task given by index (negative counts from the last trained) or name.
+
+        Raises:
+            IndexError: an index beyond the trained tasks (the trained ones named).
+            ValueError: a name that is not a task; a task not trained yet.
+        """
+        names = self.task_names
+        if isinstance(task, str):
+            if task not in names:
+                raise ValueError(f"task {task!r} is not one of this model's tasks {names}")
+            i = names.index(task)
+        elif isinstance(task, int) and not isinstance(task, bool):
+            if not -self.trained <= task < self.trained:
+                rest = f"; {names[self.trained:]} not trained yet" if self.trained < len(names) else ""
+                raise IndexError(f"task index {task} is beyond the {self.trained} trained task(s) "
+                                 f"{names[:self.trained]}{rest}")
+            return task % self.trained
+        else:
+            raise TypeError(f"task must be an index or a task name, got {task!r}")
+        if i >= self.trained:
+            raise ValueError(f"task {task!r} is not trained yet: this model has trained {names[:self.trained]}")
+        return i
+
+    def forward(self, x: torch.Tensor, task: int | str = -1) -> torch.Tensor:
+        i = self.task_index(task)
+        with use_branch(i):
+            return self.restorer(x, **self.tasks[i].forward)
+
+
+class PnG:
+    """Runs the PnG task sequence of ``cfg.png`` (see the module doc), resumable from ``out_dir/last.pt``
+    (written atomically every ``checkpoint_every`` steps and after every phase).
+
+    Args:
+        resume: continue ``out_dir/last.pt``; its config must equal ``cfg`` up to run-only fields, and its
+            task order must be the same. overwrite: replace another run's files (:data:`RUN_FILES`).
+    Raises:
+        ValueError: no tasks; a task whose data does not fit the model or its head (the task, shapes and
+            forward arguments named); ``out_dir`` holding another run without resume/overwrite; a resumed
+            checkpoint with another task order or config (the differences named).
+        FloatingPointError (from :meth:`fit`): a non-finite loss (task, phase and step named; the last
+            checkpoint is kept).
+    """
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, overwrite: bool = False):
+        if not cfg.png.tasks:
+            raise ValueError("png.tasks is empty: give the task sequence, e.g. tasks: [{name: sigma15, share: 1, "
+                             "degradation: {name: gaussian_noise, kwargs: {sigmas: [15]}}}, ...]")
+        self.cfg, self.tasks = cfg, list(cfg.png.tasks)
+        check_device(cfg.device)
+        self.out = claim_run_dir(cfg.out_dir, RUN_FILES, resume, overwrite)
+        self.resume = resume
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        get_host()
+        self.data = [self._task_data(t) for t in self.tasks]
+        self.n = [int(r.split(":")[0]) for r in task_ratios(cfg)]
+        ratios = task_ratios(cfg) + ([] if self.n[-1] == cfg.png.m else [f"{cfg.png.m}:{cfg.png.m}"])
+        channels = self.data[0][0][0].shape[0]
+        model = build_model(classpruning_config(cfg, ratios), in_channels=channels)
+        self.restorer, self.arch = model.restorer.to(cfg.device), model.restorer.arch
+        self.grow_branch = len(ratios) - 1
+        for _, layer in dynamic_layers(self.restorer):
+            pin_order(layer)
+        self.heads = {t.head: i for i, t in enumerate(self.tasks) if t.head}
+        for head in self.heads:
+            try:
+                self.restorer.get_submodule(head)
+            except AttributeError:
+                raise ValueError(f"png task head {head!r} is not a module of {cfg.model.name}") from None
+        self.task, self.phase, self.step, self.opt_state = 0, 0, 0, None
+        if resume and (self.out / "last.pt").is_file():
+            self._load(self.out / "last.pt")
+        self._check_tasks()
+
+    # ---- data -------------------------------------------------------------------------------
+    def _task_data(self, task: PnGTask):
+        cfg = self.cfg
+        parts = [(kind, getattr(task, field) or getattr(cfg, field)) for kind, field in
+                 (("datasets", "dataset"), ("degradations", "degradation"), ("losses", "loss"))]
+        return tuple(create(kind, c.name, **c.kwargs) for kind, c in parts)
+
+    @torch.no_grad()
+    def _check_tasks(self) -> None:
+        """Each task's data through the model once: its output must have its clean target's shape."""
+        self.restorer.eval()
+        for i, (task, (dataset, degrade, _)) in enumerate(zip(self.tasks, self.data)):
+            clean = dataset[0].unsqueeze(0)
+            degraded, _ = degrade(clean, generator=torch.Generator().manual_seed(0))
+            where = f"png task {task.name!r} (forward {task.forward or '{}'}" + (f", head {task.head!r})" if task.head
+                                                                                 else ")")
+            try:
+                with use_branch(self.grow_branch):
+                    out = self.restorer(degraded.to(self.cfg.device), **task.forward)
+            except (RuntimeError, TypeError, ValueError) as err:
+                raise ValueError(f"{where}: the model cannot take this task's data ({tuple(degraded.shape)} from "
+                                 f"{(task.degradation or self.cfg.degradation).name!r}): "
+                                 f"{str(err).splitlines()[0]}") from err
+            if tuple(out.shape) != tuple(clean.shape):
+                raise ValueError(f"{where}: the model maps the degraded input {tuple(degraded.shape)} to "
+                                 f"{tuple(out.shape)}, but the clean target is {tuple(clean.shape)}: the task's "
+                                 f"degradation (channels, scale) does not fit its head")
+
+    def _batch(self, t: int, phase: int, step: int, sc: StageConfig):
+        dataset, degrade, _ = self.data[t]
+        spe = sc.steps_per_epoch or max(1, len(dataset) // sc.batch_size)
+        clean, degraded, _ = sample_batch(dataset, degrade, self.cfg.seed, 10 + 2 * t + phase, step, sc.batch_size, spe)
+        return clean.to(self.cfg.device), degraded.to(self.cfg.device)
+
+    def _total(self, t: int, sc: StageConfig) -> int:
+        spe = sc.steps_per_epoch or max(1, len(self.data[t][0]) // sc.batch_size)
+        return spe * sc.epochs
+
+    # ---- what trains ------------------------------------------------------------------------
+    def _trainable(self, t: int, phase: int) -> tuple[int, dict[str, bool | torch.Tensor]]:
+        """(branch, {parameter name: True, False or a bool mask of its trainable entries}) of a phase."""
+        branch = self.grow_branch if PHASES[phase] == "grow" else t
+        lo, hi = (self.n[t - 1] if t else 0), (self.cfg.png.m if PHASES[phase] == "grow" else self.n[t])
+        rule: dict[str, bool | torch.Tensor] = {}
+        for name, _ in self.restorer.named_parameters():
+            rule[name] = t == 0  # shared: task 1's
+        for name, layer in dynamic_layers(self.restorer):
+            rank = layer.nm_rank
+            sel = (rank >= lo) & (rank < hi)
+            rule[_name(name, "weight")] = grouped_to_weight(sel, layer.dense_weight.shape, layer.nm_axis, rest=t == 0)
+        for name, norm in variable_norms(self.restorer):
+            for pname, _ in norm.named_parameters():
+                b = int(pname.split(".")[1]) if pname.startswith("aux_norms.") else len(norm.nm_ratios) - 1
+                rule[_name(name, pname)] = b == branch
+        for head, owner in self.heads.items():
+            for pname, _ in self.restorer.get_submodule(head).named_parameters():
+                rule[_name(head, pname)] = owner == t
+        return branch, rule
+
+    def _train_mode(self, t: int) -> None:
+        """Train mode, except the statistics of shared norms after task 1 and of other tasks' heads."""
+        self.restorer.train()
+        if t == 0:
+            return
+        own = {id(m) for _, v in variable_norms(self.restorer) for m in v.modules()}
+        for head, owner in self.heads.items():
+            if owner == t:
+                own |= {id(m) for m in self.restorer.get_submodule(head).modules()}
+        for mod in self.restorer.modules():
+            if isinstance(mod, (_BatchNorm, _InstanceNorm)) and id(mod) not in own:
+                mod.eval()
+
+    # ---- prune ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _prune(self, t: int) -> None:
+        """Give task t the ``share_t`` best free weights of every group: ranks n_{t-1}..n_t-1 in order."""
+        lo = self.n[t - 1] if t else 0
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + t)
+        for _, layer in dynamic_layers(self.restorer):
+            rank = layer.nm_rank
+            m = rank.shape[2]
+            w = layer.dense_weight.detach().narrow(layer.nm_axis, 0, layer.nm_span).contiguous()
+            if self.cfg.png.criterion == "magnitude":
+                score = grouped(w, layer.nm_axis, m).abs().float()
+            else:
+                score = torch.rand(rank.shape, generator=g).to(rank.device)
+            free = rank.long() >= lo
+            order = torch.argsort(torch.where(free, score, -torch.inf), dim=2, descending=True, stable=True)
+            new = rank.clone()
+            new.scatter_(2, order[:, :, : m - lo], torch.arange(lo, m, dtype=rank.dtype, device=rank.device)
+                         .view(1, 1, m - lo, 1).expand(rank.shape[0], rank.shape[1], m - lo, rank.shape[3]))
+            pin_order(layer, new)
+
+    @torch.no_grad()
+    def _start_finetune(self, t: int) -> None:
+        """Task t's norms start from the dense growth branch's."""
+        if t == self.grow_branch:
+            return
+        for _, norm in variable_norms(self.restorer):
+            _norm_module(norm, t).load_state_dict(_norm_state(norm, self.grow_branch), strict=False)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def _save(self, opt) -> None:
+        save_atomic({"png_run": 1, "model": self.restorer.state_dict(), "config": self.cfg.model_dump(mode="json"),
+                     "arch": self.arch, "task": self.task, "phase": self.phase, "step": self.step,
+                     "tasks": [t.name for t in self.tasks],
+                     "optimizer": opt.state_dict() if opt is not None else None}, self.out / "last.pt")
+
+    def _load(self, path: Path) -> None:
+        ckpt = load_file(path)
+        if not isinstance(ckpt, dict) or "png_run" not in ckpt:
+            raise ValueError(f"cannot resume from {str(path)!r}: not a PnG run checkpoint")
+        names = [t.name for t in self.tasks]
+        if ckpt["tasks"] != names:
+            raise ValueError(f"cannot resume from {str(path)!r}: its task order is {ckpt['tasks']}, this config's is "
+                             f"{names}; earlier tasks' weights are frozen in that order, so a changed order needs a "
+                             f"new run (another out_dir, or --overwrite)")
+        diff = config_differences(ckpt["config"], self.cfg.model_dump(mode="json"))
+        if diff:
+            raise ValueError(f"cannot resume from {str(path)!r}: it belongs to another run; its config differs from "
+                             f"this one in " + "; ".join(diff) + ". Use another out_dir, or the same config")
+        check_finite(ckpt["model"], f"checkpoint {str(path)!r}")
+        self.restorer.load_state_dict(ckpt["model"])
+        self.task, self.phase, self.step, self.opt_state = ckpt["task"], ckpt["phase"], ckpt["step"], ckpt["optimizer"]
+        log.info("resumed from %s at task %d (%s), phase %s, step %d", path, self.task,
+                 names[min(self.task, len(names) - 1)], PHASES[min(self.phase, 1)], self.step)
+
+    def _log(self, rec: dict) -> None:
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def _kept(self) -> str:
+        last = self.out / "last.pt"
+        return f"last checkpoint kept at {last}" if last.is_file() else "no checkpoint was written yet"
+
+    # ---- training ---------------------------------------------------------------------------
+    def fit(self) -> PnGModel:
+        """Run the remaining tasks and phases; write ``png.pt`` (and train the classifier if
+        ``stages.classifier`` asks). Returns the PnG model (eval mode)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        while self.task < len(self.tasks):
+            while self.phase < len(PHASES):
+                self._run_phase(self.task, self.phase)
+                if PHASES[self.phase] == "grow":
+                    self._prune(self.task)
+                    self._start_finetune(self.task)
+                self.phase, self.step, self.opt_state = self.phase + 1, 0, None
+                self._save(None)
+            self.task, self.phase = self.task + 1, 0
+            self._save(None)
+        model = self._finish()
+        if self.cfg.stages.classifier.epochs > 0:
+            self._train_classifier()
+        return model
+
+    def _schedule(self, t: int, phase: int) -> StageConfig:
+        return getattr(self.tasks[t], PHASES[phase]) or getattr(self.cfg.png, PHASES[phase])
+
+    def _run_phase(self, t: int, phase: int) -> None:
+        sc = self._schedule(t, phase)
+        total = self._total(t, sc)
+        if self.step >= total:
+            return
+        branch, rule = self._trainable(t, phase)
+        params, masks = [], {}
+        for name, p in self.restorer.named_parameters():
+            r = rule[name]
+            on = bool(r.any()) if isinstance(r, torch.Tensor) else r
+            p.requires_grad_(on)
+            if on:
+                params.append(p)
+                if isinstance(r, torch.Tensor) and not bool(r.all()):
+                    masks[p] = (r, p.detach().clone())
+        opt = torch.optim.Adam(params, lr=sc.lr_start)
+        if self.opt_state is not None:
+            opt.load_state_dict(self.opt_state)
+        _, _, loss_fn = self.data[t]
+        task = self.tasks[t]
+        self._train_mode(t)
+        bar = progress(range(self.step, total), f"task {t + 1} ({task.name}) {PHASES[phase]}", total=total,
+                       initial=self.step)
+        for step in bar:
+            self.step = step
+            clean, degraded = self._batch(t, phase, step, sc)
+            lr = cosine_lr(step, total - 1, sc.lr_start, sc.lr_end)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            with use_branch(branch):
+                loss = loss_fn(self.restorer(degraded, **task.forward), clean).mean()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss.item()} at png task {t + 1} ({task.name}), "
+                                         f"{PHASES[phase]} step {step}; {self._kept()}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for p, (mask, _) in masks.items():
+                if p.grad is not None:
+                    p.grad.mul_(mask)
+            opt.step()
+            with torch.no_grad():  # frozen entries exactly as they were (Adam moves none, but no trust needed)
+                for p, (mask, frozen) in masks.items():
+                    p.copy_(torch.where(mask, p, frozen))
+            bar.set_postfix(loss=f"{loss.item():.4g}", lr=f"{lr:.2g}")
+            if step % 25 == 0 or step == total - 1:
+                self._log({"task": task.name, "phase": PHASES[phase], "step": step, "lr": lr, "loss": loss.item()})
+            if (step + 1) % self.cfg.checkpoint_every == 0:
+                self.step = step + 1
+                self._save(opt)
+        self.step = total
+        for p in self.restorer.parameters():
+            p.requires_grad_(True)
+        self.restorer.eval()
+
+    # ---- result -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def _finish(self) -> PnGModel:
+        """The final ClassPruning model (one branch per task), written to ``png.pt``."""
+        final_cfg = classpruning_config(self.cfg)
+        channels = self.data[0][0][0].shape[0]
+        model = build_model(final_cfg, arch=self.arch, in_channels=channels).to(self.cfg.device)
+        state = self.restorer.state_dict()
+        if self.grow_branch == len(self.tasks):  # drop the growth branch: the last task's norms become the main ones
+            last = len(self.tasks) - 1
+            for name, _ in variable_norms(self.restorer):
+                prefix = f"{name}." if name else ""
+                src = f"{prefix}aux_norms.{last}."
+                for k in [k for k in state if k.startswith(src)]:
+                    state[prefix + k[len(src):]] = state.pop(k)
+            for name, layer in dynamic_layers(self.restorer):  # weights no task owns are zero
+                keep = grouped_to_weight(layer.nm_rank < self.n[-1], layer.dense_weight.shape, layer.nm_axis)
+                state[_name(name, "weight")] = state[_name(name, "weight")] * keep
+        state = {f"restorer.{k}": v for k, v in state.items()}
+        pin_from_state(model, state)
+        model.restorer.load_state_dict({k[len("restorer."):]: v for k, v in state.items()})
+        save_atomic({"model": model.state_dict(), "config": final_cfg.model_dump(mode="json"), "arch": self.arch,
+                     "stage": "classifier", "done": False, "step": 0,
+                     "png": {"tasks": [t.name for t in self.tasks], "trained": len(self.tasks)}}, self.out / "png.pt")
+        log.info("PnG model written to %s", self.out / "png.pt")
+        return PnGModel(model.restorer.eval(), self.tasks, len(self.tasks))
+
+    def _train_classifier(self) -> None:
+        from .trainer import Trainer
+
+        data = classpruning_config(self.cfg).model_dump(mode="json")
+        data.update(init_from=str(self.out / "png.pt"), out_dir=str(self.out / "classifier"))
+        Trainer(TrainConfig.model_validate(data), resume=self.resume, overwrite=not self.resume).fit()
+
+
+def run_png(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> PnGModel:
+    """``dynprune png``: run (or resume) the PnG sequence of ``cfg.png``; see :class:`PnG`."""
+    return PnG(cfg, resume=resume, overwrite=overwrite).fit()
+
+
+def load(path: str | Path) -> PnGModel:
+    """The PnG model in ``path``: a finished run's ``png.pt`` or ``classifier/last.pt`` (every task), or a
+    running one's ``last.pt`` (the tasks trained so far). Eval mode.
+
+    Raises:
+        FileNotFoundError: missing file. ValueError: not a PnG file, non-finite or mismatched weights.
+    """
+    ckpt = load_file(path)
+    if isinstance(ckpt, dict) and "png_run" in ckpt:
+        cfg = TrainConfig.model_validate(ckpt["config"])
+        n = task_ratios(cfg)
+        ratios = n + ([] if n[-1].split(":")[0] == str(cfg.png.m) else [f"{cfg.png.m}:{cfg.png.m}"])
+        check_finite(ckpt["model"], f"checkpoint {str(path)!r}")
+        restorer = build_model(classpruning_config(cfg, ratios), arch=ckpt.get("arch", {})).restorer
+        pin_from_state(restorer, ckpt["model"])
+        restorer.load_state_dict(ckpt["model"])
+        return PnGModel(restorer.eval(), cfg.png.tasks, ckpt["task"]).eval()
+    model, cfg, ckpt = load_trained(path, ckpt)
+    if not cfg.png.tasks:
+        raise ValueError(f"{str(path)!r} is a ClassPruning checkpoint without PnG tasks")
+    return PnGModel(model.restorer, cfg.png.tasks, len(cfg.png.tasks)).eval()
