@@ -101,6 +101,7 @@ def _separate_model(cfg, task, given: dict[str, str]):
 
 def part_eval(cfg, data: Path, separate: dict[str, str], shared: str | None) -> dict:
     png = load(Path(cfg.out_dir) / "png.pt")
+    shared_net = dp.create_model(cfg.model.name, weights=shared, **cfg.model.kwargs).eval() if shared else None
     rows: dict[str, dict] = {}
     for i, task in enumerate(png.tasks):
         score, probe = _scorer(task, cfg, data)
@@ -113,10 +114,9 @@ def part_eval(cfg, data: Path, separate: dict[str, str], shared: str | None) -> 
             rows.setdefault("separate models", {"params": 0})[task.name] = {
                 "macs": 1.0, **score(lambda x, net=net, kw=task.forward: net(x, **kw))}
             rows["separate models"]["params"] += sum(p.numel() for p in net.parameters())
-        if shared:
-            net = dp.create_model(cfg.model.name, weights=shared, **cfg.model.kwargs).eval()
-            rows.setdefault("shared model", {"params": sum(p.numel() for p in net.parameters())})[task.name] = {
-                "macs": 1.0, **score(lambda x, net=net, kw=task.forward: net(x, **kw))}
+        if shared_net is not None:
+            rows.setdefault("shared model", {"params": sum(p.numel() for p in shared_net.parameters())})[task.name] = {
+                "macs": 1.0, **score(lambda x, kw=task.forward: shared_net(x, **kw))}
     names = [t.name for t in png.tasks]
     cols = [(t, k) for t in names for k in rows["PnG (one model)"][t] if k != "macs"]
     print("| model | parameters | " + " | ".join(f"{t}: {k}" for t, k in cols) + " | MACs per task (% of dense) |")
