@@ -12,7 +12,7 @@ Parts (``--part``, in this order by default):
             the search had adapted when it fixed them (``out/ft_<plan>_from_search``).
   eval      PSNR of the pretrained dense model, each plan before fine-tuning (one-shot masks) and after:
             SR configs on Set5 / Set14 (Y channel, border = scale, 8-bit output), denoising configs on
-            BSD68 at the degradation's sigma; table + ``out/eval.json``.
+            BSD68 at the degradation's sigma (``--only`` to pick plans); table + ``out/eval.json``.
   plot      the layer-wise N/M of every plan: ``--plot`` (default docs/results/sls_plans.png).
 
     python benchmarks/sls_run.py --config configs/sls_carn_m_x4.yaml --data ../shared/data [--part ...] [--set k=v]
@@ -106,7 +106,7 @@ def part_finetune(cfg, only: list[str], from_search: bool = False) -> None:
         print(f"fine-tuned {plan.name} in {time.time() - t0:.0f} s -> {run.out_dir}/last.pt")
 
 
-def part_eval(cfg, data: Path) -> dict:
+def part_eval(cfg, data: Path, only: list[str]) -> dict:
     if cfg.degradation.name == "bicubic":
         score = lambda fn: sr_scores(fn, data, cfg.degradation.kwargs.get("scale", 4))  # noqa: E731
     else:
@@ -114,6 +114,8 @@ def part_eval(cfg, data: Path) -> dict:
     dense = _pretrained(cfg)
     rows = {"dense (pretrained)": {"macs": 1.0, **score(dense)}}
     for plan in _all_plans(cfg):
+        if only and plan.name not in only:
+            continue
         oneshot = dp.convert(dense, [plan]).eval()
         rows[f"{plan.name}, no fine-tune"] = {"macs": plan.macs_fraction, **score(oneshot)}
         for suffix, label in (("", "fine-tuned"), ("_from_search", "fine-tuned from the search's weights")):
@@ -160,7 +162,7 @@ def main() -> None:
     ap.add_argument("--config", default="configs/sls_carn_m_x4.yaml")
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     ap.add_argument("--part", nargs="+", default=["search", "plans", "finetune", "eval", "plot"])
-    ap.add_argument("--only", nargs="*", default=[], help="plan names to fine-tune (default: all)")
+    ap.add_argument("--only", nargs="*", default=[], help="plan names to fine-tune / evaluate (default: all)")
     ap.add_argument("--plot", type=Path, default=Path("docs/results/sls_plans.png"))
     ap.add_argument("--from-search", action="store_true",
                     help="fine-tune searched plans from the weights the search adapted (out/ft_<plan>_from_search)")
@@ -176,7 +178,7 @@ def main() -> None:
         elif part == "finetune":
             part_finetune(cfg, args.only, args.from_search)
         elif part == "eval":
-            part_eval(cfg, args.data)
+            part_eval(cfg, args.data, args.only)
         elif part == "plot":
             part_plot(cfg, args.plot)
 

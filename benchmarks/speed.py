@@ -13,6 +13,11 @@ Parts (``--part``, default all):
             each, and the deployed model's PSNR against the dynamic one's.
   memory    peak resident memory (ru_maxrss) of the dynamic and the deployed model, each in a fresh
             process, after one routed image per branch.
+  plans     ``--plans``: DnCNN-B converted to one branch per plan (a ratio plan file from ``dynprune search``
+            or a global ratio such as 1:4), deployed with the default ``max_density`` (layers at density
+            <= 1/4 on the kernel, the others on oneDNN), on one BSD68 image against the fastest dense
+            variant; which layers run sparse, MACs (% of dense) and ms, 1 and 2 threads. The weights do not
+            change the time, so the pretrained DnCNN-B stands in for every plan.
   gcanet    per branch, a converted GCANet (702,818 parameters, random weights: no trained GCANet
             checkpoint exists yet) on 1x3x481x321.
 
@@ -90,6 +95,23 @@ def on_branch(model, branch: int, x: torch.Tensor):
     return run
 
 
+def against_dense(variants: dict, dense: dict, args, title: str, extra: tuple[str, ...] = (), cols=None) -> dict:
+    """Per thread count in ``args.threads``: medians of ``variants`` (interleaved rounds), printed as a table
+    with the speed-up over the fastest of the ``dense`` variants; ``cols(name)`` fills the ``extra`` columns."""
+    out = {}
+    for threads in args.threads:
+        med = interleaved(variants, args.rounds, threads)
+        best = min(dense, key=med.get)
+        out[threads] = {"ms": med, "best_dense": best}
+        print(f"\n### {title}, {threads} thread(s), median of {args.rounds} interleaved rounds "
+              f"({sparse_cpu.kernel_status()['isa']})")
+        print("| variant | " + "".join(f"{c} | " for c in extra) + f"ms | speed-up vs fastest dense ({best}) |")
+        print("|---|" + "---:|" * (len(extra) + 2))
+        for k, v in med.items():
+            print(f"| {k} | " + (f"{cols(k)} | " if extra else "") + f"{v:.1f} | {med[best] / v:.2f}x |")
+    return out
+
+
 def part_branches(args, image: torch.Tensor) -> dict:
     cp, _, _ = load_trained(args.checkpoint)
     deployed = dp.deploy(cp, max_density=0.5)          # both sparse branches on the kernel
@@ -103,17 +125,35 @@ def part_branches(args, image: torch.Tensor) -> dict:
         variants[f"deployed {r} (kernel)" if r != "4:4" else f"deployed {r} (oneDNN)"] = on_branch(deployed.restorer, i, x)
         if r != "4:4":
             variants[f"deployed {r} (oneDNN)"] = on_branch(onednn.restorer, i, x)
-    out = {}
-    for threads in args.threads:
-        med = interleaved(variants, args.rounds, threads)
-        best_name = min(dense, key=med.get)
-        out[threads] = {"ms": med, "best_dense": best_name}
-        print(f"\n### DnCNN-B per branch, 1x1x{x.shape[-2]}x{x.shape[-1]}, {threads} thread(s), median of "
-              f"{args.rounds} interleaved rounds ({sparse_cpu.kernel_status()['isa']})")
-        print("| variant | ms | speed-up vs fastest dense (" + best_name + ") |\n|---|---:|---:|")
-        for k, v in med.items():
-            print(f"| {k} | {v:.1f} | {med[best_name] / v:.2f}x |")
+    out = against_dense(variants, dense, args, f"DnCNN-B per branch, 1x1x{x.shape[-2]}x{x.shape[-1]}")
     return {"image_shape": list(x.shape), "ratios": ratios, "threads": out}
+
+
+def part_plans(args, image: torch.Tensor) -> dict:
+    from dynprune.audit import audit
+    from dynprune.plan import RatioPlan
+
+    x = image.unsqueeze(0)
+    dense, _ = dense_variants(args.weights, x)
+    variants, rows = dict(dense), {}
+    for spec in args.plans:
+        plan = RatioPlan.load(spec) if Path(spec).is_file() else spec
+        label = plan.name if isinstance(plan, RatioPlan) else f"uniform {spec}"
+        net = dp.convert(dp.create_model("dncnn", weights=args.weights).eval(), ratios=[plan])
+        rep = audit(net, torch.rand(1, 1, 64, 64))
+        frac = rep.branches[0].effective_macs / rep.dense_macs
+        deployed = dp.deploy(net)
+        sparse = deployed.deploy_report.sparse_layers(0)
+        rows[label] = {"macs": frac, "sparse_layers": len(sparse), "layers": len(deployed.deploy_report.layers)}
+        variants[f"deployed {label}"] = on_branch(deployed, 0, x)
+
+    def cols(k):
+        r = rows.get(k.removeprefix("deployed "))
+        return f"{100 * r['macs']:.1f} | {r['sparse_layers']} of {r['layers']}" if r else "100.0 | -"
+
+    out = against_dense(variants, dense, args, f"DnCNN-B under ratio plans, 1x1x{x.shape[-2]}x{x.shape[-1]}",
+                        ("MACs (% of dense)", "layers on the kernel"), cols)
+    return {"image_shape": list(x.shape), "plans": rows, "threads": out}
 
 
 def part_layer(args) -> dict:
@@ -340,7 +380,9 @@ def main() -> None:
     ap.add_argument("--weights", help="dense DnCNN-B weights (default: DATA/weights/dncnn/DnCNN-B/net.pth)")
     ap.add_argument("--pruned", nargs="*", default=[], help="channel-pruned DnCNN-B files (benchmarks/channel_prune.py)")
     ap.add_argument("--part", nargs="+", default=["layer", "branches", "bsd68", "memory", "gcanet"],
-                    choices=["layer", "branches", "bsd68", "memory", "gcanet"])
+                    choices=["layer", "branches", "bsd68", "memory", "gcanet", "plans"])
+    ap.add_argument("--plans", nargs="*", default=["1:4", "2:4"],
+                    help="ratio plan files (dynprune search) or global ratios, for --part plans")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--bsd-threads", type=int, default=2)
@@ -383,6 +425,11 @@ def main() -> None:
         results["memory"] = part_memory(args, [1, 1, *image.shape[-2:]])
     if "gcanet" in args.part:
         results["gcanet"] = part_gcanet(args)
+    if "plans" in args.part:
+        results["plans"] = part_plans(args, image)
+        (out / "plans.json").write_text(json.dumps(results["plans"], indent=1))
+        if args.part == ["plans"]:
+            return print(f"results: {out / 'plans.json'}")
     (out / "speed.json").write_text(json.dumps(results, indent=1, default=str))
     if "bsd68" in results:
         plot(results, _branch_psnr(), out.parent / "speed.png")
