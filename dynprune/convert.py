@@ -22,6 +22,9 @@ from .plan import RatioPlan, is_plan_like
 
 __all__ = ["convert", "export_branch", "ConversionReport", "LayerRecord", "conversion_report", "model_ratios"]
 
+# the skip reason of a layer that every branch keeps dense when plans are given (it stays the original layer)
+DENSE_EVERYWHERE = "dense on every branch (no plan prunes it)"
+
 
 @dataclass
 class LayerRecord:
@@ -180,7 +183,7 @@ def convert(model: nn.Module, ratios: Sequence[RatioLike] = ("1:4", "2:4", "4:4"
             m = _layer_m(name, specs, uniform_m)
             rec.reason = why_excluded or _skip_reason(mod, m)
             if not rec.reason and plans and all(r.is_dense for r in _layer_ratios(name, specs, m)):
-                rec.reason = "dense on every branch (no plan names it)"
+                rec.reason = DENSE_EVERYWHERE
             (skipped if rec.reason else layers).append((rec, mod, m))
         elif _is_norm(mod, "all"):
             owners.add(id(mod))
@@ -263,12 +266,15 @@ def _layer_ratios(name: str, specs: list, m: int) -> tuple[NMRatio, ...]:
 
 
 def _check_plan_layers(plans: list, model: nn.Module, layers: list, skipped: list) -> None:
-    """Every layer a plan names exists, can be converted, and has a reduction axis divisible by its M."""
+    """Every layer a plan names exists, can be converted, and has a reduction axis divisible by its M
+    (a layer every branch keeps dense, e.g. a searched plan's "4:4", stays the original layer)."""
     ok = {rec.name: mod for rec, mod, _ in layers}
     why_not = {rec.name: rec.reason for rec, _, _ in skipped}
     modules = dict(model.named_modules())
     for plan in plans:
         for layer, r in plan.ratios.items():
+            if r.is_dense and why_not.get(layer) == DENSE_EVERYWHERE:
+                continue
             if layer in why_not:
                 raise ValueError(f"plan {plan.name!r} names layer {layer!r}, which cannot be converted: {why_not[layer]}")
             if layer not in ok:

@@ -61,6 +61,22 @@ def test_plans_as_branches_nested_and_ordered():
     assert rep.branches[0].ratio == "plan" and rep.branches[1].ratio == "sls-50"
 
 
+def test_a_plan_may_name_a_layer_dense():
+    """A searched plan gives some layers "M:M" (SLS at M=4 keeps a few layers whole): that layer stays the
+    original module, the others are pruned as named; one branch alone is enough."""
+    model = Net().eval()
+    plan = RatioPlan({"a": "8:8", "b": "2:8", "tail": "1:8"}, name="p")
+    net = dp.convert(model, [plan])
+    assert type(net.a) is nn.Conv2d and {n for n, _ in dynamic_layers(net)} == {"b", "tail"}
+    assert "a" in {r.name for r in dp.conversion_report(net).skipped}
+    with torch.no_grad(), dp.use_branch("p"):
+        x = torch.randn(1, 3, 8, 8)
+        assert torch.equal(net.a(x[:, :1].expand(1, 16, 8, 8)), model.a(x[:, :1].expand(1, 16, 8, 8)))
+        assert torch.equal(net.b.weight, model.b.weight * nm_mask(model.b.weight, "2:8"))
+    with pytest.raises(ValueError, match="names layer 'dw', which cannot be converted: .*depthwise"):
+        dp.convert(Net(), [RatioPlan({"dw": "32:32", "b": "2:8"}, name="p")])  # dense there too: still refused
+
+
 def test_plan_errors():
     with pytest.raises(ValueError, match="plan 'p' names layer 'nope', which Net does not have"):
         dp.convert(Net(), [RatioPlan({"nope": "1:8"}, name="p"), "8:8"])
