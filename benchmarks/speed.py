@@ -136,10 +136,11 @@ def part_plans(args, image: torch.Tensor) -> dict:
     x = image.unsqueeze(0)
     dense, _ = dense_variants(args.weights, x)
     variants, rows = dict(dense), {}
+    pretrained = dp.create_model("dncnn", weights=args.weights).eval()   # convert() copies it per plan
     for spec in args.plans:
         plan = RatioPlan.load(spec) if Path(spec).is_file() else spec
         label = plan.name if isinstance(plan, RatioPlan) else f"uniform {spec}"
-        net = dp.convert(dp.create_model("dncnn", weights=args.weights).eval(), ratios=[plan])
+        net = dp.convert(pretrained, ratios=[plan])
         rep = audit(net, torch.rand(1, 1, 64, 64))
         frac = rep.branches[0].effective_macs / rep.dense_macs
         deployed = dp.deploy(net)
