@@ -62,6 +62,15 @@ def png_params(model) -> int:
     return owned + sum(p.numel() for p in model.restorer.parameters() if id(p) not in nm)
 
 
+def task_params(net: nn.Module, task, tasks) -> int:
+    """Parameters one task's model needs: all of ``net``'s except other tasks' heads (a separate x2 model
+    built as the multi-scale CARN-M does not count the x3 / x4 upsamplers it never runs)."""
+    mods = dict(net.named_modules())
+    others = {id(p) for t in tasks if t.head and t.head != task.head and t.head in mods
+              for p in mods[t.head].parameters()}
+    return sum(p.numel() for p in net.parameters() if id(p) not in others)
+
+
 def _separate_cfg(cfg, task):
     """The one-branch dense trainer config of a task's separate model: the PnG budget of the task."""
     from dynprune.png import PHASES
@@ -113,7 +122,7 @@ def part_eval(cfg, data: Path, separate: dict[str, str], shared: str | None) -> 
         if net is not None:
             rows.setdefault("separate models", {"params": 0})[task.name] = {
                 "macs": 1.0, **score(lambda x, net=net, kw=task.forward: net(x, **kw))}
-            rows["separate models"]["params"] += sum(p.numel() for p in net.parameters())
+            rows["separate models"]["params"] += task_params(net, task, png.tasks)
         if shared_net is not None:
             rows.setdefault("shared model", {"params": sum(p.numel() for p in shared_net.parameters())})[task.name] = {
                 "macs": 1.0, **score(lambda x, kw=task.forward: shared_net(x, **kw))}
