@@ -22,6 +22,8 @@ The paper publishes no code; the decisions it leaves open are made as follows (d
   a reduction axis beyond the last whole group) is shared: trained with task 1, frozen afterwards.
 - If the shares add up to less than M, a training-only dense branch serves the growth and is removed at the
   end (the weights no task owns are zeroed): the model has one branch per task.
+- Optional output distillation (``distill``, off by default): each task also learns a frozen teacher's output
+  (one teacher, or one per task, e.g. its separate model), as the main job's ``distill`` does per level.
 - The result is a ClassPruning checkpoint (``out_dir/png.pt``) whose branches are the tasks; when the tasks
   are the levels of one degradation, ``stages.classifier`` trains the classifier on it (the restorer stays
   frozen, so no branch drifts), written to ``out_dir/classifier/last.pt``.
@@ -48,7 +50,8 @@ from .outputs import claim_run_dir
 from .progress import progress
 from .registry import create, get_host
 from .schedule import cosine_lr
-from .trainer import build_model, config_differences, load_trained, sample_batch
+from .losses import distilled
+from .trainer import build_model, build_teachers, config_differences, load_trained, sample_batch
 
 __all__ = ["PnG", "PnGModel", "task_ratios", "classpruning_config", "load", "run_png", "RUN_FILES"]
 
@@ -80,6 +83,7 @@ def classpruning_config(cfg: TrainConfig, ratios: Sequence[str] | None = None) -
     for stage in ("base", "restoration", "joint"):
         data["stages"][stage]["epochs"] = 0
     data["init_from"] = None
+    data["distill"] = {"weight": 0.0, "teachers": []}  # the restorer is trained: nothing left to distil
     return TrainConfig.model_validate(data)
 
 
@@ -152,7 +156,8 @@ class PnG:
             task order must be the same. overwrite: replace another run's files (:data:`RUN_FILES`).
     Raises:
         ValueError: no tasks; a task whose data does not fit the model or its head (the task, shapes and
-            forward arguments named); ``out_dir`` holding another run without resume/overwrite; a resumed
+            forward arguments named); ``distill.teachers`` neither one nor one per task, or a teacher whose
+            output does not fit a task; ``out_dir`` holding another run without resume/overwrite; a resumed
             checkpoint with another task order or config (the differences named).
         FloatingPointError (from :meth:`fit`): a non-finite loss (task, phase and step named; the last
             checkpoint is kept).
@@ -185,10 +190,24 @@ class PnG:
                 self.restorer.get_submodule(head)
             except AttributeError:
                 raise ValueError(f"png task head {head!r} is not a module of {cfg.model.name}") from None
+        self.teachers = self._build_teachers()
         self.task, self.phase, self.step, self.opt_state = 0, 0, 0, None
         if resume and (self.out / "last.pt").is_file():
             self._load(self.out / "last.pt")
         self._check_tasks()
+
+    def _build_teachers(self) -> list[nn.Module | None]:
+        """One frozen teacher per task (``distill.teachers``: one for all tasks or one per task, in task order),
+        or ``None`` per task when ``distill.weight`` is 0."""
+        d = self.cfg.distill
+        if d.weight == 0:
+            return [None] * len(self.tasks)
+        if len(d.teachers) not in (1, len(self.tasks)):
+            raise ValueError(f"distill.teachers has {len(d.teachers)} entries; a PnG run with distill.weight "
+                             f"{d.weight} needs one teacher, or one per task ({len(self.tasks)}: "
+                             f"{[t.name for t in self.tasks]}), e.g. each task's separate model")
+        teachers = build_teachers(d.teachers, self.cfg.device)
+        return teachers * len(self.tasks) if len(teachers) == 1 else teachers
 
     # ---- data -------------------------------------------------------------------------------
     def _task_data(self, task: PnGTask):
@@ -217,6 +236,16 @@ class PnG:
                 raise ValueError(f"{where}: the model maps the degraded input {tuple(degraded.shape)} to "
                                  f"{tuple(out.shape)}, but the clean target is {tuple(clean.shape)}: the task's "
                                  f"degradation (channels, scale) does not fit its head")
+            teacher = self.teachers[i]
+            if teacher is not None:
+                try:
+                    got = tuple(teacher(degraded.to(self.cfg.device), **task.forward).shape)
+                except (RuntimeError, TypeError, ValueError) as err:
+                    got = str(err).splitlines()[0]
+                if got != tuple(clean.shape):
+                    raise ValueError(f"{where}: its distillation teacher {i} maps the degraded input "
+                                     f"{tuple(degraded.shape)} to {got}, but the clean target is {tuple(clean.shape)}: "
+                                     f"a teacher must restore the same task")
 
     def _batch(self, t: int, phase: int, step: int, sc: StageConfig):
         dataset, degrade, _ = self.data[t]
@@ -367,7 +396,7 @@ class PnG:
         if self.opt_state is not None:
             opt.load_state_dict(self.opt_state)
         _, _, loss_fn = self.data[t]
-        task = self.tasks[t]
+        task, teacher = self.tasks[t], self.teachers[t]
         self._train_mode(t)
         bar = progress(range(self.step, total), f"task {t + 1} ({task.name}) {PHASES[phase]}", total=total,
                        initial=self.step)
@@ -377,8 +406,12 @@ class PnG:
             lr = cosine_lr(step, total - 1, sc.lr_start, sc.lr_end)
             for group in opt.param_groups:
                 group["lr"] = lr
+            rec = loss_fn
+            if teacher is not None:
+                with torch.no_grad():
+                    rec = distilled(loss_fn, teacher(degraded, **task.forward), self.cfg.distill.weight)
             with use_branch(branch):
-                loss = loss_fn(self.restorer(degraded, **task.forward), clean).mean()
+                loss = rec(self.restorer(degraded, **task.forward), clean).mean()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {loss.item()} at png task {t + 1} ({task.name}), "
                                          f"{PHASES[phase]} step {step}; {self._kept()}")

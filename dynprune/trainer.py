@@ -34,7 +34,7 @@ from .progress import progress
 from .registry import create, get_host
 from .schedule import cosine_lr
 
-__all__ = ["Trainer", "build_model", "load", "load_trained", "config_differences", "STAGES"]
+__all__ = ["Trainer", "build_model", "build_teachers", "load", "load_trained", "config_differences", "STAGES"]
 
 STAGES = ("base", "classifier", "restoration", "joint")
 log = logging.getLogger(__name__)
@@ -161,6 +161,20 @@ def sample_batch(dataset, degrade, seed: int, stream: int, step: int, batch_size
     return clean, degraded, level
 
 
+def build_teachers(configs, device: str) -> list[nn.Module]:
+    """Frozen dense distillation teachers (eval mode, no gradients) from ``ModelConfig`` entries, on ``device``.
+
+    Raises:
+        ValueError: an entry without weights (a teacher must be trained).
+    """
+    teachers = []
+    for t in configs:
+        if not t.weights:
+            raise ValueError(f"distillation teacher {t.name!r} has no weights: a teacher must be trained")
+        teachers.append(create("models", t.name, weights=t.weights, **t.kwargs).to(device).eval().requires_grad_(False))
+    return teachers
+
+
 class Trainer:
     """Runs the three stages of a :class:`TrainConfig`, writing ``out_dir/last.pt`` atomically every
     ``checkpoint_every`` steps and at each stage end, and ``out_dir/log.jsonl``.
@@ -222,20 +236,12 @@ class Trainer:
             if not (self.cfg.model.weights or self.cfg.init_from):
                 raise ValueError("distill.weight > 0 with no distill.teachers distils from the starting network, "
                                  "but it is untrained here (no model.weights, no init_from): give distill.teachers")
-            teachers = [export_branch(self.model.restorer, -1)]
-        else:
-            levels = getattr(self.degrade, "levels", None)
-            if len(d.teachers) > 1 and len(d.teachers) != levels:
-                raise ValueError(f"distill.teachers has {len(d.teachers)} entries; give one, or one per degradation "
-                                 f"level ({levels} for {self.cfg.degradation.name!r})")
-            teachers = []
-            for t in d.teachers:
-                if not t.weights:
-                    raise ValueError(f"distillation teacher {t.name!r} has no weights: a teacher must be trained")
-                teachers.append(create("models", t.name, weights=t.weights, **t.kwargs))
-        for t in teachers:
-            t.to(self.cfg.device).eval().requires_grad_(False)
-        return teachers
+            return [export_branch(self.model.restorer, -1).to(self.cfg.device).eval().requires_grad_(False)]
+        levels = getattr(self.degrade, "levels", None)
+        if len(d.teachers) > 1 and len(d.teachers) != levels:
+            raise ValueError(f"distill.teachers has {len(d.teachers)} entries; give one, or one per degradation "
+                             f"level ({levels} for {self.cfg.degradation.name!r})")
+        return build_teachers(d.teachers, self.cfg.device)
 
     def _check_teachers(self, probe: torch.Tensor) -> None:
         want = tuple(self.model.restorer.eval()(probe).shape)

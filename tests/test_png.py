@@ -196,14 +196,14 @@ def test_classpruning_config_keeps_heads_dense_and_restorer_frozen(tmp_path):
     assert cp.stages.restoration.epochs == cp.stages.joint.epochs == 0 and cp.convert.mask_grad == "masked"
 
 
-def sr_config(out_dir, tasks):
+def sr_config(out_dir, tasks, **over):
     off = {"epochs": 0}
     return tiny_config(out_dir, model={"name": "carn_m", "kwargs": {"multi_scale": True, "width": 8}},
                        dataset={"name": "skimage_photos", "kwargs": {"names": ["astronaut", "chelsea"], "channels": 3,
                                                                      "patch_size": 24, "patches_per_image": 4}},
                        degradation={"name": "bicubic", "kwargs": {"scale": 2}},
                        png={"tasks": tasks, "m": 4, "grow": STAGE, "finetune": STAGE},
-                       stages={"base": off, "classifier": off, "restoration": off, "joint": off})
+                       stages={"base": off, "classifier": off, "restoration": off, "joint": off}, **over)
 
 
 def sr_task(scale, share, data_scale=None):
@@ -257,3 +257,61 @@ def test_cli_runs_png_and_routes_with_the_classifier(tmp_path, capsys):
     path.write_text(yaml.safe_dump(data))
     assert main(["png", str(path), "--resume"]) == 2
     assert "add up to 7, more than the m=4" in capsys.readouterr().err
+
+
+# ---- distillation from each task's separate model -----------------------------------------------
+def test_each_task_learns_from_its_own_teacher(tmp_path):
+    import copy
+    import json
+
+    from .test_trainer import teacher_files
+
+    cfg = png_config(tmp_path, distill={"weight": 1.0, "teachers": teacher_files(tmp_path / "t", 3)})
+    run = PnG(cfg)
+    x = torch.rand(2, 1, 12, 12)
+    with torch.no_grad():
+        outs = [t(x) for t in run.teachers]
+    assert len(run.teachers) == 3 and not torch.allclose(outs[0], outs[1], atol=1e-3)
+    student = copy.deepcopy(run.restorer).train()
+    clean, degraded = run._batch(0, 0, 0, cfg.png.grow)
+    with torch.no_grad(), use_branch(run.grow_branch):
+        pred = student(degraded)
+        want = (pred - run.teachers[0](degraded)).abs().flatten(1).mean(1).mean().item()   # weight 1: teacher only
+        clean_only = (pred - clean).abs().mean().item()
+    run.fit()
+    first = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
+    assert first["task"] == "sigma15" and first["step"] == 0
+    assert first["loss"] == pytest.approx(want, rel=1e-5) and abs(want - clean_only) > 1e-3
+    assert load_trained(tmp_path / "png.pt")[1].distill.weight == 0   # the result carries no teacher
+
+
+def test_teachers_that_do_not_fit_the_tasks_are_refused(tmp_path):
+    from dynprune.registry import PluginHost, reset_host
+
+    from .test_trainer import _HalfPlugin, teacher_files
+
+    with pytest.raises(ValueError, match=r"distill.teachers has 2 entries; a PnG run with distill.weight 0.5 needs one "
+                                         r"teacher, or one per task \(3: \['sigma15', 'sigma25', 'sigma50'\]\)"):
+        PnG(png_config(tmp_path, distill={"weight": 0.5, "teachers": teacher_files(tmp_path / "t", 2)}))
+    reset_host(PluginHost(plugins={"half": _HalfPlugin()}))
+    try:
+        half = {"weight": 0.5, "teachers": [{"name": "half", "weights": "unused"}]}
+        with pytest.raises(ValueError, match=r"png task 'sigma15' \(forward \{\}\): its distillation teacher 0 maps the "
+                                             r"degraded input \(1, 1, 16, 16\) to \(1, 1, 8, 8\), but the clean target"):
+            PnG(png_config(tmp_path / "h", distill=half))
+    finally:
+        reset_host()
+
+
+def test_one_multi_scale_teacher_serves_every_scale(tmp_path):
+    from dynprune.registry import create_model
+
+    torch.manual_seed(3)
+    path = tmp_path / "teacher.pt"
+    torch.save(create_model("carn_m", multi_scale=True, width=8).state_dict(), path)
+    teacher = {"name": "carn_m", "weights": str(path), "kwargs": {"multi_scale": True, "width": 8}}
+    run = PnG(sr_config(tmp_path / "run", [sr_task(2, 2), sr_task(3, 2)], distill={"weight": 0.5, "teachers": [teacher]}))
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        assert run.teachers[0] is run.teachers[1]
+        assert run.teachers[0](x, scale=2).shape == (1, 3, 16, 16) and run.teachers[1](x, scale=3).shape == (1, 3, 24, 24)
