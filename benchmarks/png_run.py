@@ -72,8 +72,16 @@ def task_params(net: nn.Module, task, tasks) -> int:
 
 
 def _separate_cfg(cfg, task):
-    """The one-branch dense trainer config of a task's separate model: the PnG budget of the task."""
+    """The one-branch dense trainer config of a task's separate model: the PnG budget of the task, and its
+    PnG recipe (with ``distill``, the task's teacher, built for the task's forward arguments)."""
     from dynprune.png import PHASES
+
+    distill = cfg.distill
+    if distill.weight > 0:
+        i = cfg.png.tasks.index(task)
+        teacher = distill.teachers[i if len(distill.teachers) > 1 else 0]
+        distill = distill.model_copy(update={"teachers": [
+            teacher.model_copy(update={"kwargs": {**teacher.kwargs, **task.forward}})]})
 
     stages = [getattr(task, ph) or getattr(cfg.png, ph) for ph in PHASES]
     steps = sum(sc.epochs * (sc.steps_per_epoch or 0) for sc in stages)
@@ -81,7 +89,7 @@ def _separate_cfg(cfg, task):
     return cfg.model_copy(update={
         "model": cfg.model.model_copy(update={"kwargs": {**cfg.model.kwargs, **task.forward}}),
         "dataset": task.dataset or cfg.dataset, "degradation": task.degradation or cfg.degradation,
-        "loss": task.loss or cfg.loss, "convert": cfg.convert.model_copy(update={"ratios": ["4:4"]}),
+        "loss": task.loss or cfg.loss, "distill": distill, "convert": cfg.convert.model_copy(update={"ratios": ["4:4"]}),
         "stages": cfg.stages.model_copy(update={"base": base, "classifier": base.model_copy(update={"epochs": 0})}),
         "out_dir": str(Path(cfg.out_dir) / f"separate_{task.name}")})
 
