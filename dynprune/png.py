@@ -45,12 +45,12 @@ from .branch import use_branch
 from .checkpoint import check_finite, load_file, save_atomic
 from .config import PnGTask, StageConfig, TrainConfig, check_device
 from .layers import dynamic_layers, pin_from_state, pin_order, variable_norms
+from .losses import distilled
 from .nm import grouped, grouped_to_weight
 from .outputs import claim_run_dir
 from .progress import progress
 from .registry import create, get_host
 from .schedule import cosine_lr
-from .losses import distilled
 from .trainer import build_model, build_teachers, config_differences, load_trained, sample_batch
 
 __all__ = ["PnG", "PnGModel", "task_ratios", "classpruning_config", "load", "run_png", "RUN_FILES"]
