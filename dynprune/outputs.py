@@ -6,16 +6,19 @@
   wanted (or the reverse), and an existing output file is replaced only when asked.
 - Inputs whose outputs would share a name (``a.png`` and ``a.jpg`` both give ``a.png``) are refused.
 
-Every check runs before any long work starts; each raises ``ValueError`` naming the paths.
+Every check runs before any long work starts; each raises ``ValueError`` naming the paths. A run's
+JSON-lines log (:class:`RunLog`) is rewound to its checkpoint when the run resumes.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
+import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
-__all__ = ["claim_run_dir", "check_output_dir", "check_output_file", "check_name_collisions"]
+__all__ = ["claim_run_dir", "check_output_dir", "check_output_file", "check_name_collisions", "RunLog"]
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -47,6 +50,41 @@ def claim_run_dir(out: str | Path, patterns: Sequence[str], resume: bool, overwr
             p.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+class RunLog:
+    """A run's JSON-lines log: one dict per line, appended as the run goes.
+
+    A run killed between two checkpoints has logged steps that its checkpoint does not hold; the resumed
+    run computes them again (bit-identically), so it first calls :meth:`rewind`, and the log of a resumed
+    run equals the log of an uninterrupted one (no step twice).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def append(self, rec: dict) -> None:
+        """Append one row (flushed at once, so a kill loses no logged row)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def rows(self) -> list[dict]:
+        """Every row, in order ([] when there is no log yet)."""
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def rewind(self, held: Callable[[dict], bool]) -> int:
+        """Keep only the rows for which ``held(row)`` is true (the checkpoint holds that step); the file is
+        replaced atomically. Returns the number of rows dropped."""
+        rows = self.rows()
+        kept = [r for r in rows if held(r)]
+        if len(kept) < len(rows):
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            os.replace(tmp, self.path)
+        return len(rows) - len(kept)
 
 
 def check_output_dir(out: str | Path, inputs: Iterable[str | Path | None], marker: str | None = None,

@@ -31,7 +31,6 @@ The paper publishes no code; the decisions it leaves open are made as follows (d
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -47,7 +46,7 @@ from .config import PnGTask, StageConfig, TrainConfig, check_device
 from .layers import dynamic_layers, pin_from_state, pin_order, variable_norms
 from .losses import distilled
 from .nm import grouped, grouped_to_weight
-from .outputs import claim_run_dir
+from .outputs import RunLog, claim_run_dir
 from .progress import progress
 from .registry import create, get_host
 from .schedule import cosine_lr
@@ -170,6 +169,7 @@ class PnG:
         self.cfg, self.tasks = cfg, list(cfg.png.tasks)
         check_device(cfg.device)
         self.out = claim_run_dir(cfg.out_dir, RUN_FILES, resume, overwrite)
+        self.log = RunLog(self.out / "log.jsonl")
         self.resume = resume
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -343,12 +343,10 @@ class PnG:
         check_finite(ckpt["model"], f"checkpoint {str(path)!r}")
         self.restorer.load_state_dict(ckpt["model"])
         self.task, self.phase, self.step, self.opt_state = ckpt["task"], ckpt["phase"], ckpt["step"], ckpt["optimizer"]
+        at = (self.task, self.phase, self.step)
+        self.log.rewind(lambda r: (names.index(r["task"]), PHASES.index(r["phase"]), r["step"]) < at)
         log.info("resumed from %s at task %d (%s), phase %s, step %d", path, self.task,
                  names[min(self.task, len(names) - 1)], PHASES[min(self.phase, 1)], self.step)
-
-    def _log(self, rec: dict) -> None:
-        with open(self.out / "log.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
 
     def _kept(self) -> str:
         last = self.out / "last.pt"
@@ -426,7 +424,7 @@ class PnG:
                     p.copy_(torch.where(mask, p, frozen))
             bar.set_postfix(loss=f"{loss.item():.4g}", lr=f"{lr:.2g}")
             if step % 25 == 0 or step == total - 1:
-                self._log({"task": task.name, "phase": PHASES[phase], "step": step, "lr": lr, "loss": loss.item()})
+                self.log.append({"task": task.name, "phase": PHASES[phase], "step": step, "lr": lr, "loss": loss.item()})
             if (step + 1) % self.cfg.checkpoint_every == 0:
                 self.step = step + 1
                 self._save(opt)

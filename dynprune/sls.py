@@ -222,11 +222,9 @@ def run_search(cfg, resume: bool = False, overwrite: bool = False) -> list[Ratio
         ValueError: no searchable layer, ``out_dir`` holding another search, or a resumed checkpoint of
         another configuration.
     """
-    import json
-
     from .checkpoint import load_file, save_atomic
     from .config import check_device
-    from .outputs import claim_run_dir
+    from .outputs import RunLog, claim_run_dir
     from .progress import progress
     from .registry import create
     from .trainer import config_differences, sample_batch
@@ -260,6 +258,7 @@ def run_search(cfg, resume: bool = False, overwrite: bool = False) -> list[Ratio
     opt = torch.optim.Adam(groups)
     state = SearchState(coeff=sc.reg_weight)
     ckpt_path = out / "search.pt"
+    runlog = RunLog(out / "search_log.jsonl")
     dump = cfg.model_dump(mode="json")
     if resume and ckpt_path.is_file():
         ckpt = load_file(ckpt_path)
@@ -270,6 +269,7 @@ def run_search(cfg, resume: bool = False, overwrite: bool = False) -> list[Ratio
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         state = SearchState(**ckpt["state"])
+        runlog.rewind(lambda r: r["step"] <= state.step)
         log.info("resumed the search from %s at step %d", ckpt_path, state.step)
 
     def save() -> None:
@@ -284,25 +284,23 @@ def run_search(cfg, resume: bool = False, overwrite: bool = False) -> list[Ratio
     out.mkdir(parents=True, exist_ok=True)
     model.train()
     bar = progress(range(state.step, sc.steps), "SLS search", total=sc.steps, initial=state.step)
-    with open(out / "search_log.jsonl", "a") as logf:
-        for _ in bar:
-            if len(state.plans) == len(sc.budgets):  # a resumed search that had finished
-                break
-            recorded = len(state.plans)
-            rec = search_step(model, gates, macs, total, sc.budgets, state, opt, loss_fn, type(model).__name__,
-                              sc.anneal_every, sc.anneal_alpha, sc.anneal_min_drop)
-            if len(state.plans) > recorded:  # the weights the search had adapted to this plan, for fine-tuning
-                save_atomic({"model": _plain_state(model), "arch": getattr(model, "arch", dict(cfg.model.kwargs)),
-                             "name": cfg.model.name}, out / f"{state.plans[-1]['name']}.weights.pt")
-            if not math.isfinite(rec["task"]):
-                raise FloatingPointError(f"non-finite search loss at step {state.step}; last checkpoint kept at "
-                                         f"{ckpt_path}")
-            bar.set_postfix(loss=f"{rec['task']:.4g}", macs=f"{rec['fraction']:.3f}", plans=len(state.plans))
-            if state.step % 25 == 0:
-                logf.write(json.dumps(rec) + "\n")
-                logf.flush()
-            if state.step % sc.checkpoint_every == 0:
-                save()
+    for _ in bar:
+        if len(state.plans) == len(sc.budgets):  # a resumed search that had finished
+            break
+        recorded = len(state.plans)
+        rec = search_step(model, gates, macs, total, sc.budgets, state, opt, loss_fn, type(model).__name__,
+                          sc.anneal_every, sc.anneal_alpha, sc.anneal_min_drop)
+        if len(state.plans) > recorded:  # the weights the search had adapted to this plan, for fine-tuning
+            save_atomic({"model": _plain_state(model), "arch": getattr(model, "arch", dict(cfg.model.kwargs)),
+                         "name": cfg.model.name}, out / f"{state.plans[-1]['name']}.weights.pt")
+        if not math.isfinite(rec["task"]):
+            raise FloatingPointError(f"non-finite search loss at step {state.step}; last checkpoint kept at "
+                                     f"{ckpt_path}")
+        bar.set_postfix(loss=f"{rec['task']:.4g}", macs=f"{rec['fraction']:.3f}", plans=len(state.plans))
+        if state.step % 25 == 0:
+            runlog.append(rec)
+        if state.step % sc.checkpoint_every == 0:
+            save()
     bar.close()
     save()
     plans = [RatioPlan.coerce(p) for p in state.plans]

@@ -12,7 +12,6 @@ dense teachers: the starting network, or one per degradation level).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from .config import StageConfig, TrainConfig, check_device
 from .branch import each_branch, per_group
 from .convert import convert, export_branch
 from .layers import pin_from_state, sync_variable_norms
-from .outputs import claim_run_dir
+from .outputs import RunLog, claim_run_dir
 from .progress import progress
 from .registry import create, get_host
 from .schedule import cosine_lr
@@ -193,6 +192,7 @@ class Trainer:
         self.cfg = cfg
         check_device(cfg.device)
         self.out = claim_run_dir(cfg.out_dir, RUN_FILES, resume, overwrite)
+        self.log = RunLog(self.out / "log.jsonl")
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
@@ -313,16 +313,13 @@ class Trainer:
             raise ValueError(f"cannot resume from {str(path)!r}: unknown stage {ckpt.get('stage')!r}")
         self.stage = len(STAGES) if ckpt.get("done") else STAGES.index(ckpt["stage"])
         self.step, self.opt_state = ckpt["step"], ckpt.get("optimizer")
+        at = (self.stage, self.step)
+        self.log.rewind(lambda r: (STAGES.index(r["stage"]), r["step"]) < at)
         log.info("resumed from %s at stage %s step %s", path, ckpt["stage"], self.step)
 
     def _kept(self) -> str:
         last = self.out / "last.pt"
         return f"last checkpoint kept at {last}" if last.is_file() else "no checkpoint was written yet"
-
-    def _log(self, rec: dict) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        with open(self.out / "log.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
 
     # ---- training ---------------------------------------------------------------------------
     def fit(self) -> ClassPruning:
@@ -379,7 +376,7 @@ class Trainer:
             opt.step()
             bar.set_postfix(loss=f"{loss.item():.4g}", lr=f"{lr:.2g}")
             if step % 25 == 0 or step == total - 1:
-                self._log({"stage": name, "step": step, "lr": lr, "loss": loss.item(), **parts})
+                self.log.append({"stage": name, "step": step, "lr": lr, "loss": loss.item(), **parts})
             if (step + 1) % self.cfg.checkpoint_every == 0:
                 self.step = step + 1
                 self._save(opt)

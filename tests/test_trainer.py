@@ -6,6 +6,7 @@ from dynprune import hookimpl
 from dynprune.classpruning import ClassPruning
 from dynprune.config import TrainConfig, load_config
 from dynprune.deployment import SparseConv2d, save_deployed
+from dynprune.outputs import RunLog
 from dynprune.registry import PluginHost, create_model, reset_host
 from dynprune.trainer import Trainer, load_trained
 
@@ -72,6 +73,26 @@ def test_resume_after_a_crash_is_exact(tmp_path, monkeypatch, extra):
     assert resumed.keys() == ref.keys()
     for k in ref:
         assert torch.equal(resumed[k], ref[k]), k
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path, monkeypatch):
+    ref = tiny_config(tmp_path / "ref")
+    Trainer(ref).fit()
+    original = Trainer._loss
+
+    def crashing(self, stage, *a):  # joint step 0 is logged, but the checkpoint holds only the stage start
+        if stage == 3 and self.step == 1:
+            raise KeyboardInterrupt("killed")
+        return original(self, stage, *a)
+
+    monkeypatch.setattr(Trainer, "_loss", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(tiny_config(tmp_path / "run")).fit()
+    log = RunLog(tmp_path / "run/log.jsonl")
+    assert log.rows()[-1]["stage"] == "joint" and log.rows()[-1]["step"] == 0
+    monkeypatch.setattr(Trainer, "_loss", original)
+    Trainer(tiny_config(tmp_path / "run"), resume=True).fit()
+    assert log.rows() == RunLog(tmp_path / "ref/log.jsonl").rows()  # same rows, no step twice
 
 
 class _NaNNoise:
