@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-__all__ = ["claim_run_dir", "check_output_dir", "check_output_file", "check_name_collisions", "RunLog"]
+__all__ = ["claim_run_dir", "checkpoint_note", "check_output_dir", "check_output_file", "check_name_collisions", "RunLog"]
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -50,6 +50,13 @@ def claim_run_dir(out: str | Path, patterns: Sequence[str], resume: bool, overwr
             p.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def checkpoint_note(out: str | Path) -> str:
+    """What a failed run leaves behind, for its error message: ``"last checkpoint kept at OUT/last.pt"`` or
+    ``"no checkpoint was written yet"``."""
+    last = Path(out) / "last.pt"
+    return f"last checkpoint kept at {last}" if last.is_file() else "no checkpoint was written yet"
 
 
 class RunLog:

@@ -46,7 +46,7 @@ from .config import PnGTask, StageConfig, TrainConfig, check_device
 from .layers import dynamic_layers, pin_from_state, pin_order, variable_norms
 from .losses import distilled
 from .nm import grouped, grouped_to_weight
-from .outputs import RunLog, claim_run_dir
+from .outputs import RunLog, checkpoint_note, claim_run_dir
 from .progress import progress
 from .registry import create, get_host
 from .schedule import cosine_lr
@@ -348,10 +348,6 @@ class PnG:
         log.info("resumed from %s at task %d (%s), phase %s, step %d", path, self.task,
                  names[min(self.task, len(names) - 1)], PHASES[min(self.phase, 1)], self.step)
 
-    def _kept(self) -> str:
-        last = self.out / "last.pt"
-        return f"last checkpoint kept at {last}" if last.is_file() else "no checkpoint was written yet"
-
     # ---- training ---------------------------------------------------------------------------
     def fit(self) -> PnGModel:
         """Run the remaining tasks and phases; write ``png.pt`` (and train the classifier if
@@ -412,7 +408,7 @@ class PnG:
                 loss = rec(self.restorer(degraded, **task.forward), clean).mean()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {loss.item()} at png task {t + 1} ({task.name}), "
-                                         f"{PHASES[phase]} step {step}; {self._kept()}")
+                                         f"{PHASES[phase]} step {step}; {checkpoint_note(self.out)}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             for p, (mask, _) in masks.items():

@@ -28,7 +28,7 @@ from .config import StageConfig, TrainConfig, check_device
 from .branch import each_branch, per_group
 from .convert import convert, export_branch
 from .layers import pin_from_state, sync_variable_norms
-from .outputs import RunLog, claim_run_dir
+from .outputs import RunLog, checkpoint_note, claim_run_dir
 from .progress import progress
 from .registry import create, get_host
 from .schedule import cosine_lr
@@ -317,10 +317,6 @@ class Trainer:
         self.log.rewind(lambda r: (STAGES.index(r["stage"]), r["step"]) < at)
         log.info("resumed from %s at stage %s step %s", path, ckpt["stage"], self.step)
 
-    def _kept(self) -> str:
-        last = self.out / "last.pt"
-        return f"last checkpoint kept at {last}" if last.is_file() else "no checkpoint was written yet"
-
     # ---- training ---------------------------------------------------------------------------
     def fit(self) -> ClassPruning:
         """Run the remaining stages; returns the trained model (eval mode)."""
@@ -363,14 +359,14 @@ class Trainer:
             clean, degraded, labels, level = self._batch(stage, step, sc, spe)
             if not (torch.isfinite(clean).all() and torch.isfinite(degraded).all()):
                 raise FloatingPointError(f"non-finite values in the training batch at stage {stage + 1} ({name}), "
-                                         f"step {step}; {self._kept()}")
+                                         f"step {step}; {checkpoint_note(self.out)}")
             lr = cosine_lr(step, total - 1, sc.lr_start, sc.lr_end)
             for group in opt.param_groups:
                 group["lr"] = lr
             loss, parts = self._loss(stage, clean, degraded, labels, level, sc)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {loss.item()} at stage {stage + 1} ({name}), step {step}; "
-                                         f"{self._kept()}")
+                                         f"{checkpoint_note(self.out)}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
