@@ -52,10 +52,10 @@ def claim_run_dir(out: str | Path, patterns: Sequence[str], resume: bool, overwr
     return out
 
 
-def checkpoint_note(out: str | Path) -> str:
-    """What a failed run leaves behind, for its error message: ``"last checkpoint kept at OUT/last.pt"`` or
-    ``"no checkpoint was written yet"``."""
-    last = Path(out) / "last.pt"
+def checkpoint_note(out: str | Path, name: str = "last.pt") -> str:
+    """What a failed run leaves behind, for its error message: ``"last checkpoint kept at OUT/NAME"`` or
+    ``"no checkpoint was written yet"`` (``name``: the run's checkpoint file in ``out``)."""
+    last = Path(out) / name
     return f"last checkpoint kept at {last}" if last.is_file() else "no checkpoint was written yet"
 
 

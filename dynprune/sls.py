@@ -224,7 +224,7 @@ def run_search(cfg, resume: bool = False, overwrite: bool = False) -> list[Ratio
     """
     from .checkpoint import load_file, save_atomic
     from .config import check_device
-    from .outputs import RunLog, claim_run_dir
+    from .outputs import RunLog, checkpoint_note, claim_run_dir
     from .progress import progress
     from .registry import create
     from .trainer import config_differences, sample_batch
@@ -294,8 +294,8 @@ def run_search(cfg, resume: bool = False, overwrite: bool = False) -> list[Ratio
             save_atomic({"model": _plain_state(model), "arch": getattr(model, "arch", dict(cfg.model.kwargs)),
                          "name": cfg.model.name}, out / f"{state.plans[-1]['name']}.weights.pt")
         if not math.isfinite(rec["task"]):
-            raise FloatingPointError(f"non-finite search loss at step {state.step}; last checkpoint kept at "
-                                     f"{ckpt_path}")
+            raise FloatingPointError(f"non-finite search loss at step {state.step}; "
+                                     f"{checkpoint_note(out, ckpt_path.name)}")
         bar.set_postfix(loss=f"{rec['task']:.4g}", macs=f"{rec['fraction']:.3f}", plans=len(state.plans))
         if state.step % 25 == 0:
             runlog.append(rec)

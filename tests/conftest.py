@@ -75,6 +75,43 @@ def third_party(tmp_path, monkeypatch):
     reset_host()
 
 
+class _NaNNoise:
+    """Degradation ``nan_noise``: the clean batch itself (labels drawn at random over 3 levels), with one NaN
+    pixel in call ``nan_at`` (1-based), to make a run meet a non-finite loss at a known step."""
+
+    levels = 3
+
+    def __init__(self, nan_at: int = 8):
+        self.calls, self.nan_at = 0, nan_at
+
+    def describe_level(self, i):
+        return str(i)
+
+    def __call__(self, clean, generator=None, level=None):
+        self.calls += 1
+        y = clean.clone()
+        if self.calls == self.nan_at:
+            y[0, 0, 0, 0] = float("nan")
+        return y, torch.randint(0, 3, (clean.shape[0],), generator=generator)
+
+
+@pytest.fixture
+def nan_noise():
+    """Registers the degradation ``nan_noise`` (:class:`_NaNNoise`) for the test; the process-wide plugin host is
+    reset afterwards."""
+    from dynprune import hookimpl
+    from dynprune.registry import PluginHost, reset_host
+
+    class Plugin:
+        @hookimpl
+        def dynprune_register_degradations(self, register):
+            register("nan_noise", _NaNNoise)
+
+    reset_host(PluginHost(plugins={"nan": Plugin()}))
+    yield
+    reset_host()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

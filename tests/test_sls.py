@@ -24,11 +24,11 @@ def test_gates_keep_the_top_n_and_train_straight_through():
     assert g.n() == 2
 
 
-def _cfg(tmp_path, steps, **search):
+def _cfg(tmp_path, steps, degradation=None, **search):
     return TrainConfig.model_validate({
         "model": {"name": "dncnn", "kwargs": {"in_channels": 1, "depth": 4, "width": 16}},
         "dataset": {"name": "skimage_photos", "kwargs": {"channels": 1, "patch_size": 24, "patches_per_image": 8}},
-        "degradation": {"name": "gaussian_noise", "kwargs": {"sigmas": [25]}},
+        "degradation": degradation or {"name": "gaussian_noise", "kwargs": {"sigmas": [25]}},
         "search": {"budgets": [0.75, 0.5], "m": 8, "steps": steps, "batch_size": 4, "score_lr": 0.05,
                    "reg_weight": 0.5, "anneal_every": 5, "checkpoint_every": 10, **search},
         "out_dir": str(tmp_path), "seed": 0})
@@ -69,3 +69,13 @@ def test_search_errors(tmp_path):
         _cfg(tmp_path, 10, budgets=[0.0])
     with pytest.raises(ValueError, match="nothing to search in dncnn"):
         run_search(_cfg(tmp_path, 10, exclude=["*"]))
+
+
+@pytest.mark.parametrize("nan_at, note", [
+    (3, "no checkpoint was written yet"),  # call 1 draws the probe, call 3 is step 2
+    (14, r"last checkpoint kept at .*search\.pt"),  # step 13, after the checkpoint of step 10
+])
+def test_non_finite_loss_names_the_step_and_what_is_kept(tmp_path, nan_noise, nan_at, note):
+    cfg = _cfg(tmp_path, 50, degradation={"name": "nan_noise", "kwargs": {"nan_at": nan_at}}, score_lr=0.01)
+    with pytest.raises(FloatingPointError, match=f"non-finite search loss at step {nan_at - 1}; {note}"):
+        run_search(cfg)
