@@ -8,7 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .nm import NMRatio, parse_ratios
+from .nm import NMPattern, NMRatio, parse_ratios
 from .plan import RatioPlan, is_plan_like
 
 __all__ = ["TrainConfig", "load_config", "check_device", "shipped_configs", "resolve_paths", "Component", "StageConfig", "JointStageConfig", "DistillConfig", "SearchConfig",
@@ -42,6 +42,12 @@ class ConvertConfig(_Strict):
     exclude: list[str] = Field(default_factory=list)
     mask_grad: Literal["sr-ste", "ste", "masked"] = "sr-ste"
     srste_decay: float = Field(2e-4, ge=0)
+    pattern: str = "element"  # dynprune.convert's mask pattern: "element" or "vector8/16/32[-shared]"
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        return str(NMPattern.parse(v))
 
     @field_validator("ratios", mode="before")
     @classmethod

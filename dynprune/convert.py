@@ -17,7 +17,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 from .branch import BranchLike, branch_key, resolve_branch
 from .layers import DynamicNMMixin, VariableNormMixin, is_dynamic, make_dynamic, make_variable_norm, restore_base
-from .nm import MaskGrad, NMRatio, RatioLike, covered, parse_ratios
+from .nm import ELEMENT, MaskGrad, NMPattern, NMRatio, PatternLike, RatioLike, covered, parse_ratios
 from .plan import RatioPlan, is_plan_like
 
 __all__ = ["convert", "export_branch", "ConversionReport", "LayerRecord", "conversion_report", "model_ratios"]
@@ -46,6 +46,7 @@ class ConversionReport:
     parameters the conversion added (the per-branch norm copies)."""
 
     ratios: tuple[str, ...]
+    pattern: NMPattern = ELEMENT
     converted: list[LayerRecord] = field(default_factory=list)
     skipped: list[LayerRecord] = field(default_factory=list)
     norms: list[LayerRecord] = field(default_factory=list)
@@ -58,8 +59,15 @@ class ConversionReport:
         """Converted layers whose reduction axis is not divisible by M: N:M on its first (K // M) * M."""
         return [r for r in self.converted if r.coverage < 1.0]
 
+    @property
+    def partial_blocks(self) -> list[LayerRecord]:
+        """Under a vector pattern, converted layers whose output channels are not a multiple of V: their
+        last block (or their only one, when Cout < V) is ranked on the channels it has."""
+        v = self.pattern.v
+        return [r for r in self.converted if v > 1 and _out_channels(r) % v]
+
     def __str__(self) -> str:
-        lines = [f"ratios {', '.join(self.ratios)}: {len(self.converted)} layers converted "
+        lines = [f"ratios {', '.join(self.ratios)}, pattern {self.pattern}: {len(self.converted)} layers converted "
                  f"({len(self.partial)} partly), {len(self.skipped)} skipped, {len(self.norms)} variable norms, "
                  f"{len(self.shared_norms)} shared norms, {len(self.dense_params)} raw weights dense, "
                  f"+{self.params_added} parameters"]
@@ -72,6 +80,8 @@ class ConversionReport:
                          "not the original network")
         lines += [f"  partly converted {r.name} ({r.type} {r.shape}): N:M on {100 * r.coverage:.1f}% of its "
                   f"input channels and MACs, the rest dense" for r in self.partial]
+        lines += [f"  partial block {r.name} ({r.type} {r.shape}): {_out_channels(r)} output channels, last block "
+                  f"of {_out_channels(r) % self.pattern.v} (V={self.pattern.v})" for r in self.partial_blocks]
         lines += [f"  skipped {r.name} ({r.type} {r.shape}): {r.reason}" for r in self.skipped]
         lines += [f"  shared norm {r.name} ({r.type}): {r.reason}" for r in self.shared_norms]
         lines += [f"  dense weight {r.name} {r.shape}: {r.reason}" for r in self.dense_params]
@@ -79,6 +89,11 @@ class ConversionReport:
 
 
 NormsOption = Union[bool, Literal["all", "batch", "none"]]
+
+
+def _out_channels(rec: LayerRecord) -> int:
+    """Output channels of a converted layer's weight (dim 1 of a ConvTranspose weight, else dim 0)."""
+    return rec.shape[1] if "Transpose" in rec.type else rec.shape[0]
 
 
 def _reduction(layer: nn.Module) -> tuple[int, int]:
@@ -118,7 +133,8 @@ def _is_norm(mod: nn.Module, which: str) -> bool:
 
 def convert(model: nn.Module, ratios: Sequence[RatioLike] = ("1:4", "2:4", "4:4"), *,
             exclude: Iterable[str] = (), exclude_types: Iterable[type] = (), mask_grad: MaskGrad = "sr-ste",
-            srste_decay: float = 2e-4, norms: NormsOption = True, inplace: bool = False) -> nn.Module:
+            srste_decay: float = 2e-4, norms: NormsOption = True, pattern: PatternLike = "element",
+            inplace: bool = False) -> nn.Module:
     """Convert ``model`` into one dynamic N:M network with a branch per ratio.
 
     Every Conv1d/2d/3d, ConvTranspose1d/2d/3d and Linear (subclasses too, e.g. timm's Conv2dSame)
@@ -141,6 +157,12 @@ def convert(model: nn.Module, ratios: Sequence[RatioLike] = ("1:4", "2:4", "4:4"
         norms: which norms become variable: True or "all" (BatchNorm, InstanceNorm, GroupNorm, LayerNorm,
             RMSNorm, LayerNorm2d-style leaf modules), "batch" (BatchNorm and InstanceNorm), False or
             "none"; the others are listed in ``report.shared_norms``.
+        pattern: what the nested masks rank (:class:`~dynprune.nm.NMPattern`): ``"element"`` (default, the
+            paper's per-output-channel N:M) or ``"vector<V>"`` / ``"vector<V>-shared"``, V in 8, 16, 32: blocks
+            of V consecutive output channels keep the same input channels of every group of M (per tap, or
+            for all taps), which the CPU kernel runs as a dense direct convolution over the kept inputs. One
+            pattern per model: every branch's mask comes from the same ordering. MACs are the same as the
+            element pattern's; layers whose Cout is not a multiple of V are in ``report.partial_blocks``.
         inplace: modify ``model`` itself.
 
     Returns:
@@ -148,12 +170,17 @@ def convert(model: nn.Module, ratios: Sequence[RatioLike] = ("1:4", "2:4", "4:4"
 
     Raises:
         ValueError: invalid ratios (sparse ratios with different M are named), invalid ``mask_grad``,
-            ``srste_decay`` or ``norms``, or nothing in ``model`` can be converted (the reasons are listed).
+            ``srste_decay``, ``norms`` or ``pattern`` (the valid ones named), a vector size V larger than every
+            converted layer's output channels, or nothing in ``model`` can be converted (the reasons listed).
         TypeError: ``model`` is not an ``nn.Module``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert() needs an nn.Module, got {type(model).__name__}")
     specs = _branch_specs(ratios)
+    if isinstance(pattern, (list, tuple)):
+        raise ValueError(f"pattern={pattern!r}: one pattern per model (every branch's nested mask comes from one "
+                         "ordering), e.g. 'element' or 'vector16'")
+    pat = NMPattern.parse(pattern)
     if mask_grad not in ("sr-ste", "ste", "masked"):
         raise ValueError(f"unknown mask_grad {mask_grad!r}: expected 'sr-ste', 'ste' or 'masked'")
     if isinstance(srste_decay, bool) or not isinstance(srste_decay, (int, float)) or not math.isfinite(srste_decay) \
@@ -194,14 +221,18 @@ def convert(model: nn.Module, ratios: Sequence[RatioLike] = ("1:4", "2:4", "4:4"
     _check_plan_layers(plans, model, layers, skipped)
     per_layer = {rec.name: _layer_ratios(rec.name, specs, m) for rec, _, m in layers}
     labels, order = _branch_order(specs, layers, per_layer)
-    report = ConversionReport(ratios=tuple(str(lb) for lb in labels))
+    report = ConversionReport(ratios=tuple(str(lb) for lb in labels), pattern=pat)
+    if pat.is_vector and layers and all(_out_channels(rec) < pat.v for rec, _, _ in layers):
+        widest = max(_out_channels(rec) for rec, _, _ in layers)
+        raise ValueError(f"pattern {pat}: V={pat.v} exceeds the output channels of every layer to convert (at most "
+                         f"{widest}); use a V <= {widest} or the 'element' pattern")
     report.skipped = [rec for rec, _, _ in skipped]
     for rec, mod, m in layers:
         ratios_here = tuple(per_layer[rec.name][i] for i in order)
         _check_nested(rec.name, ratios_here, labels)
         axis, k = _reduction(mod)
         rec.coverage = covered(k, m) / k
-        make_dynamic(mod, ratios_here, axis, mask_grad, srste_decay, labels=labels)
+        make_dynamic(mod, ratios_here, axis, mask_grad, srste_decay, labels=labels, pattern=pat)
         report.converted.append(rec)
     for rec, mod in norm_layers:
         if rec.reason:
@@ -226,7 +257,7 @@ def convert(model: nn.Module, ratios: Sequence[RatioLike] = ("1:4", "2:4", "4:4"
     model.dynprune_report = report
     model.dynprune_config = {"ratios": [b.to_dict() if isinstance(b, RatioPlan) else str(b) for b in branches],
                              "exclude": list(exclude), "mask_grad": mask_grad, "srste_decay": srste_decay,
-                             "norms": norms}
+                             "norms": norms, "pattern": str(pat)}
     return model
 
 

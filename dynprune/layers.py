@@ -16,8 +16,8 @@ from torch import nn
 
 from . import mask_cpu, srste
 from .branch import current_branch, resolve_branch
-from .nm import (MaskGrad, NMRatio, apply_mask, covered, mask_from_order, nm_order, order_keeps_top, pack_order,
-                 unpack_order)
+from .nm import (ELEMENT, MaskGrad, NMPattern, NMRatio, apply_mask, covered, expand_keep, mask_from_order, nm_order,
+                 order_keeps_top, pack_order, pattern_scores, unpack_order)
 
 __all__ = ["DynamicNMMixin", "VariableNormMixin", "make_dynamic", "make_variable_norm", "dynamic_layers",
            "variable_norms", "is_dynamic", "restore_base", "sync_variable_norms", "pin_order", "pinned_order",
@@ -70,7 +70,8 @@ class DynamicNMMixin(_Picklable):
     first), ``nm_labels`` (the model's branch labels: ratios, or plan names), ``nm_axis`` (the
     reduction axis: 1, or 0 for transposed convolutions), ``nm_span`` (how much of that axis N:M
     covers: all of it, or its first ``(K // M) * M`` entries when K is not divisible by M, the rest
-    kept dense), ``nm_mask_grad`` and ``nm_decay`` (SR-STE's lambda_w).
+    kept dense), ``nm_mask_grad`` and ``nm_decay`` (SR-STE's lambda_w), ``nm_pattern`` (an
+    :class:`~dynprune.nm.NMPattern`: element-wise, or blocks of V output channels sharing their kept inputs).
 
     Masks come from one magnitude ordering per group of M (nested by construction). In eager mode
     the ordering is cached packed (2 bits per weight for M=4, 1/16 of the float32 weight) and checked
@@ -91,6 +92,7 @@ class DynamicNMMixin(_Picklable):
     nm_span: int
     nm_mask_grad: MaskGrad
     nm_decay: float
+    nm_pattern: NMPattern = ELEMENT  # the class default serves layers pickled before patterns existed
 
     def _dynprune_init(self) -> None:
         self._nm_order_cache = None
@@ -136,14 +138,31 @@ class DynamicNMMixin(_Picklable):
         k = self._parameters["weight"].shape[self.nm_axis]
         return self.nm_span * n + (k - self.nm_span) * m, k * m
 
+    def nm_scores(self) -> torch.Tensor:
+        """What this layer's ordering ranks, over the covered part of the reduction axis: the weight's
+        magnitudes (element pattern) or its blocks' squared L2 norms (vector pattern); see
+        :func:`~dynprune.nm.pattern_scores`. No autograd history."""
+        w = self._parameters["weight"].detach()
+        return pattern_scores(w, self.nm_axis, self.nm_pattern).narrow(self.nm_axis, 0, self.nm_span).contiguous()
+
     def _masked(self, w: torch.Tensor, n: int, m: int, want_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(``w * mask`` with no autograd history or, traced, in the graph; the bool mask if ``want_mask``)."""
+        pat, axis = self.nm_pattern, self.nm_axis
+        traced = torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(w)
+        if not pat.is_vector:
+            return self._element_masked(w, n, m, want_mask, traced)
+        score = pattern_scores(w if traced else w.detach(), axis, pat)
+        keep = expand_keep(self._element_masked(score, n, m, True, traced)[1], w.shape, axis, pat)
+        return w.detach() * keep, keep
+
+    def _element_masked(self, w: torch.Tensor, n: int, m: int, want_mask: bool,
+                        traced: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The element-wise N:M of ``w`` (the weight, or a vector pattern's scores): (``w * mask``, mask)."""
         axis, span, k = self.nm_axis, self.nm_span, w.shape[self.nm_axis]
         pinned = self._buffers.get("nm_rank")
         if pinned is not None:
             mask = mask_from_order(pinned, n, w.shape, axis)
             return w.detach() * mask, mask
-        traced = torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(w)
         if traced or m > 255 or not mask_cpu.usable(w):
             part = w if span == k else w.narrow(axis, 0, span)
             rank = nm_order(part, axis, m) if traced else self._order(part.contiguous(), n, m)
@@ -214,13 +233,14 @@ class VariableNormMixin(_Picklable):
 
 
 def make_dynamic(layer: nn.Module, ratios: tuple[NMRatio, ...], axis: int, mask_grad: MaskGrad = "sr-ste",
-                 decay: float = 2e-4, labels: tuple | None = None) -> nn.Module:
+                 decay: float = 2e-4, labels: tuple | None = None, pattern: NMPattern = ELEMENT) -> nn.Module:
     """Turn ``layer`` (in place) into its dynamic N:M subclass; returns the same object.
 
     ``ratios``: this layer's ratio on each branch (sparsest first; repeats allowed, e.g. a plan that keeps
     the layer dense on two branches); their sparse members share one M. ``labels``: the model's branch
     labels that :func:`use_branch` values resolve against (default: ``ratios``). N:M covers the first
-    ``(K // M) * M`` entries of the reduction axis of length K.
+    ``(K // M) * M`` entries of the reduction axis of length K. ``pattern``: what one ordering ranks
+    (:class:`~dynprune.nm.NMPattern`).
     """
     layer.__class__ = _subclass(DynamicNMMixin, type(layer), "NM")
     k = layer._parameters["weight"].shape[axis]
@@ -228,6 +248,7 @@ def make_dynamic(layer: nn.Module, ratios: tuple[NMRatio, ...], axis: int, mask_
     layer.nm_ratios, layer.nm_axis, layer.nm_span = tuple(ratios), axis, covered(k, m)
     layer.nm_labels = tuple(labels) if labels is not None else layer.nm_ratios
     layer.nm_mask_grad, layer.nm_decay = mask_grad, float(decay)
+    layer.nm_pattern = NMPattern.parse(pattern)
     layer._dynprune_init()
     return layer
 
@@ -262,7 +283,7 @@ def restore_base(module: nn.Module, branch: int) -> nn.Module:
         module.__class__ = module._dynprune_base
         module.weight.data = masked
         module._buffers.pop("nm_rank", None)
-        for attr in ("nm_ratios", "nm_labels", "nm_axis", "nm_span", "nm_mask_grad", "nm_decay",
+        for attr in ("nm_ratios", "nm_labels", "nm_axis", "nm_span", "nm_mask_grad", "nm_decay", "nm_pattern",
                      *DynamicNMMixin._dynprune_transient):
             module.__dict__.pop(attr, None)
     elif isinstance(module, VariableNormMixin):
@@ -290,9 +311,10 @@ def pin_order(layer: nn.Module, rank: torch.Tensor | None = None) -> torch.Tenso
 
     Args:
         layer: a dynamic N:M layer (:func:`make_dynamic`).
-        rank: the rank of every covered weight inside its group, shaped (pre, G, M, post) as
-            :func:`~dynprune.nm.nm_order` returns (uint8, int16 for M > 256), each group a permutation of
-            0..M-1; None pins the current magnitude ordering.
+        rank: the rank of every covered weight (of every covered score, :meth:`DynamicNMMixin.nm_scores`,
+            for a vector pattern) inside its group, shaped (pre, G, M, post) as :func:`~dynprune.nm.nm_order`
+            returns (uint8, int16 for M > 256), each group a permutation of 0..M-1; None pins the current
+            magnitude ordering.
     Returns:
         the pinned rank (the layer's buffer).
     Raises:
@@ -305,8 +327,7 @@ def pin_order(layer: nn.Module, rank: torch.Tensor | None = None) -> torch.Tenso
     m = max((r.m for r in layer.nm_ratios if not r.is_dense), default=0)
     if m == 0:
         raise ValueError(f"layer {type(layer).__name__} has only dense branches {layer.nm_ratios}: nothing to pin")
-    part = w.detach().narrow(layer.nm_axis, 0, layer.nm_span).contiguous()
-    expected = nm_order(part, layer.nm_axis, m)
+    expected = nm_order(layer.nm_scores(), layer.nm_axis, m)
     if rank is None:
         rank = expected
     if tuple(rank.shape) != tuple(expected.shape):

@@ -4,6 +4,15 @@ An N:M pattern keeps at most N non-zero weights in every group of M consecutive 
 layer's *reduction* (input-channel) axis, as in NVIDIA ASP and SR-STE (Zhou et al., ICLR 2021,
 "Learning N:M Fine-grained Structured Sparse Neural Networks From Scratch"). One magnitude ordering
 per group serves every ratio, so the masks of 1:4, 2:4 and 4:4 are nested.
+
+The *pattern* (:class:`NMPattern`) says what one ordering ranks. ``element`` (the default, the paper's
+and ASP's) ranks every weight on its own: each output channel keeps its own input channels, per tap. A
+``vector<V>`` pattern ranks blocks of V consecutive output channels by their L2 norm: the block shares
+the kept input channels of every group of M (per tap, or for all taps with ``-shared``), so a kernel
+broadcasts each kept input value once into a whole SIMD vector of weights (1xN / vector-wise sparsity:
+Lin et al., "1xN Pattern for Pruning CNNs", TPAMI 2023; Zhu et al., "Sparse Tensor Core", MICRO 2019).
+Both patterns are "the element pattern of a score tensor": :func:`pattern_scores` reduces the weight to
+one score per (block, input channel, tap) and :func:`expand_keep` lays the score's mask back on the weight.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from typing import Literal, Union
 
 import torch
 
-__all__ = ["NMRatio", "RatioLike", "parse_ratios", "nm_order", "mask_from_order", "nm_mask",
+__all__ = ["NMRatio", "RatioLike", "NMPattern", "PatternLike", "ELEMENT", "pattern_scores", "expand_keep", "parse_ratios", "nm_order", "mask_from_order", "nm_mask",
            "apply_mask", "MaskGrad", "covered", "grouped", "grouped_to_weight", "order_keeps_top", "pack_order",
            "unpack_order"]
 
@@ -109,6 +118,104 @@ def parse_ratios(ratios) -> tuple[NMRatio, ...]:
         raise ValueError(f"ratios {[str(r) for r in parsed]} mix M={', '.join(map(str, ms))}: nested masks need one M "
                          f"for every sparse ratio (a dense 'k:k' may use any k), e.g. ['1:8', '3:8', '8:8']")
     return tuple(sorted(parsed, key=lambda r: r.density))
+
+
+_PATTERN_RE = re.compile(r"^\s*vector(\d+)?(-shared)?\s*$")
+VECTOR_SIZES = (8, 16, 32)
+
+
+class NMPattern(namedtuple("_Pattern", "v shared")):
+    """Which weights one N:M ordering ranks together (see the module docstring).
+
+    ``v`` = 1 is the element pattern; ``v`` in :data:`VECTOR_SIZES` ranks blocks of ``v`` consecutive
+    output channels by their L2 norm (a partial last block, Cout not a multiple of v, is ranked on its own
+    channels); ``shared`` also shares the kept input channels across all taps of a block. Written as
+    ``"element"``, ``"vector16"`` or ``"vector16-shared"`` (``"vector"`` = ``"vector16"``).
+
+    Raises:
+        ValueError: unknown name (the valid ones listed), or ``v`` not in :data:`VECTOR_SIZES` (a divisor or
+            multiple of the SIMD widths: 8 fp32 lanes on AVX2, 16 on AVX-512).
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, v: int = 1, shared: bool = False) -> "NMPattern":
+        if isinstance(v, bool) or not isinstance(v, int) or (v != 1 and v not in VECTOR_SIZES):
+            raise ValueError(f"vector size V={v!r} is not supported: V must be one of {list(VECTOR_SIZES)} (a "
+                             f"divisor or multiple of the SIMD widths: 8 fp32 lanes on AVX2, 16 on AVX-512)")
+        if v == 1 and shared:
+            raise ValueError("the element pattern has no taps to share: use 'vector<V>-shared'")
+        return super().__new__(cls, v, bool(shared))
+
+    @classmethod
+    def parse(cls, value: "PatternLike") -> "NMPattern":
+        """Parse ``"element"``, ``"vector"``, ``"vector16"``, ``"vector8-shared"`` or an ``NMPattern``.
+
+        Raises:
+            ValueError: an unknown name or V (the valid ones named). TypeError: any other type.
+        """
+        if isinstance(value, NMPattern):
+            return value
+        if not isinstance(value, str):
+            raise TypeError(f"invalid mask pattern {value!r}: expected a name like 'element' or 'vector16'")
+        if value.strip() == "element":
+            return ELEMENT
+        match = _PATTERN_RE.match(value)
+        if not match:
+            raise ValueError(f"unknown mask pattern {value!r}: valid patterns are 'element', "
+                             + ", ".join(f"'vector{v}'" for v in VECTOR_SIZES) + " (and '-shared' forms, e.g. "
+                             "'vector16-shared'); 'vector' is 'vector16'")
+        return cls(int(match.group(1) or 16), match.group(2) is not None)
+
+    @property
+    def is_vector(self) -> bool:
+        return self.v > 1
+
+    def __str__(self) -> str:
+        return "element" if self.v == 1 else f"vector{self.v}" + ("-shared" if self.shared else "")
+
+    def __repr__(self) -> str:
+        return f"NMPattern({str(self)!r})"
+
+
+ELEMENT = NMPattern()
+PatternLike = Union[str, NMPattern]
+
+
+def pattern_scores(weight: torch.Tensor, axis: int, pattern: NMPattern) -> torch.Tensor:
+    """What ``pattern`` ranks: ``weight`` itself for the element pattern; for a vector pattern the squared
+    L2 norm of every block of V output channels (the axis other than the reduction ``axis`` of 0 / 1),
+    summed over all taps (dims 2..) too when ``shared``. Same order as the L2 norm, no square root.
+
+    Args:
+        weight: (Cout, Cin, *taps) with ``axis=1``, or (Cin, Cout, *taps) with ``axis=0`` (ConvTranspose).
+    Returns:
+        the weight for ``element``; else float32 shaped like the weight with the output axis ceil(Cout / V)
+        long (and taps of size 1 when ``shared``). Differentiable, traceable by torch.compile/export.
+    """
+    if not pattern.is_vector:
+        return weight
+    out_axis = 1 - axis
+    v, c = pattern.v, weight.shape[out_axis]
+    sq = weight.float().square()
+    if c % v:
+        pad = [0, 0] * (weight.dim() - 1 - out_axis) + [0, v - c % v]
+        sq = torch.nn.functional.pad(sq, pad)
+    shape = list(sq.shape)
+    sq = sq.reshape(*shape[:out_axis], shape[out_axis] // v, v, *shape[out_axis + 1:]).sum(out_axis + 1)
+    if pattern.shared and sq.dim() > 2:
+        sq = sq.sum(dim=tuple(range(2, sq.dim())), keepdim=True)
+    return sq.contiguous()
+
+
+def expand_keep(keep: torch.Tensor, weight_shape: torch.Size, axis: int, pattern: NMPattern) -> torch.Tensor:
+    """Lay a mask of :func:`pattern_scores` back on the weight: every output channel of a block takes its
+    block's row (and every tap its block's shared entry). The identity for the element pattern."""
+    if not pattern.is_vector:
+        return keep
+    out_axis = 1 - axis
+    keep = keep.repeat_interleave(pattern.v, dim=out_axis).narrow(out_axis, 0, weight_shape[out_axis])
+    return keep.expand(weight_shape)
 
 
 def covered(length: int, m: int) -> int:
@@ -223,7 +330,8 @@ def unpack_order(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return ((packed.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)).view(-1)[:numel].view(shape)
 
 
-def nm_mask(weight: torch.Tensor, ratio: RatioLike, axis: int = 1, partial: bool = False) -> torch.Tensor:
+def nm_mask(weight: torch.Tensor, ratio: RatioLike, axis: int = 1, partial: bool = False,
+            pattern: PatternLike = "element") -> torch.Tensor:
     """Boolean N:M mask of ``weight`` (True = kept), magnitude top-N per group along ``axis``.
 
     Args:
@@ -232,15 +340,19 @@ def nm_mask(weight: torch.Tensor, ratio: RatioLike, axis: int = 1, partial: bool
         axis: the reduction axis; 1 for Conv/Linear, 0 for ConvTranspose.
         partial: when the axis length is not divisible by M, mask its first ``(K // M) * M`` entries
             and keep the rest (as :func:`dynprune.convert` does for such layers).
+        pattern: :class:`NMPattern` or its name; a vector pattern ranks blocks of output channels.
     Raises:
-        ValueError: the axis length is not divisible by M (and not ``partial``), or shorter than M.
+        ValueError: the axis length is not divisible by M (and not ``partial``), or shorter than M; an
+            unknown pattern.
     """
-    r = NMRatio.parse(ratio)
+    r, pat = NMRatio.parse(ratio), NMPattern.parse(pattern)
     k = weight.shape[axis]
     span = covered(k, r.m)
     if span == 0 or (span != k and not partial):
         raise ValueError(f"axis {axis} of weight {tuple(weight.shape)} has length {k}, not divisible by M={r.m}")
-    return mask_from_order(nm_order(weight.narrow(axis, 0, span).contiguous(), axis, r.m), r.n, weight.shape, axis)
+    score = pattern_scores(weight.detach(), axis, pat)
+    keep = mask_from_order(nm_order(score.narrow(axis, 0, span).contiguous(), axis, r.m), r.n, score.shape, axis)
+    return expand_keep(keep, weight.shape, axis, pat)
 
 
 class _MaskedWeight(torch.autograd.Function):

@@ -300,9 +300,8 @@ class PnG:
         for _, layer in dynamic_layers(self.restorer):
             rank = layer.nm_rank
             m = rank.shape[2]
-            w = layer.dense_weight.detach().narrow(layer.nm_axis, 0, layer.nm_span).contiguous()
-            if self.cfg.png.criterion == "magnitude":
-                score = grouped(w, layer.nm_axis, m).abs().float()
+            if self.cfg.png.criterion == "magnitude":  # the layer's pattern: weights, or blocks' L2 norms
+                score = grouped(layer.nm_scores(), layer.nm_axis, m).abs().float()
             else:
                 score = torch.rand(rank.shape, generator=g).to(rank.device)
             free = rank.long() >= lo

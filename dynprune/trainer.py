@@ -52,7 +52,8 @@ def build_model(cfg: TrainConfig, arch: dict[str, Any] | None = None, in_channel
     else:
         base = create("models", cfg.model.name, **cfg.model.kwargs)
     c = cfg.convert
-    restorer = convert(base, c.ratios, exclude=c.exclude, mask_grad=c.mask_grad, srste_decay=c.srste_decay)
+    restorer = convert(base, c.ratios, exclude=c.exclude, mask_grad=c.mask_grad, srste_decay=c.srste_decay,
+                       pattern=c.pattern)
     restorer.arch = _arch(base, cfg)
     channels = in_channels or getattr(base, "in_channels", 1)
     classifier = create_classifier(cfg.classifier.name, channels, len(c.ratios), **cfg.classifier.kwargs)
