@@ -1,8 +1,9 @@
-"""Wall-clock of the deployed N:M CPU kernel against dense DnCNN-B, measured in one process (issue 9).
+"""Wall-clock of the deployed N:M CPU kernels against dense DnCNN-B, measured in one process (issues 9, 36).
 
 Parts (``--part``, default all):
-  layer     one 64->64 3x3 convolution on 1x64x481x321: oneDNN (NCHW, channels_last) against the kernel
-            at 1:4 and 2:4, AVX-512 and AVX2 paths, 1 and 2 threads.
+  layer     one 64->64 3x3 convolution on 1x64x481x321: oneDNN (NCHW, channels_last) against the element
+            kernel at 1:4 and 2:4 and the vector kernel (V = 8, 16, 32; 1:4, 2:4 and 4:4), AVX-512 and AVX2
+            paths, 1 and 2 threads.
   branches  per branch, DnCNN-B (20 layers) on one BSD68 image (1x1x481x321), 1 and 2 threads: the
             deployed model against the fastest dense torch variant of NCHW eager, channels_last eager and
             torch.compile (inductor, freezing); interleaved rounds, medians.
@@ -21,12 +22,18 @@ Parts (``--part``, default all):
   gcanet    per branch, a converted GCANet (702,818 parameters, random weights: no trained GCANet
             checkpoint exists yet) on 1x3x481x321.
 
+``--pattern vector16`` (or another vector pattern) times the checkpoint's routed model under that mask
+pattern instead of its own (parts branches, bsd68, plans, gcanet): its trained weights re-masked by the
+pattern, its classifier and routing unchanged. Time and routing are those of a model trained with the
+pattern (neither depends on the weights' values); its PSNR is not, and is printed only as the
+deployed-vs-dynamic check.
+
 The process's allocator is tuned for every variant alike (``sparse_cpu.tune_allocator``: large blocks
 are reused instead of page-faulted in each layer; ``--default-allocator`` measures without it).
 
     python benchmarks/speed.py --data ../shared/data --checkpoint docs/checkpoints/cp_dncnn_b.pt \
         [--pruned runs/channel_pruned/pruned.pt ...] [--part branches bsd68 memory gcanet] [--rounds 7] \
-        [--out docs/results/speed]
+        [--pattern vector16] [--out docs/results/speed]
 """
 
 from __future__ import annotations
@@ -47,9 +54,19 @@ from dynprune import sparse_cpu
 from dynprune.imageio import read_folder
 from dynprune.metrics import psnr
 from dynprune.registry import create
-from dynprune.trainer import load_trained
+from dynprune.models import build_model, load_trained
 
 SIGMAS = (15, 25, 50)
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (lscpu / /proc/cpuinfo), for every timing table."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    import platform
+
+    return platform.processor() or "unknown"
 
 
 def _median_ms(samples: list[float]) -> float:
@@ -104,7 +121,7 @@ def against_dense(variants: dict, dense: dict, args, title: str, extra: tuple[st
         best = min(dense, key=med.get)
         out[threads] = {"ms": med, "best_dense": best}
         print(f"\n### {title}, {threads} thread(s), median of {args.rounds} interleaved rounds "
-              f"({sparse_cpu.kernel_status()['isa']})")
+              f"({_cpu_model()}, {sparse_cpu.kernel_status()['isa']})")
         print("| variant | " + "".join(f"{c} | " for c in extra) + f"ms | speed-up vs fastest dense ({best}) |")
         print("|---|" + "---:|" * (len(extra) + 2))
         for k, v in med.items():
@@ -112,10 +129,22 @@ def against_dense(variants: dict, dense: dict, args, title: str, extra: tuple[st
     return out
 
 
+def load_checkpoint(args):
+    """The checkpoint's ClassPruning model; under ``--pattern`` its weights re-masked by that pattern (a model
+    with the trained classifier and routing, whose branches run what a model trained with the pattern runs)."""
+    cp, cfg, ckpt = load_trained(args.checkpoint)
+    if args.pattern and args.pattern != cfg.convert.pattern:
+        cfg.convert.pattern = args.pattern
+        cp = build_model(cfg, arch=ckpt.get("arch", {}))
+        cp.load_state_dict(ckpt["model"])
+        cp.eval()
+    return cp
+
+
 def part_branches(args, image: torch.Tensor) -> dict:
-    cp, _, _ = load_trained(args.checkpoint)
-    deployed = dp.deploy(cp, max_density=0.5)          # both sparse branches on the kernel
-    onednn = dp.deploy(cp, max_density=0.0)            # every branch on oneDNN (BN folded, ReLU fused)
+    cp = load_checkpoint(args)
+    deployed = dp.deploy(cp, max_density=0.5)          # both sparse branches on a kernel
+    onednn = dp.deploy(cp, backend="onednn")           # every branch on oneDNN (BN folded, ReLU fused)
     x = image.unsqueeze(0)
     dense, _ = dense_variants(args.weights, x)
     ratios = [str(r) for r in cp.ratios]
@@ -140,7 +169,7 @@ def part_plans(args, image: torch.Tensor) -> dict:
     for spec in args.plans:
         plan = RatioPlan.load(spec) if Path(spec).is_file() else spec
         label = plan.name if isinstance(plan, RatioPlan) else f"uniform {spec}"
-        net = dp.convert(pretrained, ratios=[plan])
+        net = dp.convert(pretrained, ratios=[plan], pattern=args.pattern or "element")
         rep = audit(net, torch.rand(1, 1, 64, 64))
         frac = rep.branches[0].effective_macs / rep.dense_macs
         deployed = dp.deploy(net)
@@ -179,9 +208,15 @@ def part_layer(args) -> dict:
         for n in (1, 2):
             values, index = sparse_cpu.compress(w, nm_mask(w, f"{n}:4"), n, 4)
             packed = sparse_cpu.pack_for_kernel(values, index, b, 64, n, 4, sparse_cpu.lanes())
-            variants[f"kernel {isa} {n}:4"] = (lambda packed=packed, bits=512 if isa == "avx512" else 256:
-                                               sparse_cpu._build()[0].nm_conv2d(x, *packed[:3], 64, 3, 3, 1, 1, 1, 1,
-                                                                                packed[3], True, bits))
+            variants[f"element {isa} {n}:4"] = (lambda packed=packed, bits=512 if isa == "avx512" else 256:
+                                                sparse_cpu._build()[0].nm_conv2d(x, *packed[:3], 64, 3, 3, 1, 1, 1, 1,
+                                                                                 packed[3], True, bits))
+        for v in (8, 16, 32):
+            for n in (1, 2, 4):
+                packed = sparse_cpu.compress_vector(w, nm_mask(w, f"{n}:4", pattern=f"vector{v}"), v, b)
+                variants[f"vector{v} {isa} {n}:4"] = (lambda p=packed, bits=512 if isa == "avx512" else 256:
+                                                      sparse_cpu._build()[0].vec_conv2d(x, *p, 64, 3, 3, 1, 1, 1, 1,
+                                                                                        True, bits))
     os.environ.pop("DYNPRUNE_ISA")
     sparse_cpu._build.cache_clear()
     out = {}
@@ -189,7 +224,8 @@ def part_layer(args) -> dict:
         med = interleaved(variants, args.rounds, threads)
         out[threads] = med
         ref = min(med["oneDNN NCHW"], med["oneDNN channels_last"])
-        print(f"\n### One 64->64 3x3 layer (+bias, ReLU fused in the kernel), 1x64x481x321, {threads} thread(s)")
+        print(f"\n### One 64->64 3x3 layer (+bias, ReLU fused in the kernels), 1x64x481x321, {threads} thread(s), "
+              f"{_cpu_model()}, median of {args.rounds} interleaved rounds")
         print("| variant | ms | vs fastest oneDNN |\n|---|---:|---:|")
         for k, v in med.items():
             print(f"| {k} | {v:.1f} | {ref / v:.2f}x |")
@@ -203,7 +239,7 @@ def _bsd68(data: Path):
 
 def part_bsd68(args, dense_kind: str) -> dict:
     torch.set_num_threads(args.bsd_threads)
-    cp, _, _ = load_trained(args.checkpoint)
+    cp = load_checkpoint(args)
     deployed = dp.deploy(cp)
     names, images = _bsd68(Path(args.data))
     images = images[: args.limit or None]
@@ -245,7 +281,8 @@ def part_bsd68(args, dense_kind: str) -> dict:
             routing[f"sigma={s}"] = hist
     n = len(images) * len(SIGMAS)
     ref = res["dense DnCNN-B"]["ms"]
-    print(f"\n### BSD68 end to end, {len(images)} images x sigma {SIGMAS}, {args.bsd_threads} thread(s); dense = "
+    print(f"\n### BSD68 end to end ({_cpu_model()}), {len(images)} images x sigma {SIGMAS}, {args.bsd_threads} "
+          f"thread(s), pattern {args.pattern or 'of the checkpoint'}; dense = "
           f"DnCNN-B {dense_kind}; routed models include the classifier and the grouping")
     print("| model | total s | ms / image | speed-up vs dense | PSNR 15 / 25 / 50 (dB) |\n|---|---:|---:|---:|---|")
     for k, v in res.items():
@@ -307,7 +344,7 @@ def part_memory(args, shape: list[int]) -> dict:
 def part_gcanet(args) -> dict:
     torch.manual_seed(0)
     base = dp.create_model("gcanet").eval()
-    net = dp.convert(base).eval()
+    net = dp.convert(base, pattern=args.pattern or "element").eval()
     deployed = dp.deploy(net, max_density=0.5)
     nchw = dp.deploy(net, max_density=0.5, channels_last=False)
     x = torch.rand(1, 3, 321, 481)
@@ -316,7 +353,7 @@ def part_gcanet(args) -> dict:
         variants[f"dynamic {r}"] = on_branch(net, i, x)
         variants[f"deployed {r}, channels_last"] = on_branch(deployed, i, x)
         variants[f"deployed {r}, NCHW + kernel copies"] = on_branch(nchw, i, x)
-    sparse = sum(lp.paths[0] == "sparse" for lp in deployed.deploy_report.layers)
+    sparse = len(deployed.deploy_report.sparse_layers(0))
     out = {}
     for threads in args.threads:
         med = interleaved(variants, args.rounds, threads)
@@ -358,7 +395,8 @@ def plot(results: dict, branch_psnr: dict, out: Path) -> None:
         pts = []   # each branch as deploy() runs it by default: the kernel at 1:4, oneDNN above max_density
         for r, p in branch_psnr.items():
             n, m = map(int, r.split(":"))
-            key = f"deployed {r} (kernel)" if n / m <= 0.25 else f"deployed {r} (oneDNN)"
+            vector = str(results.get("pattern", "")).startswith("vector")
+            key = f"deployed {r} (kernel)" if n / m <= (0.75 if vector else 0.25) else f"deployed {r} (oneDNN)"
             pts.append((br["ms"][key], p, r))
         pts.sort()
         ax.plot([q[0] for q in pts], [q[1] for q in pts], "o--", color="gray",
@@ -384,6 +422,8 @@ def main() -> None:
                     choices=["layer", "branches", "bsd68", "memory", "gcanet", "plans"])
     ap.add_argument("--plans", nargs="*", default=["1:4", "2:4"],
                     help="ratio plan files (dynprune search) or global ratios, for --part plans")
+    ap.add_argument("--pattern", help="time the checkpoint's model under this mask pattern (e.g. vector16), "
+                    "its weights re-masked; also the pattern of --part plans and gcanet")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--bsd-threads", type=int, default=2)
@@ -409,7 +449,8 @@ def main() -> None:
     image = images[0]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {"torch": torch.__version__, "isa": sparse_cpu.kernel_status()["isa"],
+    results = {"torch": torch.__version__, "isa": sparse_cpu.kernel_status()["isa"], "cpu": _cpu_model(),
+               "pattern": args.pattern or "checkpoint's",
                "allocator": "default" if args.default_allocator else "tuned", "image": names[0]}
     if "layer" in args.part:
         results["layer"] = part_layer(args)

@@ -12,12 +12,13 @@ from .classifier import DifficultyClassifier as DifficultyClassifier
 from .classpruning import ClassPruning as ClassPruning
 from .convert import (ConversionReport as ConversionReport, conversion_report as conversion_report,
                       convert as convert, export_branch as export_branch, model_ratios as model_ratios)
-from .deployment import deploy as deploy, load_deployed as load_deployed
+from . import deploy as deploy  # the package, callable as deploy(model) (dynprune/deploy/__init__.py)
+from .deploy import load_deployed as load_deployed
 from .hookspecs import hookimpl as hookimpl
 from .nm import NMRatio as NMRatio, nm_mask as nm_mask
 from .plan import RatioPlan as RatioPlan
 from .registry import create_model as create_model, list_models as list_models
-from .trainer import load as load
+from .models import load as load
 
 __version__ = "0.1.0"
 __all__ = ["AuditReport", "audit", "calibrate_budget", "current_branch", "route", "use_branch", "DifficultyClassifier", "ClassPruning",

@@ -96,7 +96,7 @@ def _load_for_inference(path, backend: str):
     """
     from .checkpoint import load_file
     from .config import TrainConfig
-    from .deployment import deploy, is_deployed_file, load_deployed
+    from .deploy import deploy, is_deployed_file, load_deployed
     from .trainer import build_model, load_trained
 
     obj = load_file(path)
@@ -127,7 +127,7 @@ def _say_deployed(model) -> None:
 
 
 def cmd_deploy(args) -> int:
-    from .deployment import deploy, save_deployed
+    from .deploy import deploy, save_deployed
     from .outputs import check_output_file
     from .trainer import load_trained
 
@@ -136,7 +136,7 @@ def cmd_deploy(args) -> int:
     dep = deploy(model, args.backend, max_density=args.max_density, min_out_channels=args.min_out_channels)
     save_deployed(dep, out, cfg.model_dump(mode="json"), ckpt.get("arch", {}))
     print(dep.deploy_report)
-    print(f"deployed model written to {out} (load with dynprune.deployment.load_deployed, or pass it to restore/eval)")
+    print(f"deployed model written to {out} (load with dynprune.load, or pass it to restore/eval)")
     return 0
 
 

@@ -9,7 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .nm import NMPattern, NMRatio, parse_ratios
-from .plan import RatioPlan, is_plan_like
+from .plan import RatioPlan, coerce_branches, is_plan_like
 
 __all__ = ["TrainConfig", "load_config", "check_device", "shipped_configs", "resolve_paths", "Component", "StageConfig", "JointStageConfig", "DistillConfig", "SearchConfig",
            "PnGTask", "PnGConfig"]
@@ -70,7 +70,7 @@ class ConvertConfig(_Strict):
     def _valid(cls, v: list) -> list:
         if all(isinstance(r, str) and not is_plan_like(r) for r in v):
             return [str(r) for r in parse_ratios(v)]
-        return [RatioPlan.coerce(r).to_dict() if is_plan_like(r) else str(NMRatio.parse(r)) for r in v]
+        return [r.to_dict() if isinstance(r, RatioPlan) else str(NMRatio.parse(r)) for r in coerce_branches(v)]
 
 
 class SearchConfig(_Strict):

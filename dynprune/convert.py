@@ -18,7 +18,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from .branch import BranchLike, branch_key, resolve_branch
 from .layers import DynamicNMMixin, VariableNormMixin, is_dynamic, make_dynamic, make_variable_norm, restore_base
 from .nm import ELEMENT, MaskGrad, NMPattern, NMRatio, PatternLike, RatioLike, covered, parse_ratios
-from .plan import RatioPlan, is_plan_like
+from .plan import RatioPlan, coerce_branches
 
 __all__ = ["convert", "export_branch", "ConversionReport", "LayerRecord", "conversion_report", "model_ratios"]
 
@@ -266,7 +266,7 @@ def _branch_specs(ratios) -> list:
     ordered by :func:`~dynprune.nm.parse_ratios`."""
     if isinstance(ratios, (str, NMRatio, RatioPlan)) or (isinstance(ratios, Mapping) and not isinstance(ratios, list)):
         ratios = [ratios]
-    specs = [RatioPlan.coerce(r) if is_plan_like(r) else NMRatio.parse(r) for r in ratios]
+    specs = [r if isinstance(r, RatioPlan) else NMRatio.parse(r) for r in coerce_branches(list(ratios))]
     uniform = [r for r in specs if isinstance(r, NMRatio)]
     if len(uniform) == len(specs):
         return list(parse_ratios(specs))

@@ -155,3 +155,12 @@ def is_plan_like(value: Any) -> bool:
     if isinstance(value, (RatioPlan, Mapping, Path)):
         return True
     return isinstance(value, str) and value.strip().lower().endswith(_SUFFIXES)
+
+
+def coerce_branches(values: list) -> list:
+    """Each plan-like entry of a branch list as a :class:`RatioPlan` (other entries, ratios, unchanged). A plan
+    given as a mapping without a name is ``plan``, or, when there are several such, ``plan1``, ``plan2``, ...
+    in their order (so unnamed plans make distinct branches)."""
+    unnamed = [i for i, v in enumerate(values) if isinstance(v, Mapping) and not isinstance(v.get("name"), str)]
+    names = {i: (f"plan{k + 1}" if len(unnamed) > 1 else "plan") for k, i in enumerate(unnamed)}
+    return [RatioPlan.coerce(v, name=names.get(i)) if is_plan_like(v) else v for i, v in enumerate(values)]

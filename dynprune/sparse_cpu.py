@@ -6,8 +6,11 @@ L output channels (16 on AVX-512, 8 on AVX2); per kept entry, one permute hands 
 own kept input channel from the pixel's loaded chunk and one FMA multiplies it by that lane's weight. Weights are stored per
 branch in a *compressed* form that does not depend on the machine (:func:`compress`: the kept values and
 their input-channel indices, ``N/M`` of the dense weight) and re-packed for the SIMD width on first use
-(:func:`pack_for_kernel`). It is compiled at first use with ``torch.utils.cpp_extension`` and ninja and
-cached by torch (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``); nothing is downloaded.
+(:func:`pack_for_kernel`). The vector-pattern kernel (:func:`vec_conv2d`, :func:`compress_vector`) lives in the
+same extension. It is compiled at first use with ``torch.utils.cpp_extension`` and ninja (one line on stderr
+says so: 1-2 minutes on 2 cores) into ``$DYNPRUNE_CACHE/kernels/<key>`` (default ``~/.cache/dynprune``), the
+key a hash of the sources, flags, torch version and Python environment, so each virtual environment keeps its
+own build and switching between them rebuilds nothing; nothing is downloaded.
 
 ISA: AVX-512F when the CPU has it, else AVX2 + FMA; ``DYNPRUNE_ISA=avx2`` forces the AVX2 path (to test
 it on an AVX-512 machine), ``DYNPRUNE_ISA=none`` disables the kernel. Where no kernel can run (no
@@ -19,22 +22,39 @@ Threads follow ``torch.set_num_threads`` (output rows split over that many threa
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
-__all__ = ["kernel", "kernel_status", "lanes", "tune_allocator", "compress", "decompress", "pack_for_kernel", "nm_conv2d",
-           "SUPPORTED_M"]
+__all__ = ["kernel", "kernel_status", "build_dir", "lanes", "tune_allocator", "compress", "decompress", "pack_for_kernel", "nm_conv2d",
+           "compress_vector", "decompress_vector", "vec_conv2d", "SUPPORTED_M"]
 
 _CSRC = Path(__file__).with_name("csrc")
 _SOURCES = ("nm_conv.cpp", "nm_conv_avx512.cpp", "nm_conv_avx2.cpp")
+_HEADERS = ("nm_conv.h", "nm_conv_impl.h", "vec_conv_impl.h")
 SUPPORTED_M = (2, 4, 8)   # M must divide the SIMD chunk (8 lanes on AVX2, 16 on AVX-512)
 _ISA_NAMES = {"avx512": 512, "avx2": 256, "none": 0}
 _status: dict[str, object] = {}
+
+
+_NAME, _CFLAGS = "dynprune_nm_conv", ("-O3",)
+
+
+def build_dir() -> Path:
+    """Where this environment's build of the kernel lives: ``$DYNPRUNE_CACHE/kernels/nm_conv-<key>``, the key
+    a hash of the sources and headers, compiler flags, torch version and ``sys.prefix`` (the environment)."""
+    h = hashlib.sha256()
+    for name in (*_SOURCES, *_HEADERS):
+        h.update((_CSRC / name).read_bytes())
+    h.update(repr((_CFLAGS, torch.__version__, sys.prefix, sys.version_info[:2])).encode())
+    cache = Path(os.environ.get("DYNPRUNE_CACHE", Path.home() / ".cache" / "dynprune"))
+    return cache / "kernels" / f"nm_conv-{h.hexdigest()[:16]}"
 
 
 @functools.lru_cache(maxsize=1)
@@ -52,8 +72,13 @@ def _build() -> tuple[ModuleType | None, int, str]:
 
         if not cpp_extension.is_ninja_available():
             return None, 0, "ninja is not installed (pip install ninja)"
-        ext = cpp_extension.load(name="dynprune_nm_conv", sources=[str(_CSRC / s) for s in _SOURCES],
-                                 extra_cflags=["-O3"], verbose=False)
+        where = build_dir()
+        if not (where / f"{_NAME}.so").is_file():
+            print(f"dynprune: compiling the N:M CPU kernel for this environment, once (1-2 minutes on 2 cores) "
+                  f"into {where}", file=sys.stderr, flush=True)
+        where.mkdir(parents=True, exist_ok=True)
+        ext = cpp_extension.load(name=_NAME, sources=[str(_CSRC / s) for s in _SOURCES], extra_cflags=list(_CFLAGS),
+                                 build_directory=str(where), verbose=False)
     except Exception as err:  # no compiler, headers or a build error: the dense path still runs
         lines = str(err).strip().splitlines() or [type(err).__name__]
         first = next((ln for ln in lines if "error" in ln.lower() and "Error building" not in ln), lines[0])
@@ -196,3 +221,78 @@ def nm_conv2d(x: torch.Tensor, packed: tuple[torch.Tensor, torch.Tensor, torch.T
     values, index, bias, J = packed
     return ext.nm_conv2d(x, values, index, bias, cout, kernel_size[0], kernel_size[1], padding[0], padding[1],
                          dilation[0], dilation[1], J, relu, isa)
+
+
+def compress_vector(weight: torch.Tensor, mask: torch.Tensor, v: int,
+                    bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Compressed form of a Conv2d weight under a vector N:M pattern, for :func:`vec_conv2d` (it does not
+    depend on the machine: V is the pattern's).
+
+    Args:
+        weight: (Cout, Cin, kh, kw) float (values outside the mask are ignored).
+        mask: bool, same shape: every block of ``v`` consecutive output channels (the last one may be
+            partial) keeps the same input channels at each tap, the same number K per (block, tap)
+            (:func:`dynprune.nm.nm_mask` with a vector pattern).
+        v: the pattern's V (8, 16 or 32). bias: (Cout,) or None.
+    Returns:
+        ``values`` float32 (B, kh*kw, K, v) (B = ceil(Cout / v), output channels zero-padded to B*v),
+        ``index`` int32 (B, kh*kw, K): the kept input channels, ascending; ``bias`` float32 (B*v,).
+    Raises:
+        ValueError: ``v`` not in 8/16/32, or a mask that is not a vector pattern of V = ``v`` (the first block
+            and tap that differ named).
+    """
+    if v not in (8, 16, 32):
+        raise ValueError(f"compress_vector: V={v} is not one of 8, 16, 32")
+    cout, cin, kh, kw = weight.shape
+    blocks, taps = -(-cout // v), kh * kw
+    keep = mask.reshape(cout, cin, taps)
+    lead = keep[::v]                                          # (B, Cin, taps): each block's first channel
+    same = (keep == lead.repeat_interleave(v, 0)[:cout]).all(dim=1)        # (Cout, taps)
+    if not bool(same.all()):
+        o, t = (~same).nonzero()[0].tolist()
+        raise ValueError(f"compress_vector: output channel {o} keeps other input channels than its block's first "
+                         f"(channel {o // v * v}) at tap {t}: not a vector{v} pattern")
+    counts = lead.sum(1)                                       # (B, taps)
+    if not bool((counts == counts.flatten()[0]).all()):
+        raise ValueError(f"compress_vector: blocks keep different input-channel counts per tap "
+                         f"({sorted(set(counts.flatten().tolist()))}); a vector N:M mask keeps the same number")
+    k = int(counts.flatten()[0])
+    # the kept channels of every (block, tap), ascending
+    order = torch.argsort((~lead).permute(0, 2, 1).to(torch.int8), dim=-1, stable=True)[..., :k]  # (B, taps, K)
+    w = torch.zeros(blocks * v, cin, taps, dtype=torch.float32)
+    w[:cout] = (weight.detach() * mask).reshape(cout, cin, taps).float()
+    w = w.view(blocks, v, cin, taps).permute(0, 3, 2, 1)       # (B, taps, Cin, v)
+    values = torch.gather(w, 2, order.unsqueeze(-1).expand(-1, -1, -1, v)).contiguous()
+    b = torch.zeros(blocks * v)
+    if bias is not None:
+        b[:cout] = bias.detach().float()
+    return values, order.to(torch.int32).contiguous(), b
+
+
+def decompress_vector(values: torch.Tensor, index: torch.Tensor, cout: int, cin: int,
+                      kernel_size: tuple[int, int]) -> torch.Tensor:
+    """The dense (Cout, Cin, kh, kw) weight (zeros where pruned) of :func:`compress_vector`'s output."""
+    blocks, taps, k, v = values.shape
+    w = values.new_zeros(blocks, taps, cin, v).scatter_(2, index.long().unsqueeze(-1).expand(-1, -1, -1, v), values)
+    return w.permute(0, 3, 2, 1).reshape(blocks * v, cin, *kernel_size)[:cout].contiguous()
+
+
+def vec_conv2d(x: torch.Tensor, packed: tuple[torch.Tensor, torch.Tensor, torch.Tensor], cout: int,
+               kernel_size: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
+               relu: bool = False) -> torch.Tensor:
+    """Run the vector-pattern kernel: ``relu?(conv2d(x, W) + bias)``, stride 1, groups 1, W packed by
+    :func:`compress_vector` (values, index, bias).
+
+    Args:
+        x: (B, Cin, H, W) float32 CPU tensor, channels_last memory (otherwise one copy is made).
+    Returns:
+        (B, cout, Ho, Wo) float32 in channels_last memory.
+    Raises:
+        RuntimeError: no kernel available (see :func:`kernel_status`), or shapes and indices that do not match.
+    """
+    ext, isa, reason = _build()
+    if ext is None:
+        raise RuntimeError(f"the N:M CPU kernel is unavailable: {reason}")
+    values, index, bias = packed
+    return ext.vec_conv2d(x, values, index, bias, cout, kernel_size[0], kernel_size[1], padding[0], padding[1],
+                          dilation[0], dilation[1], relu, isa)

@@ -122,7 +122,7 @@ def test_gray_image_given_to_rgb_model_is_an_error(tmp_path, capsys):
 
 
 def test_deploy_artifact_and_cpu_backend(trained, tmp_path, capsys):
-    from dynprune.deployment import DEPLOY_FORMAT, load_deployed
+    from dynprune.deploy import DEPLOY_FORMAT, load_deployed
     from dynprune.trainer import load_trained
 
     ckpt, art = str(trained / "run/last.pt"), tmp_path / "deployed.pt"
@@ -130,7 +130,7 @@ def test_deploy_artifact_and_cpu_backend(trained, tmp_path, capsys):
     assert "| dncnn.2 | Conv2d |" in capsys.readouterr().out
     assert torch.load(art, weights_only=True)["format"] == DEPLOY_FORMAT
     deployed, dynamic = load_deployed(art), load_trained(ckpt)[0]
-    assert "sparse" in deployed.deploy_report.layers[0].paths + deployed.deploy_report.layers[1].paths
+    assert "nm_cpu" in deployed.deploy_report.layers[0].paths + deployed.deploy_report.layers[1].paths
     x = torch.rand(2, 1, 30, 26)
     with torch.no_grad():
         for i in range(3):

@@ -169,3 +169,64 @@ def test_without_a_dense_ratio_the_densest_branch_runs_outside_use_branch():
             densest = net(x)
         assert torch.equal(net(x), densest) and not torch.equal(net(x), model(x))
     assert "no dense ratio: outside use_branch the model runs its densest branch 2:4" in str(dp.conversion_report(net))
+
+
+@pytest.mark.parametrize("pattern", ["vector16", "vector8-shared"])
+def test_vector_pattern_branches_share_inputs_per_block_and_export(pattern):
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Conv2d(8, 40, 3, padding=1), nn.BatchNorm2d(40), nn.ReLU(), nn.Conv2d(40, 3, 3, padding=1))
+    _randomize_bn(base.eval())
+    net = dp.convert(base, pattern=pattern).eval()
+    v = int(pattern[6:].split("-")[0])
+    layer = net[0]
+    assert layer.nm_pattern == dp.nm.NMPattern.parse(pattern) and net.dynprune_config["pattern"] == pattern
+    for b in range(2):
+        keep = layer.branch_mask(b).reshape(40, 8, 9)
+        for b0 in range(0, 40, v):
+            assert torch.equal(keep[b0:b0 + v], keep[b0:b0 + 1].expand_as(keep[b0:b0 + v]))
+        if pattern.endswith("shared"):
+            assert torch.equal(keep, keep[:, :, :1].expand_as(keep))
+    assert bool((layer.branch_mask(0) <= layer.branch_mask(1)).all())
+    x = torch.randn(2, 8, 9, 11)
+    for b in ("1:4", "2:4", "4:4"):
+        with torch.no_grad(), dp.use_branch(b):
+            assert torch.equal(dp.export_branch(net, b)(x), net(x))
+    rep = dp.conversion_report(net)
+    assert rep.pattern == dp.nm.NMPattern.parse(pattern)
+    assert {r.name for r in rep.partial_blocks} == ({"0", "3"} if v == 16 else {"3"})    # 40 % 16, 3 < V
+    assert f"pattern {pattern}" in str(rep) and "partial block 3 (Conv2d (3, 40, 3, 3)): 3 output channels" in str(rep)
+
+
+def test_vector_pattern_errors():
+    net = nn.Sequential(nn.Conv2d(8, 8, 3), nn.Conv2d(8, 4, 3))
+    with pytest.raises(ValueError, match=r"V=16 exceeds the output channels of every layer to convert \(at most 8\)"):
+        dp.convert(net, pattern="vector16")
+    with pytest.raises(ValueError, match="one pattern per model"):
+        dp.convert(net, pattern=["vector8", "element"])
+    with pytest.raises(ValueError, match="unknown mask pattern 'vector-16'"):
+        dp.convert(net, pattern="vector-16")
+    from pydantic import ValidationError
+
+    from dynprune.config import TrainConfig
+    with pytest.raises(ValidationError, match="unknown mask pattern 'blocks'"):
+        TrainConfig.model_validate({"convert": {"pattern": "blocks"}})
+    assert TrainConfig.model_validate({"convert": {"pattern": "vector"}}).convert.pattern == "vector16"
+
+
+def test_vector_pattern_srste_decay_and_pinned_order():
+    from dynprune import srste
+    from dynprune.layers import pin_order
+
+    net = dp.convert(nn.Sequential(nn.Conv2d(8, 16, 3, padding=1)), pattern="vector16", mask_grad="sr-ste")
+    layer = net[0]
+    with dp.use_branch("1:4"):
+        net(torch.randn(1, 8, 6, 6)).sum().backward()
+    layer.dense_weight.grad.zero_()               # the branch stays recorded: the decay alone is left
+    assert srste.apply_decay(net) == 1
+    w, keep = layer.dense_weight.detach(), layer.branch_mask(0)
+    assert torch.equal(layer.dense_weight.grad, layer.nm_decay * w * ~keep)
+    rank = pin_order(layer)                       # PnG: the ordering of the blocks' norms, pinned
+    assert rank.shape == (1, 2, 4, 9)             # (blocks, groups, M, taps)
+    with torch.no_grad():
+        layer.dense_weight.mul_(-3.0).add_(torch.randn_like(w))
+    assert torch.equal(layer.branch_mask(0), keep)          # pinned: the weights changed, the mask did not

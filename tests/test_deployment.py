@@ -9,7 +9,7 @@ from torch import nn
 
 import dynprune as dp
 from dynprune.classifier import DifficultyClassifier
-from dynprune.deployment import SparseConv2d, load_deployed, save_deployed
+from dynprune.deploy import SparseConv2d, load_deployed, save_deployed
 
 from .test_convert import _randomize_bn
 
@@ -37,10 +37,10 @@ def test_dncnn_deploy_equals_dynamic_and_reports_layers(dncnn):
     assert max(_max_diff_per_branch(dncnn, dep, x)) <= 1e-4
     rep = dep.deploy_report
     middle = [lp for lp in rep.layers if lp.shape == (32, 32, 3, 3)]
-    assert len(middle) == 4 and all(lp.paths == ["sparse", "sparse", "dense"] for lp in middle)
+    assert len(middle) == 4 and all(lp.paths == ["nm_cpu", "nm_cpu", "onednn"] for lp in middle)
     assert all(lp.folded_norm and lp.relu for lp in middle)          # Conv-BN-ReLU fused
     last = rep.layers[-1]
-    assert last.shape == (1, 32, 3, 3) and last.paths == ["dense"] * 3
+    assert last.shape == (1, 32, 3, 3) and last.paths == ["onednn"] * 3
     assert "1 output channels < min_out_channels=16" in last.reasons[0]
     assert rep.sparse_layers(0) == [lp.name for lp in middle]
     assert "| dncnn.2 | Conv2d |" in str(rep)
@@ -52,7 +52,7 @@ def test_dncnn_deploy_equals_dynamic_and_reports_layers(dncnn):
 def test_default_max_density_keeps_2of4_on_onednn(dncnn):
     rep = dp.deploy(dncnn).deploy_report
     lp = next(lp for lp in rep.layers if lp.shape == (32, 32, 3, 3))
-    assert lp.paths == ["sparse", "dense", "dense"] and "max_density=0.25" in lp.reasons[1]
+    assert lp.paths == ["nm_cpu", "onednn", "onednn"] and "max_density=0.25" in lp.reasons[1]
 
 
 def test_gcanet_deploy_equals_dynamic():
@@ -61,7 +61,7 @@ def test_gcanet_deploy_equals_dynamic():
     dep = dp.deploy(net, max_density=0.5)
     assert max(_max_diff_per_branch(net, dep, torch.rand(1, 3, 24, 20))) <= 1e-4
     rep = dep.deploy_report
-    dilated = [lp for lp in rep.layers if lp.paths[0] == "sparse"]
+    dilated = [lp for lp in rep.layers if lp.paths[0] == "nm_cpu"]
     assert dilated, str(rep)
     reasons = {r for lp in rep.layers for r in lp.reasons if r}
     assert any(r.startswith("stride (2, 2)") for r in reasons) and any("ConvTranspose2d" in r for r in reasons)
@@ -80,7 +80,7 @@ def test_timm_resnet_deploy_equals_dynamic():
     assert max(diffs) <= 1e-4 * max(1.0, scale)
     rep = dep.deploy_report
     assert any(lp.type == "Linear" and lp.paths == ["dynamic"] * 3 for lp in rep.layers)
-    assert sum(lp.paths[0] == "sparse" for lp in rep.layers) >= 8      # the stride-1 3x3 convs
+    assert sum(lp.paths[0] == "nm_cpu" for lp in rep.layers) >= 8      # the stride-1 3x3 convs
 
 
 def test_conv_subclass_with_its_own_forward_stays_dynamic():
@@ -97,8 +97,8 @@ def test_partly_converted_layer_runs_dense_on_its_sparse_branches():
     net = dp.convert(nn.Sequential(nn.Conv2d(30, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1)).eval())
     dep = dp.deploy(net, max_density=0.5)
     partial, whole = dep.deploy_report.layers
-    assert partial.paths == ["dense"] * 3 and "30 input channels not divisible by M=4" in partial.reasons[0]
-    assert whole.paths[:2] == ["sparse", "sparse"]
+    assert partial.paths == ["onednn"] * 3 and "30 input channels not divisible by M=4" in partial.reasons[0]
+    assert whole.paths[:2] == ["nm_cpu", "nm_cpu"]
     assert max(_max_diff_per_branch(net, dep, torch.rand(1, 30, 11, 13))) <= 1e-4
 
 
@@ -119,7 +119,7 @@ def test_deploy_errors(dncnn):
     plain = dp.create_model("dncnn", depth=3, width=8)
     with pytest.raises(ValueError, match="holds no dynamic N:M layer"):
         dp.deploy(plain)
-    with pytest.raises(ValueError, match=r"unknown deploy backend 'cuda': valid backends are \['cpu'\]"):
+    with pytest.raises(ValueError, match=r"unknown deploy backend 'cuda': use 'cpu' \(every registered backend\) or one of \['vector_cpu', 'nm_cpu', 'onednn'\]"):
         dp.deploy(dncnn, backend="cuda")
     with pytest.raises(ValueError, match="max_density=2"):
         dp.deploy(dncnn, max_density=2)
@@ -163,7 +163,7 @@ def artifact(tmp_path):
     cfg = tiny_config(tmp_path / "run")
     model = build_model(cfg).eval()
     dep = dp.deploy(model, max_density=0.5, min_out_channels=1)
-    assert any(lp.paths[0] == "sparse" for lp in dep.deploy_report.layers)
+    assert any(lp.paths[0] == "nm_cpu" for lp in dep.deploy_report.layers)
     path = save_deployed(dep, tmp_path / "deployed.pt", cfg.model_dump(mode="json"), model.restorer.arch)
     x = torch.rand(3, 1, 21, 19)
     with torch.no_grad():
@@ -183,3 +183,95 @@ def test_artifact_loads_without_the_kernel_with_a_warning_and_same_outputs(artif
         fallback = load_deployed(path)
     with torch.no_grad():
         assert (fallback(x) - want).abs().max().item() <= 1e-4
+
+
+@pytest.fixture(scope="module", params=["vector16", "vector8", "vector32-shared"])
+def dncnn_vector(request):
+    torch.manual_seed(0)
+    base = dp.create_model("dncnn", depth=6, width=32).eval()
+    _randomize_bn(base)
+    return dp.convert(base, pattern=request.param).eval()
+
+
+def test_vector_pattern_deploys_on_the_vector_kernel_and_equals_dynamic(dncnn_vector):
+    dep = dp.deploy(dncnn_vector)
+    assert max(_max_diff_per_branch(dncnn_vector, dep, torch.rand(2, 1, 37, 29))) <= 1e-4
+    rep = dep.deploy_report
+    middle = [lp for lp in rep.layers if lp.shape == (32, 32, 3, 3)]
+    assert len(middle) == 4 and all(lp.paths == ["vector_cpu", "vector_cpu", "onednn"] for lp in middle)
+    assert rep.sparse_layers(1) == [lp.name for lp in middle] and rep.options["pattern"] == str(
+        dncnn_vector.dncnn[2].nm_pattern)
+    last = rep.layers[-1]      # 1 output channel: fewer than min_out_channels, the only reason given
+    assert last.paths == ["onednn"] * 3 and last.reasons[0] == "1 output channels < min_out_channels=16 (oneDNN faster)"
+
+
+def test_vector_pattern_backend_choice_follows_options_and_restrictions(dncnn_vector):
+    rep = dp.deploy(dncnn_vector, max_density_vector=0.25).deploy_report
+    assert rep.layers[1].paths == ["vector_cpu", "onednn", "onednn"] and "max_density_vector=0.25" in rep.layers[1].reasons[1]
+    rep = dp.deploy(dncnn_vector, backend="nm_cpu").deploy_report   # the element kernel cannot run this pattern
+    assert rep.layers[1].paths == ["onednn"] * 3
+    assert "no allowed sparse backend runs pattern vector" in rep.layers[1].reasons[0]
+    assert dp.deploy(dncnn_vector, backend=["onednn"]).deploy_report.layers[1].paths == ["onednn"] * 3
+
+
+def test_vector_pattern_without_kernel_runs_dense(dncnn_vector, no_kernel):
+    with pytest.warns(RuntimeWarning, match="N:M CPU kernel unavailable"):
+        fallback = dp.deploy(dncnn_vector)
+    assert fallback.deploy_report.layers[1].paths[0] == "vector_cpu"     # packed for it, run densely here
+    assert max(_max_diff_per_branch(dncnn_vector, fallback, torch.rand(1, 1, 20, 20))) <= 1e-4
+
+
+def test_vector_artifact_roundtrip_and_pattern_mismatch(tmp_path):
+    from dynprune.models import build_model
+
+    from .test_trainer import tiny_config
+
+    cfg = tiny_config(tmp_path / "run")
+    cfg.convert.pattern = "vector8"
+    model = build_model(cfg).eval()
+    dep = dp.deploy(model, min_out_channels=1)
+    assert any("vector_cpu" in lp.paths for lp in dep.deploy_report.layers)
+    config = cfg.model_dump(mode="json")
+    path = save_deployed(dep, tmp_path / "vec.pt", config, model.restorer.arch)
+    x = torch.rand(3, 1, 21, 19)
+    with torch.no_grad():
+        assert torch.equal(load_deployed(path)(x), dep(x))
+    obj = torch.load(path, weights_only=True)
+    obj["config"]["convert"]["pattern"] = "element"       # a file whose parts disagree
+    torch.save(obj, tmp_path / "mixed.pt")
+    with pytest.raises(ValueError, match="packed for mask pattern 'vector8', but its config converts with pattern "
+                                         "'element'"):
+        load_deployed(tmp_path / "mixed.pt")
+
+
+def test_a_registered_backend_runs_its_branches(dncnn):
+    import torch.nn.functional as F
+
+    from dynprune.deploy.backends import _REGISTRY, Backend, register_backend
+
+    class Halves(Backend):       # a toy backend: the dense weight, stored in float16
+        name, sparse = "halves", True
+
+        def supports(self, conv, ratio, pattern, opts):
+            return "" if ratio.n == 2 else "halves: 2:4 only"
+
+        def pack(self, weight, mask, bias, ratio, pattern):
+            return {"half": weight.half()}
+
+        def run(self, layer, branch, x, buffers):
+            y = F.conv2d(x, buffers["half"].float(), buffers["bias"], layer.stride, layer.padding, layer.dilation)
+            return F.relu(y) if layer.relu else y
+
+        def dense_weight(self, layer, buffers):
+            return buffers["half"].float()
+
+    try:
+        register_backend(Halves())
+        dep = dp.deploy(dncnn, backend=["halves", "nm_cpu", "onednn"])
+        assert dep.deploy_report.layers[1].paths == ["nm_cpu", "halves", "onednn"]
+        assert "halves: 2:4 only" in dep.deploy_report.layers[1].reasons[0]
+        assert max(_max_diff_per_branch(dncnn, dep, torch.rand(1, 1, 16, 16))) <= 1e-2
+        with pytest.raises(TypeError, match="needs a dynprune Backend"):
+            register_backend(object())
+    finally:
+        _REGISTRY.pop("halves", None)

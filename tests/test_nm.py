@@ -109,3 +109,52 @@ def test_order_keeps_top_detects_changes_and_allows_zero_ties():
 def test_unknown_mode():
     with pytest.raises(ValueError, match="sr-ste"):
         apply_mask(torch.ones(4), torch.ones(4, dtype=torch.bool), "bogus")
+
+
+def test_pattern_names_parse_and_bad_ones_list_the_valid():
+    from dynprune.nm import ELEMENT, NMPattern
+
+    assert NMPattern.parse("element") is ELEMENT and str(NMPattern.parse("vector")) == "vector16"
+    assert NMPattern.parse("vector8-shared") == NMPattern(8, True) and str(NMPattern(32)) == "vector32"
+    with pytest.raises(ValueError, match=r"V=12 is not supported: V must be one of \[8, 16, 32\]"):
+        NMPattern.parse("vector12")
+    with pytest.raises(ValueError, match="unknown mask pattern 'blocky': valid patterns are 'element', 'vector8'"):
+        NMPattern.parse("blocky")
+    with pytest.raises(ValueError, match="no taps to share"):
+        NMPattern(1, True)
+    with pytest.raises(TypeError, match="expected a name like 'element'"):
+        NMPattern.parse(16)
+
+
+def _block_topn(w, n, m, v, shared):
+    """The vector mask written out loop by loop: per block of v rows, per tap (or all taps), per group of m
+    input channels, keep the n channels of largest block L2 norm (ties: lower channel)."""
+    cout, cin = w.shape[:2]
+    taps = w.reshape(cout, cin, -1)
+    keep = torch.zeros_like(taps, dtype=torch.bool)
+    for b0 in range(0, cout, v):
+        block = taps[b0:b0 + v]
+        for t in range(taps.shape[2]):
+            norm = block.square().sum(dim=(0, 2)) if shared else block[:, :, t].square().sum(0)
+            for g in range(0, cin, m):
+                order = sorted(range(g, g + m), key=lambda c: (-float(norm[c]), c))
+                keep[b0:b0 + v, order[:n], t] = True
+    return keep.reshape(w.shape)
+
+
+@pytest.mark.parametrize("v,shared,cout", [(16, False, 32), (8, True, 24), (16, False, 20), (32, False, 5)])
+def test_vector_mask_equals_the_block_l2_rule(v, shared, cout):
+    w = torch.randn(cout, 16, 3, 3)
+    pattern = f"vector{v}" + ("-shared" if shared else "")
+    for n in (1, 2, 3):
+        mask = nm_mask(w, f"{n}:4", pattern=pattern)
+        assert torch.equal(mask, _block_topn(w, n, 4, v, shared))
+        assert bool((mask.reshape(cout, 4, 4, 9).sum(2) == n).all())        # exactly N per group, every row
+    one, two = nm_mask(w, "1:4", pattern=pattern), nm_mask(w, "2:4", pattern=pattern)
+    assert bool((one <= two).all())                                           # nested
+
+
+def test_vector_mask_of_a_transposed_weight_blocks_its_output_axis():
+    w = torch.randn(16, 32, 3, 3)              # ConvTranspose2d(16, 32): (Cin, Cout, kh, kw), reduction axis 0
+    mask = nm_mask(w, "1:4", axis=0, pattern="vector16")
+    assert torch.equal(mask.transpose(0, 1), _block_topn(w.transpose(0, 1), 1, 4, 16, False))

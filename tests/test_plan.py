@@ -100,3 +100,13 @@ def test_plan_errors():
         dp.convert(Net(), [RatioPlan({"a": "1:8"}, name="p"), "2:4", "4:4"])
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         dp.convert(Net(), ["missing.yaml", "8:8"])
+
+
+def test_unnamed_plans_get_distinct_names_in_convert_and_config():
+    from dynprune.config import TrainConfig
+
+    net = nn.Sequential(nn.Conv2d(8, 8, 3), nn.Conv2d(8, 8, 3))
+    plans = [{"0": "1:4", "1": "1:4"}, {"0": "2:4", "1": "2:4"}, "4:4"]
+    assert dp.model_ratios(dp.convert(net, plans)) == ("plan1", "plan2", dp.NMRatio(4, 4))
+    cfg = TrainConfig.model_validate({"convert": {"ratios": plans}})
+    assert [r["name"] if isinstance(r, dict) else r for r in cfg.convert.ratios] == ["plan1", "plan2", "4:4"]

@@ -97,3 +97,100 @@ def test_forced_unknown_isa_is_a_clear_error(no_kernel, monkeypatch):
     monkeypatch.setenv("DYNPRUNE_ISA", "sse9")
     with pytest.raises(ValueError, match="DYNPRUNE_ISA='sse9' is not one of"):
         sparse_cpu.kernel_status()
+
+
+# Vector pattern: (Cin, Cout, kernel, padding, dilation, N, M, H, W, batch, V, shared): every V, both tap
+# modes, Cout a multiple of V, not one (partial block), below V (one partial block), Cin 64 (the compiled
+# channel stride) and not, dilation, 5x5, 1x1, unpadded, rows shorter than a tile, narrow images.
+VECTOR_SHAPES = [
+    (64, 64, 3, 1, 1, 1, 4, 17, 41, 2, 16, False),
+    (64, 64, 3, 1, 1, 2, 4, 9, 30, 1, 8, False),
+    (64, 64, 3, 1, 1, 1, 4, 13, 29, 1, 32, True),
+    (48, 40, 3, 1, 1, 2, 4, 11, 19, 2, 16, False),
+    (64, 1, 3, 1, 1, 1, 4, 10, 22, 1, 16, False),
+    (32, 24, 5, 2, 1, 1, 4, 12, 40, 1, 8, True),
+    (64, 64, 3, 2, 2, 2, 4, 15, 33, 1, 16, False),
+    (64, 48, 3, 0, 1, 1, 4, 9, 9, 1, 16, False),
+    (64, 70, 1, 0, 1, 2, 4, 5, 31, 1, 32, False),
+    (16, 32, 3, 1, 1, 3, 8, 3, 4, 1, 32, False),
+    (64, 64, 3, 1, 1, 1, 4, 4, 2, 1, 16, False),
+]
+
+
+def _vector_case(cin, cout, k, pad, dil, n, m, h, w, b, v, shared):
+    weight, bias = torch.randn(cout, cin, k, k), torch.randn(cout)
+    mask = nm_mask(weight, f"{n}:{m}", pattern=f"vector{v}" + ("-shared" if shared else ""))
+    x = torch.randn(b, cin, h, w).contiguous(memory_format=torch.channels_last)
+    return weight, bias, mask, x
+
+
+def test_compress_vector_roundtrip_and_layout():
+    weight = torch.randn(40, 32, 3, 3)
+    mask = nm_mask(weight, "1:4", pattern="vector16")
+    values, index, bias = sparse_cpu.compress_vector(weight, mask, 16, torch.arange(40.0))
+    assert values.shape == (3, 9, 8, 16) and index.shape == (3, 9, 8) and index.dtype == torch.int32
+    assert bias.shape == (48,) and torch.equal(bias[:40], torch.arange(40.0)) and not bias[40:].any()
+    assert not values[2, :, :, 8:].any()                                   # the partial block's padding
+    assert bool((index.diff(dim=-1) > 0).all())                            # ascending input channels
+    assert torch.equal(sparse_cpu.decompress_vector(values, index, 40, 32, (3, 3)), weight * mask)
+    with pytest.raises(ValueError, match="not a vector16 pattern"):
+        sparse_cpu.compress_vector(weight, nm_mask(weight, "1:4"), 16)
+    with pytest.raises(ValueError, match="V=12 is not one of 8, 16, 32"):
+        sparse_cpu.compress_vector(weight, mask, 12)
+
+
+@ISAS
+@pytest.mark.parametrize("shape", VECTOR_SHAPES,
+                         ids=lambda s: "x".join(map(str, s[:3])) + f"_{s[5]}of{s[6]}_v{s[10]}" + "s" * s[11])
+def test_vector_kernel_equals_conv2d_on_masked_weight(isa, shape):
+    weight, bias, mask, x = _vector_case(*shape)
+    k, pad, dil = (shape[2],) * 2, (shape[3],) * 2, (shape[4],) * 2
+    packed = sparse_cpu.compress_vector(weight, mask, shape[10], bias)
+    ref = F.conv2d(x, weight * mask, bias, padding=pad, dilation=dil)
+    for relu in (False, True):
+        y = sparse_cpu.vec_conv2d(x, packed, weight.shape[0], k, pad, dil, relu=relu)
+        assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
+        want = ref.relu() if relu else ref
+        assert (y - want).abs().max().item() <= 1e-4 * max(1.0, want.abs().max().item())
+    y = sparse_cpu.vec_conv2d(x.contiguous(), packed, weight.shape[0], k, pad, dil)   # NCHW input: one copy
+    assert (y - ref).abs().max().item() <= 1e-4 * max(1.0, ref.abs().max().item())
+
+
+@ISAS
+def test_vector_kernel_threads_give_identical_outputs(isa):
+    weight, bias, mask, x = _vector_case(64, 64, 3, 1, 1, 1, 4, 23, 37, 2, 16, False)
+    packed = sparse_cpu.compress_vector(weight, mask, 16, bias)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = sparse_cpu.vec_conv2d(x, packed, 64, (3, 3), (1, 1), (1, 1))
+        torch.set_num_threads(2)
+        two = sparse_cpu.vec_conv2d(x, packed, 64, (3, 3), (1, 1), (1, 1))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)          # rows are split, each output computed the same way
+
+
+def test_vector_kernel_rejects_bad_packing():
+    if not sparse_cpu.kernel_status()["available"]:
+        pytest.skip(f"N:M CPU kernel cannot run here: {sparse_cpu.kernel_status()['reason']}")
+    weight, bias, mask, x = _vector_case(64, 32, 3, 1, 1, 1, 4, 8, 8, 1, 16, False)
+    values, index, b = sparse_cpu.compress_vector(weight, mask, 16, bias)
+    bad = index.clone()
+    bad[0, 0, 0] = 64
+    with pytest.raises(RuntimeError, match=r"indices must lie in \[0, 64\)"):
+        sparse_cpu.vec_conv2d(x, (values, bad, b), 32, (3, 3), (1, 1), (1, 1))
+    with pytest.raises(RuntimeError, match="do not fit cout=48"):
+        sparse_cpu.vec_conv2d(x, (values, index, b), 48, (3, 3), (1, 1), (1, 1))
+
+
+def test_each_environment_and_torch_version_builds_into_its_own_folder(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setenv("DYNPRUNE_CACHE", str(tmp_path))
+    here = sparse_cpu.build_dir()
+    assert here.parent == tmp_path / "kernels" and here == sparse_cpu.build_dir()       # stable
+    monkeypatch.setattr(sys, "prefix", "/elsewhere/venv")
+    other_env = sparse_cpu.build_dir()
+    monkeypatch.setattr(torch, "__version__", "0.0.1")
+    assert len({here, other_env, sparse_cpu.build_dir()}) == 3

@@ -5,7 +5,7 @@ import dynprune
 from dynprune import hookimpl
 from dynprune.classpruning import ClassPruning
 from dynprune.config import TrainConfig, load_config
-from dynprune.deployment import SparseConv2d, save_deployed
+from dynprune.deploy import SparseConv2d, save_deployed
 from dynprune.outputs import RunLog
 from dynprune.registry import PluginHost, create_model, reset_host
 from dynprune.trainer import Trainer, load_trained

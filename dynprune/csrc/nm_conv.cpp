@@ -23,14 +23,31 @@ int64_t num_workers(int64_t items) {
   return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), items));
 }
 
+// Output rows [0, items) split evenly over at::get_num_threads() workers (torch.set_num_threads). at::parallel_for
+// is inline OpenMP code that a build without -fopenmp would run serially, and linking a second OpenMP
+// runtime beside torch's is worse; a few std::threads per call cost microseconds against milliseconds.
+template <class F>
+void split_rows(int64_t items, const F& rows) {
+  const int64_t workers = num_workers(items);
+  const int64_t chunk = (items + workers - 1) / workers;
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < workers; ++t) pool.emplace_back(rows, t * chunk, std::min(items, (t + 1) * chunk));
+  rows(0, std::min(items, chunk));
+  for (auto& th : pool) th.join();
+}
+
+void check_input(const torch::Tensor& x, int64_t isa, const char* what) {
+  TORCH_CHECK(isa == 512 || isa == 256, what, ": isa must be 512 or 256, got ", isa);
+  TORCH_CHECK(isa <= cpu_isa(), what, ": this CPU does not run the ", isa, "-bit kernel");
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
+              what, ": expected a 4-D float32 CPU input, got ", x.sizes(), " ", x.scalar_type());
+}
+
 // y = relu?(conv2d(x, W) + bias), W packed by dynprune.sparse_cpu.pack_for_kernel for this ISA's lanes.
 torch::Tensor nm_conv2d(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& index,
                         const torch::Tensor& bias, int64_t cout, int64_t kh, int64_t kw, int64_t pad_h,
                         int64_t pad_w, int64_t dil_h, int64_t dil_w, int64_t J, bool relu, int64_t isa) {
-  TORCH_CHECK(isa == 512 || isa == 256, "nm_conv2d: isa must be 512 or 256, got ", isa);
-  TORCH_CHECK(isa <= cpu_isa(), "nm_conv2d: this CPU does not run the ", isa, "-bit kernel");
-  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
-              "nm_conv2d: expected a 4-D float32 CPU input, got ", x.sizes(), " ", x.scalar_type());
+  check_input(x, isa, "nm_conv2d");
   const int64_t L = isa == 512 ? 16 : 8;
   const auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t n = x.size(0), cin = x.size(1), h = x.size(2), w = x.size(3);
@@ -58,21 +75,54 @@ torch::Tensor nm_conv2d(const torch::Tensor& x, const torch::Tensor& values, con
   p.kh = int(kh); p.kw = int(kw); p.pad_h = int(pad_h); p.pad_w = int(pad_w);
   p.dil_h = int(dil_h); p.dil_w = int(dil_w);
   p.chunks = int(chunks); p.J = int(J); p.relu = relu;
-  // Output rows split evenly over at::get_num_threads() workers (torch.set_num_threads). at::parallel_for
-  // is inline OpenMP code that a build without -fopenmp would run serially, and linking a second OpenMP
-  // runtime beside torch's is worse; a few std::threads per call cost microseconds against milliseconds.
-  const auto rows = [&](int64_t begin, int64_t end) {
+  split_rows(n * ho, [&](int64_t begin, int64_t end) {
     if (isa == 512) dynprune::nm_conv_rows_avx512(p, begin, end);
     else dynprune::nm_conv_rows_avx2(p, begin, end);
-  };
-  const int64_t items = n * ho;
-  const int64_t workers = num_workers(items);
-  const int64_t chunk = (items + workers - 1) / workers;
-  std::vector<std::thread> pool;
-  for (int64_t t = 1; t < workers; ++t)
-    pool.emplace_back(rows, t * chunk, std::min(items, (t + 1) * chunk));
-  rows(0, std::min(items, chunk));
-  for (auto& th : pool) th.join();
+  });
+  return y;
+}
+
+// y = relu?(conv2d(x, W) + bias) for the vector N:M pattern, W packed by dynprune.sparse_cpu.pack_vector:
+// values (blocks, taps, K, V) float32, index (blocks, taps, K) int32 input channels, bias (blocks * V).
+torch::Tensor vec_conv2d(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& index,
+                         const torch::Tensor& bias, int64_t cout, int64_t kh, int64_t kw, int64_t pad_h,
+                         int64_t pad_w, int64_t dil_h, int64_t dil_w, bool relu, int64_t isa) {
+  check_input(x, isa, "vec_conv2d");
+  const auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t n = x.size(0), cin = x.size(1), h = x.size(2), w = x.size(3);
+  TORCH_CHECK(values.dim() == 4 && values.scalar_type() == at::kFloat && values.is_contiguous(),
+              "vec_conv2d: values must be contiguous float32 (blocks, taps, K, V), got ", values.sizes());
+  const int64_t blocks = values.size(0), K = values.size(2), V = values.size(3);
+  TORCH_CHECK(V == 8 || V == 16 || V == 32, "vec_conv2d: V must be 8, 16 or 32, got ", V);
+  TORCH_CHECK(values.size(1) == kh * kw && blocks == (cout + V - 1) / V && K >= 1,
+              "vec_conv2d: values ", values.sizes(), " do not fit cout=", cout, " and a ", kh, "x", kw, " kernel");
+  TORCH_CHECK(index.scalar_type() == at::kInt && index.is_contiguous() && index.dim() == 3 &&
+                  index.size(0) == blocks && index.size(1) == kh * kw && index.size(2) == K,
+              "vec_conv2d: index must be contiguous int32 (blocks, taps, K) = (", blocks, ", ", kh * kw, ", ", K, ")");
+  TORCH_CHECK(index.numel() == 0 || (index.min().item<int32_t>() >= 0 && index.max().item<int32_t>() < cin),
+              "vec_conv2d: input-channel indices must lie in [0, ", cin, ")");
+  TORCH_CHECK(bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == blocks * V,
+              "vec_conv2d: bias must hold ", blocks * V, " floats");
+  const int64_t ho = h + 2 * pad_h - dil_h * (kh - 1), wo = w + 2 * pad_w - dil_w * (kw - 1);
+  TORCH_CHECK(ho > 0 && wo > 0, "vec_conv2d: input ", h, "x", w, " is smaller than the kernel's extent");
+  auto y = at::empty({n, cout, ho, wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  auto zeros = at::zeros({cin}, x.options());
+
+  dynprune::VecConvParams p;
+  p.x = xc.data_ptr<float>();
+  p.y = y.data_ptr<float>();
+  p.values = values.data_ptr<float>();
+  p.index = index.data_ptr<int32_t>();
+  p.bias = bias.data_ptr<float>();
+  p.zeros = zeros.data_ptr<float>();
+  p.n = n; p.h = h; p.w = w; p.cin = cin; p.ho = ho; p.wo = wo; p.cout = cout;
+  p.kh = int(kh); p.kw = int(kw); p.pad_h = int(pad_h); p.pad_w = int(pad_w);
+  p.dil_h = int(dil_h); p.dil_w = int(dil_w);
+  p.V = int(V); p.K = int(K); p.relu = relu;
+  split_rows(n * ho, [&](int64_t begin, int64_t end) {
+    if (isa == 512) dynprune::vec_conv_rows_avx512(p, begin, end);
+    else dynprune::vec_conv_rows_avx2(p, begin, end);
+  });
   return y;
 }
 
@@ -82,4 +132,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_isa", &cpu_isa, "SIMD width the CPU runs: 512 (AVX-512F), 256 (AVX2+FMA) or 0");
   m.def("num_workers", &num_workers, "threads a call over that many output rows uses");
   m.def("nm_conv2d", &nm_conv2d, "direct N:M sparse conv2d: stride 1, groups 1, fp32 channels last");
+  m.def("vec_conv2d", &vec_conv2d, "direct vector-pattern N:M conv2d: stride 1, groups 1, fp32 channels last");
 }

@@ -24,8 +24,26 @@ struct NMConvParams {
   bool relu;
 };
 
+// One call of the vector-pattern convolution (dynprune/sparse_cpu.py, pack_vector): blocks of V output
+// channels keep the same K input channels per tap; per block, tap and kept entry e < K one input channel
+// index[e] and the block's V weights values[e][0..V).
+struct VecConvParams {
+  const float* x;         // (n, h, w, cin)
+  float* y;               // (n, ho, wo, cout)
+  const float* values;    // (blocks, taps, K, V), zero-padded to blocks * V output channels
+  const int32_t* index;   // (blocks, taps, K): input channel, 0 <= index < cin
+  const float* bias;      // (blocks * V), zero-padded; never null
+  const float* zeros;     // cin zeros, read for taps that fall on the zero padding
+  int64_t n, h, w, cin, ho, wo, cout;
+  int kh, kw, pad_h, pad_w, dil_h, dil_w;
+  int V, K;
+  bool relu;
+};
+
 // Work items are output rows (batch index, output row), item = b * ho + oy; [begin, end).
 void nm_conv_rows_avx512(const NMConvParams& p, int64_t begin, int64_t end);
 void nm_conv_rows_avx2(const NMConvParams& p, int64_t begin, int64_t end);
+void vec_conv_rows_avx512(const VecConvParams& p, int64_t begin, int64_t end);
+void vec_conv_rows_avx2(const VecConvParams& p, int64_t begin, int64_t end);
 
 }  // namespace dynprune

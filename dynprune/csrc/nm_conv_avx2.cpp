@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include "nm_conv_impl.h"
+#include "vec_conv_impl.h"
 
 namespace dynprune {
 namespace {
@@ -22,10 +23,17 @@ struct V256 {
   static inline reg relu(reg a) { return _mm256_max_ps(a, _mm256_setzero_ps()); }
   static inline void store(float* p, reg a) { _mm256_storeu_ps(p, a); }
   static inline void store_part(float* p, reg a, int n) { _mm256_maskstore_ps(p, head(n), a); }
+  static inline reg bcast(const float* p) { return _mm256_broadcast_ss(p); }
 };
 
 }  // namespace
 
 void nm_conv_rows_avx2(const NMConvParams& p, int64_t begin, int64_t end) { nm_rows<V256, 4>(p, begin, end); }
+
+// Tiles within 16 registers: V = 8: 12 pixels x 1 ymm; V = 16 and 32: 6 pixels x 2 ymm (V = 32 in two passes).
+void vec_conv_rows_avx2(const VecConvParams& p, int64_t begin, int64_t end) {
+  if (p.V == 8) vec_rows<V256, 1, 12>(p, begin, end);
+  else vec_rows<V256, 2, 6>(p, begin, end);
+}
 
 }  // namespace dynprune

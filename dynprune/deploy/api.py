@@ -1,0 +1,223 @@
+"""``deploy()``: a converted network or a trained ClassPruning model as an inference module whose sparse
+branches run on the CPU kernels of the backend registry (:mod:`dynprune.deploy.backends`)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .. import sparse_cpu
+from ..classpruning import ClassPruning
+from ..convert import model_ratios
+from ..layers import DynamicNMMixin, dynamic_layers
+from .backends import backend_names, choose, get_backend
+from .fold import foldable
+from .layer import LayerPlan, SparseConv2d
+
+__all__ = ["deploy", "DeployReport"]
+
+
+@dataclass
+class DeployReport:
+    """What :func:`deploy` did, layer by layer (``layers``), and whether the kernels can run here."""
+
+    backend: str
+    ratios: tuple[str, ...]
+    options: dict[str, Any]
+    kernel: dict[str, Any]
+    layers: list[LayerPlan] = field(default_factory=list)
+
+    def sparse_layers(self, branch: int) -> list[str]:
+        """Names of the layers that run on a sparse kernel (any sparse backend) for branch index ``branch``."""
+        return [lp.name for lp in self.layers if lp.paths[branch] not in ("onednn", "dynamic")
+                and get_backend(lp.paths[branch]).sparse]
+
+    def __str__(self) -> str:
+        k = self.kernel
+        head = (f"deploy backend={self.backend}, pattern {self.options.get('pattern', 'element')}, kernel "
+                + (f"{k['isa']}" if k["available"] else f"unavailable ({k['reason']})"))
+        lines = [head, "| layer | type | shape | " + " | ".join(self.ratios) + " | fused | why not sparse |",
+                 "|---|---|---|" + "---|" * len(self.ratios) + "---|---|"]
+        for lp in self.layers:
+            fused = "+".join(x for x in (lp.folded_norm and f"BN {lp.folded_norm}", lp.relu and "ReLU") if x)
+            why = "; ".join(sorted({r for r in lp.reasons if r}))
+            lines.append(f"| {lp.name} | {lp.type} | {lp.shape} | " + " | ".join(lp.paths) + f" | {fused} | {why} |")
+        return "\n".join(lines)
+
+
+def _is_conv2d(layer: nn.Module) -> bool:
+    """A dynamic ``nn.Conv2d`` whose class keeps Conv2d's own forward (timm's Conv2dSame pads in its own)."""
+    base = getattr(layer, "_dynprune_base", None)
+    return (isinstance(layer, DynamicNMMixin) and issubclass(base, nn.Conv2d)
+            and base.forward is nn.Conv2d.forward and base._conv_forward is nn.Conv2d._conv_forward)
+
+
+def _plan(name: str, conv: nn.Module, opts: dict[str, Any], forced: dict[str, list[str]]) -> LayerPlan:
+    shape = tuple(conv.dense_weight.shape)
+    num = len(conv.nm_ratios)
+    if not _is_conv2d(conv):
+        base = conv._dynprune_base
+        why = (f"{base.__name__} has its own forward (kernel: plain Conv2d)" if issubclass(base, nn.Conv2d)
+               else f"{base.__name__} (kernel: Conv2d)")
+        return LayerPlan(name, base.__name__, shape, ["dynamic"] * num, [why] * num)
+    if name in forced:
+        paths = list(forced[name])
+        if len(paths) != num:
+            raise ValueError(f"deploy paths for layer {name!r} name {len(paths)} branches, the layer has {num}")
+        for p in paths:
+            get_backend(p)
+        return LayerPlan(name, "Conv2d", shape, paths, [""] * num)
+    picks = [choose(conv, r, conv.nm_pattern, opts["backends"], opts) for r in conv.nm_ratios]
+    return LayerPlan(name, "Conv2d", shape, [p for p, _ in picks], [why for _, why in picks])
+
+
+def _set_child(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+def _deploy_net(net: nn.Module, opts: dict[str, Any], report: DeployReport, forced: dict[str, list[str]]) -> None:
+    """Replace, in place, every dynamic Conv2d of ``net`` by a :class:`SparseConv2d` (folding and fusing
+    within ``nn.Sequential`` containers when ``opts['fuse']``)."""
+    names = {id(m): n for n, m in net.named_modules()}
+    done: set[int] = set()
+    if opts["fuse"]:
+        for seq in [m for m in net.modules() if isinstance(m, nn.Sequential)]:
+            kids = list(seq.named_children())
+            for k, (key, conv) in enumerate(kids):
+                if id(conv) in done or not _is_conv2d(conv):
+                    continue
+                plan = _plan(names[id(conv)], conv, opts, forced)
+                norm, nxt = None, k + 1
+                if nxt < len(kids) and foldable(kids[nxt][1]):
+                    norm, plan.folded_norm = kids[nxt][1], names[id(kids[nxt][1])]
+                    nxt += 1
+                if nxt < len(kids) and type(kids[nxt][1]) is nn.ReLU:
+                    plan.relu = True
+                    setattr(seq, kids[nxt][0], nn.Identity())
+                if norm is not None:
+                    setattr(seq, kids[k + 1][0], nn.Identity())
+                setattr(seq, key, SparseConv2d(conv, plan, norm, opts["channels_last"]))
+                done.add(id(conv))
+                report.layers.append(plan)
+    for name, layer in list(dynamic_layers(net)):
+        if id(layer) in done:
+            continue
+        plan = _plan(name, layer, opts, forced)
+        if _is_conv2d(layer):
+            _set_child(net, name, SparseConv2d(layer, plan, channels_last=opts["channels_last"]))
+        report.layers.append(plan)
+    order = {n: k for k, (n, _) in enumerate(net.named_modules())}
+    report.layers.sort(key=lambda lp: order.get(lp.name, len(order)))
+
+
+def _in_channels(model: nn.Module) -> int:
+    if isinstance(model, ClassPruning):
+        return model.in_channels
+    c = getattr(model, "in_channels", None)
+    if isinstance(c, int):
+        return c
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    return conv.in_channels
+
+
+def _input_hook(in_channels: int, channels_last: bool):
+    def check(module: nn.Module, args):
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise ValueError(f"deployed {type(module).__name__} expects a (B, {in_channels}, H, W) float32 tensor, "
+                             f"got {type(x).__name__ if not isinstance(x, torch.Tensor) else tuple(x.shape)}")
+        if x.dtype != torch.float32:
+            raise TypeError(f"deployed {type(module).__name__} expects float32 input, got {x.dtype} "
+                            f"(convert with x.float(); pixels in [0, 1])")
+        if x.shape[1] != in_channels:
+            raise ValueError(f"deployed {type(module).__name__} expects {in_channels} input channels, got "
+                             f"{x.shape[1]} (input shape {tuple(x.shape)})")
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return (x, *args[1:])
+    return check
+
+
+def _allowed(backend: str | Sequence[str]) -> tuple[str, ...]:
+    """The backends ``deploy(backend=...)`` may use: every registered one for "cpu", else the named ones."""
+    if isinstance(backend, str):
+        if backend == "cpu":
+            return backend_names()
+        backend = [backend]
+    names = tuple(backend)
+    for name in names:
+        if name not in backend_names():
+            raise ValueError(f"unknown deploy backend {name!r}: use 'cpu' (every registered backend) or one of "
+                             f"{list(backend_names())}")
+    return names
+
+
+def deploy(model: nn.Module, backend: str | Sequence[str] = "cpu", *, max_density: float = 0.25,
+           max_density_vector: float = 0.75, min_out_channels: int = 16, fuse: bool = True,
+           channels_last: bool = True, paths: dict[str, list[str]] | None = None) -> nn.Module:
+    """An inference copy of ``model`` whose sparse branches run on the CPU kernels.
+
+    Per layer and branch the first registered backend (:mod:`dynprune.deploy.backends`, preference order
+    ``vector_cpu``, ``nm_cpu``, ``onednn``) that supports it runs it; the rule, measured on Intel, AMD
+    Zen 4 and AVX2 paths (docs/results.md, "Sparse N:M CPU kernel"): a vector-pattern branch runs on the vector
+    kernel up to ``max_density_vector``, an element-pattern branch on the element kernel up to
+    ``max_density``, and the dense branch, other densities and the layers the kernels cannot run (stride,
+    groups, padding modes, partial groups, few output channels) on oneDNN. ``deploy_report`` says which ran
+    where and why not sparse.
+
+    Args:
+        model: a network made by :func:`dynprune.convert`, or a :class:`~dynprune.ClassPruning` model
+            (its restorer is deployed, its classifier kept).
+        backend: ``"cpu"`` (every registered backend, chosen per layer), a registered backend's name, or a
+            list of them (``"onednn"`` is always a last resort).
+        max_density: element-pattern branches denser than this (N/M) run on oneDNN; default 0.25 (the
+            element kernel beats oneDNN at 1:4 on every measured CPU, at 2:4 only on some).
+        max_density_vector: the same for vector-pattern branches; default 0.75.
+        min_out_channels: layers with fewer output channels run on oneDNN (a SIMD tile would be mostly empty).
+        fuse: fold BatchNorm and fuse ReLU that follow a convolution inside an ``nn.Sequential``.
+        channels_last: run the whole model on channels_last activations (the kernels' layout; no copy
+            between layers). ``False`` keeps NCHW for models whose other layers are slow in channels_last
+            (e.g. InstanceNorm: GCANet); the kernel layers then copy their input and output once each.
+        paths: {layer name: backend per branch} overriding the rule (a saved artifact's choice).
+    Returns:
+        A deep copy in eval mode, of the same class as ``model``, with ``deploy_report`` (a
+        :class:`DeployReport`) and ``deploy_options``. Inputs must be (B, C, H, W) float32; with
+        ``channels_last`` they are put in channels_last memory once at the entry.
+    Raises:
+        ValueError: a backend that is not registered (the registered ones are named), options out of range,
+            or a model that holds no dynamic N:M layer (never converted).
+    """
+    allowed = _allowed(backend)
+    if not 0 <= max_density <= 1 or not 0 <= max_density_vector <= 1 or min_out_channels < 1:
+        raise ValueError(f"deploy options out of range: max_density={max_density}, max_density_vector="
+                         f"{max_density_vector} (need 0..1), min_out_channels={min_out_channels} (need >= 1)")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"deploy() needs an nn.Module, got {type(model).__name__}")
+    net = model.restorer if isinstance(model, ClassPruning) else model
+    ratios = model_ratios(net)   # ValueError for a model that was never converted
+    pattern = next(layer for _, layer in dynamic_layers(net)).nm_pattern
+    opts = {"backend": backend if isinstance(backend, str) else list(backend), "backends": allowed,
+            "max_density": float(max_density), "max_density_vector": float(max_density_vector),
+            "min_out_channels": int(min_out_channels), "fuse": bool(fuse), "channels_last": bool(channels_last),
+            "pattern": str(pattern)}
+    out = copy.deepcopy(model).eval()
+    out_net = out.restorer if isinstance(out, ClassPruning) else out
+    report = DeployReport(opts["backend"] if isinstance(opts["backend"], str) else ",".join(allowed),
+                          tuple(str(r) for r in ratios), opts, sparse_cpu.kernel_status())
+    _deploy_net(out_net, opts, report, dict(paths or {}))
+    if report.kernel["available"] is False and any(report.sparse_layers(i) for i in range(len(ratios))):
+        sparse_cpu.kernel()  # the one warning naming the reason
+    if channels_last:
+        out.to(memory_format=torch.channels_last)
+    hook = _input_hook(_in_channels(model), channels_last)
+    out.register_forward_pre_hook(hook)
+    if out_net is not out:
+        out_net.register_forward_pre_hook(hook)
+    opts["paths"] = {lp.name: list(lp.paths) for lp in report.layers if "dynamic" not in lp.paths}
+    out.deploy_report, out.deploy_options = report, opts
+    return out

@@ -1,0 +1,122 @@
+"""The registry of deploy backends: what runs one branch of one deployed ``Conv2d``.
+
+A backend is a :class:`Backend` subclass registered under its name; each lives in its own module here,
+and adding one (a GPU or OpenVINO kernel) is a new module plus one line in :data:`_BUILTIN`, or a
+:func:`register_backend` call from a third-party package. :func:`dynprune.deploy` asks every registered
+backend, per layer and branch, whether it can run it (:meth:`Backend.supports`) and picks by the
+documented rule of :func:`choose`; the deploy report names the choice and the reasons for the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...nm import NMPattern, NMRatio
+
+__all__ = ["Backend", "register_backend", "get_backend", "backend_names", "choose"]
+
+# built-in backends, in order of preference for a branch they all support (fastest first where it applies)
+_BUILTIN = ("vector_cpu", "nm_cpu", "onednn")
+_REGISTRY: dict[str, "Backend"] = {}
+
+
+class Backend:
+    """One way to run a branch of a deployed ``Conv2d`` (stride, padding, dilation of the layer; BatchNorm
+    folded into ``weight``/``bias``, ReLU fused when ``layer.relu``).
+
+    Subclasses set ``name`` and ``sparse`` (whether it skips pruned weights) and implement the four methods.
+    Packed buffers are machine-independent tensors stored in the artifact; what depends on the machine
+    (SIMD width) is derived from them at run time.
+    """
+
+    name: str = ""
+    sparse: bool = False
+
+    def status(self) -> tuple[bool, str]:
+        """(runs on this machine, why not). Default: always runs."""
+        return True, ""
+
+    def handles(self, pattern: NMPattern) -> bool:
+        """Whether this backend runs masks of ``pattern`` at all (the others are not asked, nor reported)."""
+        return True
+
+    def supports(self, conv: nn.Conv2d, ratio: NMRatio, pattern: NMPattern, opts: dict[str, Any]) -> str:
+        """Why this backend cannot (or, by the documented rule, should not) run branch ``ratio`` of the dynamic
+        ``conv`` under ``pattern`` and deploy options ``opts``; "" when it can."""
+        raise NotImplementedError
+
+    def pack(self, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor, ratio: NMRatio,
+             pattern: NMPattern) -> dict[str, torch.Tensor]:
+        """Buffers for one branch from the masked, folded ``weight`` (Cout, Cin, kh, kw) float32, its bool
+        ``mask`` and ``bias`` (Cout,) float32."""
+        raise NotImplementedError
+
+    def run(self, layer: nn.Module, branch: int, x: torch.Tensor,
+            buffers: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Branch ``branch`` of ``layer``: ``relu?(conv2d(x, W) + b)`` for x (B, Cin, H, W) float32 channels_last -> (B, Cout, Ho, Wo)."""
+        raise NotImplementedError
+
+    def dense_weight(self, layer: nn.Module, buffers: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The (Cout, Cin, kh, kw) float32 weight the buffers encode: the fallback where :meth:`status` is
+        False (an artifact loaded on a machine without the kernel)."""
+        raise NotImplementedError
+
+
+def register_backend(backend: Backend) -> Backend:
+    """Register ``backend`` under ``backend.name`` (replacing a backend of that name). Returns it.
+
+    Raises:
+        TypeError: not a :class:`Backend`. ValueError: an empty name.
+    """
+    if not isinstance(backend, Backend):
+        raise TypeError(f"register_backend needs a dynprune Backend, got {type(backend).__name__}")
+    if not backend.name:
+        raise ValueError(f"backend {type(backend).__name__} has no name")
+    _REGISTRY[backend.name] = backend
+    return backend
+
+
+def _load_builtin() -> None:
+    for mod in _BUILTIN:
+        if mod not in _REGISTRY:
+            importlib.import_module(f"{__name__}.{mod}")
+
+
+def backend_names() -> tuple[str, ...]:
+    """Registered backends, built-in ones first in their preference order."""
+    _load_builtin()
+    return tuple(sorted(_REGISTRY, key=lambda n: (_BUILTIN.index(n) if n in _BUILTIN else len(_BUILTIN), n)))
+
+
+def get_backend(name: str) -> Backend:
+    """The backend registered as ``name``.
+
+    Raises:
+        ValueError: no such backend (the registered ones are named).
+    """
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown deploy backend {name!r}: registered backends are {list(backend_names())}")
+    return _REGISTRY[name]
+
+
+def choose(conv: nn.Conv2d, ratio: NMRatio, pattern: NMPattern, allowed: tuple[str, ...],
+           opts: dict[str, Any]) -> tuple[str, str]:
+    """(backend name, why the sparse backends were not chosen) for one branch: the first of ``allowed``, in
+    preference order, that supports it. A dense ratio always runs on oneDNN (no reason reported)."""
+    if ratio.is_dense:
+        return "onednn", ""
+    reasons = []
+    candidates = [name for name in allowed if get_backend(name).handles(pattern)]
+    if not any(get_backend(name).sparse for name in candidates):
+        reasons.append(f"no allowed sparse backend runs pattern {pattern} (allowed: {', '.join(allowed)})")
+    for name in candidates:
+        why = get_backend(name).supports(conv, ratio, pattern, opts)
+        if not why:
+            return name, "; ".join(reasons)
+        reasons.append(why)
+    return "onednn", "; ".join(reasons)
