@@ -33,7 +33,7 @@ from dynprune.budget import calibrate_budget
 from dynprune.evaluate import degraded_images
 from dynprune.imageio import read_folder
 from dynprune.registry import create
-from dynprune.trainer import load_trained
+from dynprune.models import load_trained
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ Parts (``--part``, default all):
             <= 1/4 on the kernel, the others on oneDNN), on one BSD68 image against the fastest dense
             variant; which layers run sparse, MACs (% of dense) and ms, 1 and 2 threads. The weights do not
             change the time, so the pretrained DnCNN-B stands in for every plan.
-  gcanet    per branch, a converted GCANet (702,818 parameters, random weights: no trained GCANet
-            checkpoint exists yet) on 1x3x481x321.
+  gcanet    per branch, the released GCANet dehaze checkpoint (``--gcanet-checkpoint``) on 1x3x321x481:
+            which layers a kernel takes (the deploy report) and ms per branch, channels_last and NCHW.
 
 ``--pattern vector16`` (or another vector pattern) times the checkpoint's routed model under that mask
 pattern instead of its own (parts branches, bsd68, plans, gcanet): its trained weights re-masked by the
@@ -342,9 +342,11 @@ def part_memory(args, shape: list[int]) -> dict:
 
 
 def part_gcanet(args) -> dict:
-    torch.manual_seed(0)
-    base = dp.create_model("gcanet").eval()
-    net = dp.convert(base, pattern=args.pattern or "element").eval()
+    """GCANet per branch: the released dehaze checkpoint's restorer (under ``--pattern``, re-masked), its dense
+    base (the checkpoint's weights on the dense branch, exported) as the reference."""
+    cp = load_checkpoint(argparse.Namespace(checkpoint=args.gcanet_checkpoint, pattern=args.pattern))
+    net = cp.restorer.eval()
+    base = dp.export_branch(net, len(dp.model_ratios(net)) - 1).eval()
     deployed = dp.deploy(net, max_density=0.5)
     nchw = dp.deploy(net, max_density=0.5, channels_last=False)
     x = torch.rand(1, 3, 321, 481)
@@ -354,12 +356,14 @@ def part_gcanet(args) -> dict:
         variants[f"deployed {r}, channels_last"] = on_branch(deployed, i, x)
         variants[f"deployed {r}, NCHW + kernel copies"] = on_branch(nchw, i, x)
     sparse = len(deployed.deploy_report.sparse_layers(0))
+    net_pattern = deployed.deploy_report.options["pattern"]
+    print(deployed.deploy_report)
     out = {}
     for threads in args.threads:
         med = interleaved(variants, args.rounds, threads)
         out[threads] = med
-        print(f"\n### GCANet per branch, 1x3x321x481, {threads} thread(s) ({sparse} of "
-              f"{len(deployed.deploy_report.layers)} layers on the kernel at 1:4)")
+        print(f"\n### GCANet per branch ({args.gcanet_checkpoint}, pattern {net_pattern}), 1x3x321x481, {threads} "
+              f"thread(s), {_cpu_model()} ({sparse} of {len(deployed.deploy_report.layers)} layers on a kernel at 1:4)")
         print("| variant | ms | vs dense |\n|---|---:|---:|")
         for k, v in med.items():
             print(f"| {k} | {v:.1f} | {med['dense GCANet'] / v:.2f}x |")
@@ -424,6 +428,7 @@ def main() -> None:
                     help="ratio plan files (dynprune search) or global ratios, for --part plans")
     ap.add_argument("--pattern", help="time the checkpoint's model under this mask pattern (e.g. vector16), "
                     "its weights re-masked; also the pattern of --part plans and gcanet")
+    ap.add_argument("--gcanet-checkpoint", default="docs/checkpoints/cp_gcanet_dehaze.pt")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--bsd-threads", type=int, default=2)
@@ -473,9 +478,10 @@ def main() -> None:
         if args.part == ["plans"]:
             return print(f"results: {out / 'plans.json'}")
     (out / "speed.json").write_text(json.dumps(results, indent=1, default=str))
-    if "bsd68" in results:
-        plot(results, _branch_psnr(), out.parent / "speed.png")
-        print(f"\nplot: {out.parent / 'speed.png'}")
+    if "bsd68" in results:   # the released plot is the checkpoint's own; a --pattern stand-in plots into OUT
+        where = out / "speed.png" if args.pattern else out.parent / "speed.png"
+        plot(results, _branch_psnr(), where)
+        print(f"\nplot: {where}")
     print(f"results: {out / 'speed.json'}")
 
 

@@ -97,7 +97,7 @@ def _load_for_inference(path, backend: str):
     from .checkpoint import load_file
     from .config import TrainConfig
     from .deploy import deploy, is_deployed_file, load_deployed
-    from .trainer import build_model, load_trained
+    from .models import build_model, load_trained
 
     obj = load_file(path)
     if is_deployed_file(obj):
@@ -123,17 +123,20 @@ def _say_deployed(model) -> None:
     rep = model.deploy_report
     counts = ", ".join(f"{r}: {len(rep.sparse_layers(i))}" for i, r in enumerate(rep.ratios))
     kernel = rep.kernel["isa"] if rep.kernel["available"] else f"unavailable ({rep.kernel['reason']})"
-    print(f"backend cpu, kernel {kernel}; layers on the N:M kernel per branch: {counts}", file=sys.stderr)
+    print(f"backend cpu, pattern {rep.options.get('pattern', 'element')}, kernel {kernel}; layers on a sparse "
+          f"kernel per branch: {counts}", file=sys.stderr)
 
 
 def cmd_deploy(args) -> int:
     from .deploy import deploy, save_deployed
     from .outputs import check_output_file
-    from .trainer import load_trained
+    from .models import load_trained
 
     out = check_output_file(args.out, [args.checkpoint], args.overwrite)
     model, cfg, ckpt = load_trained(args.checkpoint)
-    dep = deploy(model, args.backend, max_density=args.max_density, min_out_channels=args.min_out_channels)
+    backend = args.backend.split(",") if "," in args.backend else args.backend
+    dep = deploy(model, backend, max_density=args.max_density, max_density_vector=args.max_density_vector,
+                 min_out_channels=args.min_out_channels)
     save_deployed(dep, out, cfg.model_dump(mode="json"), ckpt.get("arch", {}))
     print(dep.deploy_report)
     print(f"deployed model written to {out} (load with dynprune.load, or pass it to restore/eval)")
@@ -227,7 +230,7 @@ def cmd_calibrate(args) -> int:
     from .budget import calibrate_budget
     from .checkpoint import save_atomic
     from .outputs import check_output_file
-    from .trainer import load_trained
+    from .models import load_trained
 
     ckpt_path = Path(args.checkpoint)
     check_output_file(args.out, [ckpt_path], args.overwrite)
@@ -447,9 +450,13 @@ def build_parser() -> argparse.ArgumentParser:
     dp_ = sub.add_parser("deploy", help="pack a trained checkpoint for the N:M CPU kernel and save it")
     dp_.add_argument("checkpoint")
     dp_.add_argument("out", help="output file (state_dict + config; loads with weights_only=True)")
-    dp_.add_argument("--backend", default="cpu", help="deploy backend (only 'cpu')")
+    dp_.add_argument("--backend", default="cpu",
+                     help="'cpu' (every registered backend, chosen per layer) or backend names, comma-separated "
+                          "(vector_cpu, nm_cpu, onednn)")
     dp_.add_argument("--max-density", type=float, default=0.25,
-                     help="branches denser than N/M run on oneDNN (default 0.25: the kernel wins at 1:4 here)")
+                     help="element-pattern branches denser than N/M run on oneDNN (default 0.25)")
+    dp_.add_argument("--max-density-vector", type=float, default=0.75,
+                     help="vector-pattern branches denser than N/M run on oneDNN (default 0.75)")
     dp_.add_argument("--min-out-channels", type=int, default=16, help="layers with fewer outputs run on oneDNN")
     _overwrite(dp_, "OUT")
     dp_.set_defaults(fn=cmd_deploy)

@@ -50,7 +50,8 @@ from .outputs import RunLog, checkpoint_note, claim_run_dir
 from .progress import progress
 from .registry import create, get_host
 from .schedule import cosine_lr
-from .trainer import build_model, build_teachers, config_differences, load_trained, sample_batch
+from .models import build_model, load_trained
+from .trainer import build_teachers, config_differences, sample_batch
 
 __all__ = ["PnG", "PnGModel", "task_ratios", "classpruning_config", "load", "run_png", "RUN_FILES"]
 

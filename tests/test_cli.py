@@ -123,7 +123,7 @@ def test_gray_image_given_to_rgb_model_is_an_error(tmp_path, capsys):
 
 def test_deploy_artifact_and_cpu_backend(trained, tmp_path, capsys):
     from dynprune.deploy import DEPLOY_FORMAT, load_deployed
-    from dynprune.trainer import load_trained
+    from dynprune.models import load_trained
 
     ckpt, art = str(trained / "run/last.pt"), tmp_path / "deployed.pt"
     assert main(["deploy", ckpt, str(art), "--max-density", "0.5", "--min-out-channels", "1"]) == 0

@@ -156,7 +156,7 @@ def test_save_requires_a_deployed_model(dncnn, tmp_path):
 @pytest.fixture
 def artifact(tmp_path):
     """A deployed tiny ClassPruning model saved to a file, and its outputs on a fixed batch."""
-    from dynprune.trainer import build_model
+    from dynprune.models import build_model
 
     from .test_trainer import tiny_config
 

@@ -89,16 +89,17 @@ def test_pickle_and_deepcopy_round_trip():
             assert torch.equal(clone(x), ref)
 
 
-def _small():
+def _small(pattern="element"):
     return dp.convert(nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                                    nn.Conv2d(16, 8, 3, padding=1))).eval()
+                                    nn.Conv2d(16, 8, 3, padding=1)), pattern=pattern).eval()
 
 
 @requires_compile
-def test_compile_default_backend_recompiles_once_per_branch():
+@pytest.mark.parametrize("pattern", ["element", "vector8"])
+def test_compile_default_backend_recompiles_once_per_branch(pattern):
     from torch._dynamo.utils import counters
 
-    net, x = _small(), torch.randn(1, 8, 12, 12)
+    net, x = _small(pattern), torch.randn(1, 8, 12, 12)
     torch._dynamo.reset()
     counters.clear()
     compiled = torch.compile(net, fullgraph=True)
@@ -125,10 +126,11 @@ def test_unknown_branch_inside_compiled_region():
         strict(x)
 
 
-def test_onnx_export_every_branch():
+@pytest.mark.parametrize("pattern", ["element", "vector8"])
+def test_onnx_export_every_branch(pattern):
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")
-    net, x = _small(), torch.randn(1, 8, 12, 12)
+    net, x = _small(pattern), torch.randn(1, 8, 12, 12)
     for b in ("1:4", "2:4", "4:4"):
         with torch.no_grad(), dp.use_branch(b):
             program = torch.onnx.export(net, (x,), dynamo=True, verbose=False)

@@ -8,7 +8,7 @@ from dynprune.branch import use_branch
 from dynprune.layers import dynamic_layers, pin_from_state, pin_order
 from dynprune.nm import nm_order
 from dynprune.png import PnG, classpruning_config, load, task_ratios
-from dynprune.trainer import load_trained
+from dynprune.models import load_trained
 
 from .conftest import requires_compile
 from .test_trainer import tiny_config

@@ -51,15 +51,19 @@ def test_kernel_equals_conv2d_on_masked_weight(isa, shape):
     n, m = shape[5], shape[6]
     values, index = sparse_cpu.compress(weight, mask, n, m)
     packed = sparse_cpu.pack_for_kernel(values, index, bias, weight.shape[1], n, m, sparse_cpu.lanes())
-    ref = F.conv2d(x, weight * mask, bias, padding=pad, dilation=dil)
+    _check_kernel(lambda xx, relu: sparse_cpu.nm_conv2d(xx, packed, weight.shape[0], k, pad, dil, relu=relu),
+                  x, F.conv2d(x, weight * mask, bias, padding=pad, dilation=dil))
+
+
+def _check_kernel(run, x, ref):
+    """``run(x, relu)`` equals ``ref`` (ReLU'd for relu=True) to float tolerance, channels_last out, also for an
+    NCHW input (one copy inside)."""
     for relu in (False, True):
-        y = sparse_cpu.nm_conv2d(x, packed, weight.shape[0], k, pad, dil, relu=relu)
+        y = run(x, relu)
         assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
         want = ref.relu() if relu else ref
         assert (y - want).abs().max().item() <= 1e-4 * max(1.0, want.abs().max().item())
-    # an NCHW input gives the same result (one copy inside)
-    y2 = sparse_cpu.nm_conv2d(x.contiguous(), packed, weight.shape[0], k, pad, dil)
-    assert torch.allclose(y2, ref, atol=1e-4 * max(1.0, ref.abs().max().item()))
+    assert (run(x.contiguous(), False) - ref).abs().max().item() <= 1e-4 * max(1.0, ref.abs().max().item())
 
 
 @ISAS
@@ -146,14 +150,8 @@ def test_vector_kernel_equals_conv2d_on_masked_weight(isa, shape):
     weight, bias, mask, x = _vector_case(*shape)
     k, pad, dil = (shape[2],) * 2, (shape[3],) * 2, (shape[4],) * 2
     packed = sparse_cpu.compress_vector(weight, mask, shape[10], bias)
-    ref = F.conv2d(x, weight * mask, bias, padding=pad, dilation=dil)
-    for relu in (False, True):
-        y = sparse_cpu.vec_conv2d(x, packed, weight.shape[0], k, pad, dil, relu=relu)
-        assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
-        want = ref.relu() if relu else ref
-        assert (y - want).abs().max().item() <= 1e-4 * max(1.0, want.abs().max().item())
-    y = sparse_cpu.vec_conv2d(x.contiguous(), packed, weight.shape[0], k, pad, dil)   # NCHW input: one copy
-    assert (y - ref).abs().max().item() <= 1e-4 * max(1.0, ref.abs().max().item())
+    _check_kernel(lambda xx, relu: sparse_cpu.vec_conv2d(xx, packed, weight.shape[0], k, pad, dil, relu=relu),
+                  x, F.conv2d(x, weight * mask, bias, padding=pad, dilation=dil))
 
 
 @ISAS

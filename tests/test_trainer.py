@@ -256,7 +256,7 @@ def test_load_gives_the_trained_model_in_eval_mode(tmp_path):
 
 def test_checkpoint_of_a_backbone_without_in_channels_rebuilds(tmp_path):
     # SR backbones do not say their input channels: the classifier's first conv does (3 here, not 1)
-    from dynprune.trainer import build_model
+    from dynprune.models import build_model
 
     cfg = TrainConfig.model_validate({"model": {"name": "carn_m", "kwargs": {"multi_scale": True, "scale": 4}},
                                       "convert": {"ratios": ["2:4", "4:4"]}})

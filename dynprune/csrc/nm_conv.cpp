@@ -94,6 +94,7 @@ torch::Tensor vec_conv2d(const torch::Tensor& x, const torch::Tensor& values, co
               "vec_conv2d: values must be contiguous float32 (blocks, taps, K, V), got ", values.sizes());
   const int64_t blocks = values.size(0), K = values.size(2), V = values.size(3);
   TORCH_CHECK(V == 8 || V == 16 || V == 32, "vec_conv2d: V must be 8, 16 or 32, got ", V);
+  TORCH_CHECK(kh >= 1 && kh <= 16 && kw >= 1, "vec_conv2d: kernel height must be 1..16, got ", kh);
   TORCH_CHECK(values.size(1) == kh * kw && blocks == (cout + V - 1) / V && K >= 1,
               "vec_conv2d: values ", values.sizes(), " do not fit cout=", cout, " and a ", kh, "x", kw, " kernel");
   TORCH_CHECK(index.scalar_type() == at::kInt && index.is_contiguous() && index.dim() == 3 &&
@@ -106,7 +107,6 @@ torch::Tensor vec_conv2d(const torch::Tensor& x, const torch::Tensor& values, co
   const int64_t ho = h + 2 * pad_h - dil_h * (kh - 1), wo = w + 2 * pad_w - dil_w * (kw - 1);
   TORCH_CHECK(ho > 0 && wo > 0, "vec_conv2d: input ", h, "x", w, " is smaller than the kernel's extent");
   auto y = at::empty({n, cout, ho, wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  auto zeros = at::zeros({cin}, x.options());
 
   dynprune::VecConvParams p;
   p.x = xc.data_ptr<float>();
@@ -114,7 +114,6 @@ torch::Tensor vec_conv2d(const torch::Tensor& x, const torch::Tensor& values, co
   p.values = values.data_ptr<float>();
   p.index = index.data_ptr<int32_t>();
   p.bias = bias.data_ptr<float>();
-  p.zeros = zeros.data_ptr<float>();
   p.n = n; p.h = h; p.w = w; p.cin = cin; p.ho = ho; p.wo = wo; p.cout = cout;
   p.kh = int(kh); p.kw = int(kw); p.pad_h = int(pad_h); p.pad_w = int(pad_w);
   p.dil_h = int(dil_h); p.dil_w = int(dil_w);

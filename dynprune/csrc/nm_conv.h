@@ -33,9 +33,8 @@ struct VecConvParams {
   const float* values;    // (blocks, taps, K, V), zero-padded to blocks * V output channels
   const int32_t* index;   // (blocks, taps, K): input channel, 0 <= index < cin
   const float* bias;      // (blocks * V), zero-padded; never null
-  const float* zeros;     // cin zeros, read for taps that fall on the zero padding
   int64_t n, h, w, cin, ho, wo, cout;
-  int kh, kw, pad_h, pad_w, dil_h, dil_w;
+  int kh, kw, pad_h, pad_w, dil_h, dil_w;  // kh <= 16
   int V, K;
   bool relu;
 };

@@ -10,11 +10,12 @@
 // multiplied by the block's V weights: a dense direct convolution that visits only the kept input
 // channels, with no permute. A tile is P consecutive output pixels x NR registers (NR * L output
 // channels of a block; V = 32 on AVX2 runs as two such sub-blocks over the same index list).
-// Interior tiles address pixel q as base + q * CS: with CS a compile-time channel count the offsets
-// are constant displacements and no register per pixel is spent; border pixels (a tap on the zero
-// padding) read a zero vector through a per-pixel pointer instead.
+// A tile addresses pixel q as base + q * CS: with CS a compile-time channel count the offsets are constant
+// displacements and no register per pixel is spent. Tiles whose taps reach the zero padding read a small
+// zero-padded copy of their pixels instead, so borders run the same code at the same speed.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "nm_conv.h"
 
@@ -26,8 +27,12 @@
 namespace dynprune {
 namespace {
 
-template <class R, int NR, int P, int CS, bool INTERIOR>
-inline void vec_tile(const VecConvParams& p, int64_t b, int64_t oy, int64_t ox, int64_t ob, int off) {
+// One tile: output pixels ox .. ox+P-1 of row oy, output channels ob*V + off .. + NR*L. rows[ky] points at
+// the input pixel of column ox - pad_w in the input row of tap row ky (nullptr: that row lies in the zero
+// padding); pixel q at tap kx reads rows[ky] + (q + kx * dil_w) * CS. Only the first `keep` pixels are stored.
+template <class R, int NR, int P, int CS>
+inline void vec_tile(const VecConvParams& p, const float* const* rows, int64_t b, int64_t oy, int64_t ox, int64_t ob,
+                     int off, int keep) {
   using reg = typename R::reg;
   constexpr int L = R::L;
   const int64_t cs = CS > 0 ? CS : p.cin;
@@ -41,46 +46,27 @@ inline void vec_tile(const VecConvParams& p, int64_t b, int64_t oy, int64_t ox, 
   const float* vblock = p.values + ob * taps * int64_t(K) * V + off;
   const int32_t* iblock = p.index + ob * taps * int64_t(K);
   for (int ky = 0; ky < p.kh; ++ky) {
-    const int64_t iy = oy - p.pad_h + int64_t(ky) * p.dil_h;
-    if (iy < 0 || iy >= p.h) continue;
-    const float* row = p.x + (b * p.h + iy) * p.w * cs;
+    if (rows[ky] == nullptr) continue;
     for (int kx = 0; kx < p.kw; ++kx) {
       const int t = ky * p.kw + kx;
       const float* vt = vblock + int64_t(t) * K * V;
       const int32_t* it = iblock + int64_t(t) * K;
-      const int64_t ix0 = ox - p.pad_w + int64_t(kx) * p.dil_w;
-      if constexpr (INTERIOR) {
-        const float* base = row + ix0 * cs;
+      const float* base = rows[ky] + int64_t(kx) * p.dil_w * cs;
 #pragma GCC unroll 4
-        for (int e = 0; e < K; ++e) {
-          const float* xe = base + it[e];
-          reg wv[NR];
-          UNROLL for (int r = 0; r < NR; ++r) wv[r] = R::load(vt + int64_t(e) * V + r * L);
-          UNROLL for (int q = 0; q < P; ++q) {
-            const reg xb = R::bcast(xe + q * cs);
-            UNROLL for (int r = 0; r < NR; ++r) acc[q][r] = R::fma(xb, wv[r], acc[q][r]);
-          }
-        }
-      } else {
-        const float* src[P];
+      for (int e = 0; e < K; ++e) {
+        const float* xe = base + it[e];
+        reg wv[NR];
+        UNROLL for (int r = 0; r < NR; ++r) wv[r] = R::load(vt + int64_t(e) * V + r * L);
         UNROLL for (int q = 0; q < P; ++q) {
-          const int64_t ix = ix0 + q;
-          src[q] = (ix >= 0 && ix < p.w) ? row + ix * cs : p.zeros;
-        }
-        for (int e = 0; e < K; ++e) {
-          const int c = it[e];
-          reg wv[NR];
-          UNROLL for (int r = 0; r < NR; ++r) wv[r] = R::load(vt + int64_t(e) * V + r * L);
-          UNROLL for (int q = 0; q < P; ++q) {
-            const reg xb = R::bcast(src[q] + c);
-            UNROLL for (int r = 0; r < NR; ++r) acc[q][r] = R::fma(xb, wv[r], acc[q][r]);
-          }
+          const reg xb = R::bcast(xe + q * cs);
+          UNROLL for (int r = 0; r < NR; ++r) acc[q][r] = R::fma(xb, wv[r], acc[q][r]);
         }
       }
     }
   }
   float* out = p.y + ((b * p.ho + oy) * p.wo + ox) * p.cout;
   UNROLL for (int q = 0; q < P; ++q) {
+    if (q >= keep) break;
     UNROLL for (int r = 0; r < NR; ++r) {
       const reg v = p.relu ? R::relu(acc[q][r]) : acc[q][r];
       const int64_t oc = ob * V + off + r * L;
@@ -90,32 +76,49 @@ inline void vec_tile(const VecConvParams& p, int64_t b, int64_t oy, int64_t ox, 
   }
 }
 
-// One output row of one sub-block: border pixels one at a time, the interior in tiles of P (the last
-// interior tile overlaps its neighbour instead of running a narrower tile: the same values are stored twice).
+// One output row of one sub-block in tiles of P pixels (the last one stores only the pixels the row has).
+// A tile whose taps reach outside the image reads a copy of the pixels it needs, zeros outside (`scratch`:
+// kh * span * cin floats, span = P + (kw - 1) * dil_w), so every tile runs the same code.
 template <class R, int NR, int P, int CS>
-inline void vec_row(const VecConvParams& p, int64_t b, int64_t oy, int64_t ob, int off) {
-  const int64_t lo = p.pad_w;                                                 // first interior output pixel
-  const int64_t hi = p.w - 1 + p.pad_w - int64_t(p.kw - 1) * p.dil_w;         // last one
-  int64_t ox = 0;
-  if (hi - lo + 1 >= P) {
-    for (; ox < lo; ++ox) vec_tile<R, NR, 1, CS, false>(p, b, oy, ox, ob, off);
-    for (; ox + P - 1 <= hi; ox += P) vec_tile<R, NR, P, CS, true>(p, b, oy, ox, ob, off);
-    if (ox <= hi) {
-      vec_tile<R, NR, P, CS, true>(p, b, oy, hi - P + 1, ob, off);
-      ox = hi + 1;
+inline void vec_row(const VecConvParams& p, float* scratch, int64_t b, int64_t oy, int64_t ob, int off) {
+  const int64_t cs = CS > 0 ? CS : p.cin;
+  const int64_t span = P + int64_t(p.kw - 1) * p.dil_w;
+  const float* rows[16];
+  for (int64_t ox = 0; ox < p.wo; ox += P) {
+    const int64_t ix0 = ox - p.pad_w;
+    const bool inside = ix0 >= 0 && ix0 + span <= p.w;
+    for (int ky = 0; ky < p.kh; ++ky) {
+      const int64_t iy = oy - p.pad_h + int64_t(ky) * p.dil_h;
+      if (iy < 0 || iy >= p.h) {
+        rows[ky] = nullptr;
+        continue;
+      }
+      const float* row = p.x + (b * p.h + iy) * p.w * cs;
+      if (inside) {
+        rows[ky] = row + ix0 * cs;
+        continue;
+      }
+      float* dst = scratch + ky * span * cs;
+      for (int64_t j = 0; j < span; ++j) {
+        const int64_t ix = ix0 + j;
+        for (int64_t c = 0; c < cs; ++c) dst[j * cs + c] = (ix >= 0 && ix < p.w) ? row[ix * cs + c] : 0.0f;
+      }
+      rows[ky] = dst;
     }
+    vec_tile<R, NR, P, CS>(p, rows, b, oy, ox, ob, off, int(p.wo - ox < P ? p.wo - ox : P));
   }
-  for (; ox < p.wo; ++ox) vec_tile<R, NR, 1, CS, false>(p, b, oy, ox, ob, off);
 }
 
 template <class R, int NR, int P, int CS>
 void vec_rows_cs(const VecConvParams& p, int64_t begin, int64_t end) {
   constexpr int SUB = NR * R::L;  // output channels per pass; V / SUB passes share the block's index list
   const int64_t blocks = (p.cout + p.V - 1) / p.V;
+  std::vector<float> scratch(size_t(p.kh) * (P + size_t(p.kw - 1) * p.dil_w) * size_t(p.cin));
   for (int64_t item = begin; item < end; ++item) {
     const int64_t b = item / p.ho, oy = item % p.ho;
     for (int64_t ob = 0; ob < blocks; ++ob)
-      for (int off = 0; off < p.V && ob * p.V + off < p.cout; off += SUB) vec_row<R, NR, P, CS>(p, b, oy, ob, off);
+      for (int off = 0; off < p.V && ob * p.V + off < p.cout; off += SUB)
+        vec_row<R, NR, P, CS>(p, scratch.data(), b, oy, ob, off);
   }
 }
 
