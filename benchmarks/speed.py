@@ -59,16 +59,6 @@ from dynprune.models import build_model, load_trained
 SIGMAS = (15, 25, 50)
 
 
-def _cpu_model() -> str:
-    """The CPU's model name (lscpu / /proc/cpuinfo), for every timing table."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    import platform
-
-    return platform.processor() or "unknown"
-
-
 def _median_ms(samples: list[float]) -> float:
     return 1e3 * statistics.median(samples)
 
@@ -121,7 +111,7 @@ def against_dense(variants: dict, dense: dict, args, title: str, extra: tuple[st
         best = min(dense, key=med.get)
         out[threads] = {"ms": med, "best_dense": best}
         print(f"\n### {title}, {threads} thread(s), median of {args.rounds} interleaved rounds "
-              f"({_cpu_model()}, {sparse_cpu.kernel_status()['isa']})")
+              f"({sparse_cpu.cpu_name()}, {sparse_cpu.kernel_status()['isa']})")
         print("| variant | " + "".join(f"{c} | " for c in extra) + f"ms | speed-up vs fastest dense ({best}) |")
         print("|---|" + "---:|" * (len(extra) + 2))
         for k, v in med.items():
@@ -225,7 +215,7 @@ def part_layer(args) -> dict:
         out[threads] = med
         ref = min(med["oneDNN NCHW"], med["oneDNN channels_last"])
         print(f"\n### One 64->64 3x3 layer (+bias, ReLU fused in the kernels), 1x64x481x321, {threads} thread(s), "
-              f"{_cpu_model()}, median of {args.rounds} interleaved rounds")
+              f"{sparse_cpu.cpu_name()}, median of {args.rounds} interleaved rounds")
         print("| variant | ms | vs fastest oneDNN |\n|---|---:|---:|")
         for k, v in med.items():
             print(f"| {k} | {v:.1f} | {ref / v:.2f}x |")
@@ -281,7 +271,7 @@ def part_bsd68(args, dense_kind: str) -> dict:
             routing[f"sigma={s}"] = hist
     n = len(images) * len(SIGMAS)
     ref = res["dense DnCNN-B"]["ms"]
-    print(f"\n### BSD68 end to end ({_cpu_model()}), {len(images)} images x sigma {SIGMAS}, {args.bsd_threads} "
+    print(f"\n### BSD68 end to end ({sparse_cpu.cpu_name()}), {len(images)} images x sigma {SIGMAS}, {args.bsd_threads} "
           f"thread(s), pattern {args.pattern or 'of the checkpoint'}; dense = "
           f"DnCNN-B {dense_kind}; routed models include the classifier and the grouping")
     print("| model | total s | ms / image | speed-up vs dense | PSNR 15 / 25 / 50 (dB) |\n|---|---:|---:|---:|---|")
@@ -363,7 +353,7 @@ def part_gcanet(args) -> dict:
         med = interleaved(variants, args.rounds, threads)
         out[threads] = med
         print(f"\n### GCANet per branch ({args.gcanet_checkpoint}, pattern {net_pattern}), 1x3x321x481, {threads} "
-              f"thread(s), {_cpu_model()} ({sparse} of {len(deployed.deploy_report.layers)} layers on a kernel at 1:4)")
+              f"thread(s), {sparse_cpu.cpu_name()} ({sparse} of {len(deployed.deploy_report.layers)} layers on a kernel at 1:4)")
         print("| variant | ms | vs dense |\n|---|---:|---:|")
         for k, v in med.items():
             print(f"| {k} | {v:.1f} | {med['dense GCANet'] / v:.2f}x |")
@@ -454,7 +444,7 @@ def main() -> None:
     image = images[0]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {"torch": torch.__version__, "isa": sparse_cpu.kernel_status()["isa"], "cpu": _cpu_model(),
+    results = {"torch": torch.__version__, "isa": sparse_cpu.kernel_status()["isa"], "cpu": sparse_cpu.cpu_name(),
                "pattern": args.pattern or "checkpoint's",
                "allocator": "default" if args.default_allocator else "tuned", "image": names[0]}
     if "layer" in args.part:

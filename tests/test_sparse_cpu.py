@@ -192,3 +192,36 @@ def test_each_environment_and_torch_version_builds_into_its_own_folder(monkeypat
     other_env = sparse_cpu.build_dir()
     monkeypatch.setattr(torch, "__version__", "0.0.1")
     assert len({here, other_env, sparse_cpu.build_dir()}) == 3
+
+
+def test_vector_isa_is_measured_once_per_machine_and_shape(monkeypatch, tmp_path):
+    import json
+
+    status = sparse_cpu.kernel_status()
+    if not status["available"]:
+        pytest.skip(f"N:M CPU kernel cannot run here: {status['reason']}")
+    monkeypatch.setenv("DYNPRUNE_CACHE", str(tmp_path))
+    monkeypatch.setattr(sparse_cpu, "_PROBES", {})
+    weight, bias, mask, _ = _vector_case(32, 16, 3, 1, 1, 1, 4, 8, 8, 1, 16, False)
+    packed = sparse_cpu.compress_vector(weight, mask, 16, bias)
+    isa = sparse_cpu.vector_isa(packed, 32, 16, (3, 3), (1, 1))
+    if status["isa"] != "avx512":                     # nothing to choose: the active path, untimed
+        assert isa == 256 and not (tmp_path / "vector_isa.json").exists()
+        return
+    assert isa in (512, 256)
+    saved = json.loads((tmp_path / "vector_isa.json").read_text())
+    assert list(saved.values()) == [isa] and sparse_cpu.cpu_name() in next(iter(saved))
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("the cached answer must not be measured again")
+
+    monkeypatch.setattr(sparse_cpu, "vec_conv2d", no_timing)
+    monkeypatch.setattr(sparse_cpu, "_PROBES", {})            # a new process: read back from the file
+    assert sparse_cpu.vector_isa(packed, 32, 16, (3, 3), (1, 1)) == isa
+
+
+@ISAS
+def test_a_forced_isa_is_never_probed_away(isa):
+    weight, bias, mask, _ = _vector_case(32, 16, 3, 1, 1, 1, 4, 8, 8, 1, 16, False)
+    packed = sparse_cpu.compress_vector(weight, mask, 16, bias)
+    assert sparse_cpu.vector_isa(packed, 32, 16, (3, 3), (1, 1)) == {"avx512": 512, "avx2": 256}[isa]

@@ -76,11 +76,14 @@ inline void vec_tile(const VecConvParams& p, const float* const* rows, int64_t b
   }
 }
 
-// One output row of one sub-block in tiles of P pixels (the last one stores only the pixels the row has).
-// A tile whose taps reach outside the image reads a copy of the pixels it needs, zeros outside (`scratch`:
+// One output row in tiles of P pixels (the last one stores only the pixels the row has); per tile every
+// block of output channels, so the tile's input stays in L1 while the blocks' weights stream from L2. A
+// tile whose taps reach outside the image reads a copy of the pixels it needs, zeros outside (`scratch`:
 // kh * span * cin floats, span = P + (kw - 1) * dil_w), so every tile runs the same code.
 template <class R, int NR, int P, int CS>
-inline void vec_row(const VecConvParams& p, float* scratch, int64_t b, int64_t oy, int64_t ob, int off) {
+inline void vec_row(const VecConvParams& p, float* scratch, int64_t b, int64_t oy) {
+  constexpr int SUB = NR * R::L;  // output channels per pass; V / SUB passes share the block's index list
+  const int64_t blocks = (p.cout + p.V - 1) / p.V;
   const int64_t cs = CS > 0 ? CS : p.cin;
   const int64_t span = P + int64_t(p.kw - 1) * p.dil_w;
   const float* rows[16];
@@ -105,21 +108,17 @@ inline void vec_row(const VecConvParams& p, float* scratch, int64_t b, int64_t o
       }
       rows[ky] = dst;
     }
-    vec_tile<R, NR, P, CS>(p, rows, b, oy, ox, ob, off, int(p.wo - ox < P ? p.wo - ox : P));
+    const int keep = int(p.wo - ox < P ? p.wo - ox : P);
+    for (int64_t ob = 0; ob < blocks; ++ob)
+      for (int off = 0; off < p.V && ob * p.V + off < p.cout; off += SUB)
+        vec_tile<R, NR, P, CS>(p, rows, b, oy, ox, ob, off, keep);
   }
 }
 
 template <class R, int NR, int P, int CS>
 void vec_rows_cs(const VecConvParams& p, int64_t begin, int64_t end) {
-  constexpr int SUB = NR * R::L;  // output channels per pass; V / SUB passes share the block's index list
-  const int64_t blocks = (p.cout + p.V - 1) / p.V;
   std::vector<float> scratch(size_t(p.kh) * (P + size_t(p.kw - 1) * p.dil_w) * size_t(p.cin));
-  for (int64_t item = begin; item < end; ++item) {
-    const int64_t b = item / p.ho, oy = item % p.ho;
-    for (int64_t ob = 0; ob < blocks; ++ob)
-      for (int off = 0; off < p.V && ob * p.V + off < p.cout; off += SUB)
-        vec_row<R, NR, P, CS>(p, scratch.data(), b, oy, ob, off);
-  }
+  for (int64_t item = begin; item < end; ++item) vec_row<R, NR, P, CS>(p, scratch.data(), item / p.ho, item % p.ho);
 }
 
 // Compile-time channel stride for 64 input channels (DnCNN, GCANet, CARN), run-time otherwise.

@@ -2,7 +2,9 @@
 output channels keeps the same inputs, so each kept input value is broadcast once into V weights: a dense
 direct convolution over the kept inputs only (3.1x oneDNN at 1:4 and 1.7x at 2:4 on a 64->64 3x3 layer,
 Zen 4, on both the AVX-512 and the AVX2 path; docs/results.md). Runs vector-pattern branches up to the deploy
-option ``max_density_vector`` (default 0.75: at 4:4 the kernel is 0.94x of oneDNN, so dense stays there)."""
+option ``max_density_vector`` (default 0.75: at 4:4 the kernel is 0.94x of oneDNN, so dense stays there). On its
+first call per branch it runs the faster of its AVX-512 and AVX2 code paths for the layer's shape, measured
+once per machine (:func:`dynprune.sparse_cpu.vector_isa`)."""
 
 from __future__ import annotations
 
@@ -32,14 +34,17 @@ class VectorNM(Backend):
         return {"vvalues": values, "vindex": index}
 
     def run(self, layer, branch, x, buffers) -> torch.Tensor:
-        packed = layer._kernel_cache.get(branch)
-        if packed is None:  # contiguous values (model.to(channels_last) restrides 4-D buffers), bias padded to blocks
+        hit = layer._kernel_cache.get(branch)
+        if hit is None:  # contiguous values (model.to(channels_last) restrides 4-D buffers), bias padded to blocks
             values = buffers["vvalues"].contiguous()
             bias = torch.zeros(values.shape[0] * values.shape[3])
             bias[: layer.out_channels] = buffers["bias"]
-            packed = layer._kernel_cache[branch] = (values, buffers["vindex"].contiguous(), bias)
-        return sparse_cpu.vec_conv2d(x, packed, layer.out_channels, layer.kernel_size, layer.padding, layer.dilation,
-                                     layer.relu)
+            packed = (values, buffers["vindex"].contiguous(), bias)
+            isa = sparse_cpu.vector_isa(packed, layer.in_channels, layer.out_channels, layer.kernel_size,
+                                        layer.dilation)
+            hit = layer._kernel_cache[branch] = (packed, isa)
+        return sparse_cpu.vec_conv2d(x, hit[0], layer.out_channels, layer.kernel_size, layer.padding, layer.dilation,
+                                     layer.relu, hit[1])
 
     def dense_weight(self, layer, buffers) -> torch.Tensor:
         return sparse_cpu.decompress_vector(buffers["vvalues"], buffers["vindex"], layer.out_channels,
