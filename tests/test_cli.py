@@ -160,6 +160,19 @@ def test_deploy_artifact_and_cpu_backend(trained, tmp_path, capsys):
     assert "is a folder" in capsys.readouterr().err
 
 
+def test_deploy_backend_names_from_the_command_line(trained, tmp_path, capsys):
+    from dynprune.deploy import load_deployed
+
+    ckpt = str(trained / "run/last.pt")
+    assert main(["deploy", ckpt, str(tmp_path / "dense.pt"), "--backend", "onednn"]) == 0
+    assert all(lp.paths == ["onednn"] * 3 for lp in load_deployed(tmp_path / "dense.pt").deploy_report.layers)
+    capsys.readouterr()
+    assert main(["deploy", ckpt, str(tmp_path / "x.pt"), "--backend", "nm_cpu,gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown deploy backend 'gpu': use 'cpu' (every registered backend) or one of ['vector_cpu'" in err
+    assert not (tmp_path / "x.pt").exists()
+
+
 
 def test_calibrate_budget_then_eval_routes_within_it(trained, capsys, tmp_path):
     ckpt, clean = str(trained / "run/last.pt"), str(trained / "clean")

@@ -275,3 +275,13 @@ def test_a_registered_backend_runs_its_branches(dncnn):
             register_backend(object())
     finally:
         _REGISTRY.pop("halves", None)
+
+
+def test_an_artifact_written_before_backends_existed_still_loads(artifact, tmp_path):
+    path, x, want = artifact
+    obj = torch.load(path, weights_only=True)
+    for key in ("pattern", "paths", "backends", "max_density_vector"):   # what the first format lacked
+        obj["deploy"].pop(key)
+    torch.save(obj, tmp_path / "old.pt")
+    with torch.no_grad():
+        assert torch.equal(load_deployed(tmp_path / "old.pt")(x), want)
