@@ -24,8 +24,8 @@ from typing import Literal, Union
 
 import torch
 
-__all__ = ["NMRatio", "RatioLike", "NMPattern", "PatternLike", "ELEMENT", "pattern_scores", "expand_keep", "parse_ratios", "nm_order", "mask_from_order", "nm_mask",
-           "apply_mask", "MaskGrad", "covered", "grouped", "grouped_to_weight", "order_keeps_top", "pack_order",
+__all__ = ["NMRatio", "RatioLike", "NMPattern", "PatternLike", "ELEMENT", "VECTOR_SIZES", "pattern_scores",
+           "expand_keep", "parse_ratios", "nm_order", "mask_from_order", "nm_mask", "apply_mask", "MaskGrad", "covered", "grouped", "grouped_to_weight", "order_keeps_top", "pack_order",
            "unpack_order"]
 
 MaskGrad = Literal["sr-ste", "ste", "masked"]

@@ -32,8 +32,11 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["kernel", "kernel_status", "build_dir", "vector_isa", "cpu_name", "lanes", "tune_allocator", "compress", "decompress", "pack_for_kernel", "nm_conv2d",
-           "compress_vector", "decompress_vector", "vec_conv2d", "SUPPORTED_M"]
+from .nm import VECTOR_SIZES
+
+__all__ = ["kernel", "kernel_status", "build_dir", "vector_isa", "cpu_name", "lanes", "tune_allocator", "compress",
+           "decompress", "pack_for_kernel", "nm_conv2d", "compress_vector", "decompress_vector", "vec_conv2d",
+           "SUPPORTED_M"]
 
 _CSRC = Path(__file__).with_name("csrc")
 _SOURCES = ("nm_conv.cpp", "nm_conv_avx512.cpp", "nm_conv_avx2.cpp")
@@ -241,8 +244,8 @@ def compress_vector(weight: torch.Tensor, mask: torch.Tensor, v: int,
         ValueError: ``v`` not in 8/16/32, or a mask that is not a vector pattern of V = ``v`` (the first block
             and tap that differ named).
     """
-    if v not in (8, 16, 32):
-        raise ValueError(f"compress_vector: V={v} is not one of 8, 16, 32")
+    if v not in VECTOR_SIZES:
+        raise ValueError(f"compress_vector: V={v} is not one of {', '.join(map(str, VECTOR_SIZES))}")
     cout, cin, kh, kw = weight.shape
     blocks, taps = -(-cout // v), kh * kw
     keep = mask.reshape(cout, cin, taps)

@@ -33,8 +33,7 @@ class DeployReport:
 
     def sparse_layers(self, branch: int) -> list[str]:
         """Names of the layers that run on a sparse kernel (any sparse backend) for branch index ``branch``."""
-        return [lp.name for lp in self.layers if lp.paths[branch] not in ("onednn", "dynamic")
-                and get_backend(lp.paths[branch]).sparse]
+        return [lp.name for lp in self.layers if lp.paths[branch] != "dynamic" and get_backend(lp.paths[branch]).sparse]
 
     def __str__(self) -> str:
         k = self.kernel

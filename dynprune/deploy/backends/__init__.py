@@ -10,6 +10,7 @@ documented rule of :func:`choose`; the deploy report names the choice and the re
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -24,12 +25,12 @@ _BUILTIN = ("vector_cpu", "nm_cpu", "onednn")
 _REGISTRY: dict[str, "Backend"] = {}
 
 
-class Backend:
+class Backend(ABC):
     """One way to run a branch of a deployed ``Conv2d`` (stride, padding, dilation of the layer; BatchNorm
     folded into ``weight``/``bias``, ReLU fused when ``layer.relu``).
 
-    Subclasses set ``name`` and ``sparse`` (whether it skips pruned weights) and implement the four methods.
-    Packed buffers are machine-independent tensors stored in the artifact; what depends on the machine
+    Subclasses set ``name`` and ``sparse`` (whether it skips pruned weights) and implement the four abstract
+    methods. Packed buffers are machine-independent tensors stored in the artifact; what depends on the machine
     (SIMD width) is derived from them at run time.
     """
 
@@ -44,26 +45,27 @@ class Backend:
         """Whether this backend runs masks of ``pattern`` at all (the others are not asked, nor reported)."""
         return True
 
+    @abstractmethod
     def supports(self, conv: nn.Conv2d, ratio: NMRatio, pattern: NMPattern, opts: dict[str, Any]) -> str:
         """Why this backend cannot (or, by the documented rule, should not) run branch ``ratio`` of the dynamic
         ``conv`` under ``pattern`` and deploy options ``opts``; "" when it can."""
-        raise NotImplementedError
 
+    @abstractmethod
     def pack(self, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor, ratio: NMRatio,
              pattern: NMPattern) -> dict[str, torch.Tensor]:
         """Buffers for one branch from the masked, folded ``weight`` (Cout, Cin, kh, kw) float32, its bool
         ``mask`` and ``bias`` (Cout,) float32."""
-        raise NotImplementedError
 
+    @abstractmethod
     def run(self, layer: nn.Module, branch: int, x: torch.Tensor,
             buffers: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Branch ``branch`` of ``layer``: ``relu?(conv2d(x, W) + b)`` for x (B, Cin, H, W) float32 channels_last -> (B, Cout, Ho, Wo)."""
-        raise NotImplementedError
+        """Branch ``branch`` of ``layer``: ``relu?(conv2d(x, W) + b)``, x (B, Cin, H, W) float32 channels_last ->
+        (B, Cout, Ho, Wo) float32."""
 
+    @abstractmethod
     def dense_weight(self, layer: nn.Module, buffers: dict[str, torch.Tensor]) -> torch.Tensor:
         """The (Cout, Cin, kh, kw) float32 weight the buffers encode: the fallback where :meth:`status` is
         False (an artifact loaded on a machine without the kernel)."""
-        raise NotImplementedError
 
 
 def register_backend(backend: Backend) -> Backend:
