@@ -29,7 +29,7 @@ from pathlib import Path
 
 from dynprune import cli
 from dynprune.config import load_config
-from dynprune.trainer import Trainer
+from dynprune.methods.classpruning import Trainer
 
 
 def teacher_sets(data: str) -> list[str]:

@@ -29,7 +29,7 @@ import torch_pruning as tp
 import dynprune as dp
 from dynprune.checkpoint import load_file, save_atomic
 from dynprune.registry import create
-from dynprune.trainer import cosine_lr
+from dynprune.train import cosine_lr
 
 
 def prune(model: torch.nn.Module, ratio: float) -> torch.nn.Module:

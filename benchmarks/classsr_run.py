@@ -24,14 +24,15 @@ import torch
 
 import dynprune as dp
 from dynprune.checkpoint import load_file, save_atomic
-from dynprune.classsr import ClassSRClassifier, SeparateBranches, psnr_labels, train_classsr_classifier, train_sr
+from dynprune.classsr import ClassSRClassifier, SeparateBranches, psnr_labels
+from dynprune.methods.classsr import train_classsr_classifier, train_sr
 from dynprune.config import load_config
 from dynprune.imageio import read_folder, write_image
 from dynprune.metrics import psnr, ssim
 from dynprune.patches import restore_by_patches
 from dynprune.plugins.datasets import PatchDataset
 from dynprune.plugins.sr import bicubic_downsample, load_sr_pairs
-from dynprune.trainer import Trainer
+from dynprune.methods.classpruning import Trainer
 
 HELD_OUT = 4
 WIDTHS = (16, 36, 56)

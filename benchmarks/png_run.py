@@ -30,7 +30,7 @@ from dynprune.audit import audit
 from dynprune.checkpoint import load_file
 from dynprune.config import load_config
 from dynprune.layers import dynamic_layers
-from dynprune.png import load, run_png
+from dynprune.methods.png import load, run_png
 
 from scores import denoise_scores, sr_scores
 
@@ -74,7 +74,7 @@ def task_params(net: nn.Module, task, tasks) -> int:
 def _separate_cfg(cfg, task):
     """The one-branch dense trainer config of a task's separate model: the PnG budget of the task, and its
     PnG recipe (with ``distill``, the task's teacher, built for the task's forward arguments)."""
-    from dynprune.png import PHASES
+    from dynprune.methods.png import PHASES
 
     distill = cfg.distill
     if distill.weight > 0:
@@ -95,7 +95,7 @@ def _separate_cfg(cfg, task):
 
 
 def part_separate(cfg, given: dict[str, str]) -> None:
-    from dynprune.trainer import Trainer
+    from dynprune.methods.classpruning import Trainer
 
     for task in cfg.png.tasks:
         if task.name in given:

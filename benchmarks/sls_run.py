@@ -29,7 +29,7 @@ import dynprune as dp
 from dynprune.checkpoint import load_file
 from dynprune.config import load_config
 from dynprune.plan import RatioPlan
-from dynprune.sls import layer_macs, run_search, searchable_layers
+from dynprune.methods.sls import layer_macs, run_search, searchable_layers
 
 from scores import denoise_scores, sr_scores
 
@@ -49,7 +49,7 @@ def _searched(cfg) -> list[RatioPlan]:
 
 def _macs_table(cfg):
     from dynprune.registry import create
-    from dynprune.trainer import sample_batch
+    from dynprune.train import sample_batch
 
     model = _pretrained(cfg)
     layers = searchable_layers(model, cfg.search.m, cfg.search.exclude)
@@ -89,7 +89,7 @@ def _all_plans(cfg) -> list[RatioPlan]:
 
 
 def part_finetune(cfg, only: list[str], from_search: bool = False) -> None:
-    from dynprune.trainer import Trainer
+    from dynprune.methods.classpruning import Trainer
 
     for plan in _all_plans(cfg):
         if only and plan.name not in only:

@@ -20,7 +20,7 @@ import torch
 from dynprune.branch import use_branch
 from dynprune.config import load_config
 from dynprune.layers import DynamicNMMixin
-from dynprune.trainer import Trainer
+from dynprune.methods.classpruning import Trainer
 
 
 def main():
@@ -33,7 +33,7 @@ def main():
     lam = load_config(args.config).convert.srste_decay
     tr = Trainer(cfg, overwrite=True)  # a scratch folder of this probe
     sc = cfg.stages.restoration
-    spe, _ = tr._steps(sc)
+    batches = tr.phases()[2].batches  # stage 2 (restoration), step-keyed
     net = tr.model.restorer.train()
     layers = [m for m in net.modules() if isinstance(m, DynamicNMMixin)]
     print(f"config {args.config}: lambda_w = {lam:g}, {args.batches} batches of {sc.batch_size}")
@@ -45,7 +45,7 @@ def main():
             continue
         g_sum = None
         for step in range(args.batches):
-            clean, degraded, _, _ = tr._batch(2, step, sc, spe)
+            clean, degraded, _, _ = batches[step]
             net.zero_grad(set_to_none=True)
             with use_branch(b):
                 tr.rec_loss(net(degraded), clean).mean().backward()

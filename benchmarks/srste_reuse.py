@@ -24,7 +24,7 @@ import torch
 
 from dynprune.config import load_config
 from dynprune.layers import DynamicNMMixin
-from dynprune.trainer import STAGES, Trainer
+from dynprune.methods.classpruning import STAGES, Trainer
 
 
 def uses_per_forward(net: torch.nn.Module, x: torch.Tensor) -> dict[str, int]:
@@ -39,7 +39,7 @@ def uses_per_forward(net: torch.nn.Module, x: torch.Tensor) -> dict[str, int]:
     return dict(calls)
 
 
-def run(tr: Trainer, start: dict, uses: dict[str, int] | None, steps: int, sc, spe: int) -> dict:
+def run(tr: Trainer, start: dict, uses: dict[str, int] | None, steps: int, sc) -> dict:
     """``steps`` stage-2 steps from ``start``; ``uses`` given: the old per-use decay."""
     model = tr.model
     model.load_state_dict(start)
@@ -55,7 +55,7 @@ def run(tr: Trainer, start: dict, uses: dict[str, int] | None, steps: int, sc, s
     stage = STAGES.index("restoration")
     losses, ratio = [], None
     for step in range(steps):
-        clean, degraded, labels, level = tr._batch(stage, step, sc, spe)
+        clean, degraded, labels, level = tr.phases()[stage].batches[step]
         loss, _ = tr._loss(stage, clean, degraded, labels, level, sc)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -83,9 +83,8 @@ def main():
     torch.manual_seed(cfg.seed)
     tr = Trainer(cfg, overwrite=True)  # a scratch folder of this probe
     sc = cfg.stages.restoration
-    spe, _ = tr._steps(sc)
     start = copy.deepcopy(tr.model.state_dict())
-    _, degraded, _, _ = tr._batch(STAGES.index("restoration"), 0, sc, spe)
+    _, degraded, _, _ = tr.phases()[STAGES.index("restoration")].batches[0]
     uses = uses_per_forward(tr.model.restorer.eval(), degraded[:1])
     hist = Counter(uses.values())
     print(f"config {args.config}: {len(uses)} dynamic layers; uses per forward: "
@@ -94,7 +93,7 @@ def main():
     print("| decay | decay / loss gradient (step 0) | pruned weights' mean abs after / before | stage-2 loss step 0 -> last |")
     print("|---|---:|---:|---|")
     for label, u in (("once per use (old)", uses), ("once per update (SR-STE eq. 4)", None)):
-        r = run(tr, start, u, args.steps, sc, spe)
+        r = run(tr, start, u, args.steps, sc)
         print(f"| {label} | {r['ratio']:.3f} | {r['shrink']:.4f} | {r['loss0']:.4f} -> {r['loss']:.4f} |")
 
 

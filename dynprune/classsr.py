@@ -1,5 +1,6 @@
 """ClassSR (Kong et al., CVPR 2021): separately sized branch networks, its Class-Module, Class-Loss
-and Average-Loss in the exact form of its released code, and PSNR-threshold difficulty labels.
+and Average-Loss in the exact form of its released code, and PSNR-threshold difficulty labels. Its two
+training loops (branch pretraining, the Class-Module stage) are :mod:`dynprune.methods.classsr`.
 
 The branches are either a :class:`SeparateBranches` container (ClassSR) or one network converted by
 :func:`dynprune.convert` (ClassPruning applied to SR); both plug into :class:`ClassPruning` routing,
@@ -13,13 +14,10 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .branch import current_branch, each_branch, resolve_branch
+from .branch import current_branch, resolve_branch
 from .metrics import psnr
-from .progress import progress
-from .schedule import cosine_lr
 
-__all__ = ["SeparateBranches", "ClassSRClassifier", "class_loss", "average_loss", "classsr_loss", "psnr_labels",
-           "train_sr", "train_classsr_classifier"]
+__all__ = ["SeparateBranches", "ClassSRClassifier", "class_loss", "average_loss", "classsr_loss", "psnr_labels"]
 
 
 class SeparateBranches(nn.Module):
@@ -114,63 +112,3 @@ def psnr_labels(reference: Callable[[torch.Tensor], torch.Tensor], lr: torch.Ten
     p = torch.tensor(scores, dtype=torch.float64)
     labels = len(t) - torch.bucketize(p, torch.tensor(t, dtype=torch.float64), right=True)
     return labels.long(), p
-
-
-def train_sr(net: nn.Module, lr: torch.Tensor, hr: torch.Tensor, steps: int, batch: int = 32, lr_start: float = 1e-3,
-             lr_end: float = 1e-5, seed: int = 0, desc: str = "train") -> float:
-    """L1 training of an SR network on fixed sub-images (ClassSR's branch pretraining on one class):
-    Adam, cosine LR, random batches with flips/rotations. lr (n, 3, h, w), hr (n, 3, h*s, w*s) in [0, 1].
-    Returns the mean L1 of the last 50 steps.
-
-    Raises:
-        ValueError: empty data or mismatched counts.
-    """
-    if lr.shape[0] == 0 or lr.shape[0] != hr.shape[0]:
-        raise ValueError(f"need matching non-empty LR/HR sub-images, got {lr.shape[0]} and {hr.shape[0]}")
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(net.parameters(), lr=lr_start)
-    net.train()
-    tail = []
-    for step in progress(range(steps), desc, mininterval=5.0):
-        idx = torch.randint(0, lr.shape[0], (batch,), generator=g)
-        k = int(torch.randint(0, 8, (1,), generator=g))
-        x, y = (torch.rot90(t[idx], k % 4, dims=(2, 3)) for t in (lr, hr))
-        if k >= 4:
-            x, y = x.flip(3), y.flip(3)
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, steps - 1, lr_start, lr_end)
-        loss = (net(x) - y).abs().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        tail = (tail + [loss.item()])[-50:]
-    net.eval()
-    return sum(tail) / max(len(tail), 1)
-
-
-def train_classsr_classifier(model: nn.Module, lr: torch.Tensor, hr: torch.Tensor, steps: int, batch: int = 32,
-                             lr_start: float = 2e-4, lr_end: float = 1e-6, weights=(1000.0, 0.5, 3.0), seed: int = 0,
-                             freeze_sr: bool = True) -> dict[str, float]:
-    """ClassSR's stage 2: soft routing through every branch, loss :func:`classsr_loss`; with ``freeze_sr``
-    (``fix_SR_module`` in ClassSR's configs) only the classifier trains. ``model`` is a
-    :class:`~dynprune.classpruning.ClassPruning`. Returns the last step's loss parts."""
-    g = torch.Generator().manual_seed(seed)
-    params = model.classifier.parameters() if freeze_sr else model.parameters()
-    opt = torch.optim.Adam(params, lr=lr_start, betas=(0.9, 0.99))
-    model.classifier.train()
-    model.restorer.train(not freeze_sr)
-    parts: dict[str, float] = {}
-    for step in progress(range(steps), "ClassSR classifier", mininterval=5.0):
-        idx = torch.randint(0, lr.shape[0], (batch,), generator=g)
-        x, y = lr[idx], hr[idx]
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, steps - 1, lr_start, lr_end)
-        probs = model.classifier(x).softmax(1)
-        with torch.set_grad_enabled(not freeze_sr):
-            outs = each_branch(lambda i: model.restorer(x), model.num_branches)
-        loss, parts = classsr_loss(probs, outs, y, weights)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    model.eval()
-    return parts

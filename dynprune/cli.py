@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from .progress import progress
+
 __all__ = ["main"]
 
 def _conditions(cfg, args):
@@ -145,19 +147,22 @@ def cmd_deploy(args) -> int:
 
 def cmd_train(args) -> int:
     from .config import load_config
-    from .trainer import Trainer
+    from .methods import get_method
 
     overrides = {"out_dir": args.out_dir} if args.out_dir else None
     cfg = load_config(args.config, overrides, args.set)
+    method = get_method(cfg.method)
     t0 = time.time()
-    Trainer(cfg, resume=args.resume, overwrite=args.overwrite).fit()
-    print(f"trained in {time.time() - t0:.0f} s; checkpoint {Path(cfg.out_dir) / 'last.pt'}")
+    method(cfg, resume=args.resume, overwrite=args.overwrite).fit()
+    best = Path(cfg.out_dir) / "best.pt"
+    print(f"trained ({cfg.method}) in {time.time() - t0:.0f} s; checkpoint {Path(cfg.out_dir) / 'last.pt'}"
+          + (f", best validation checkpoint {best}" if best.is_file() else ""))
     return 0
 
 
 def cmd_search(args) -> int:
     from .config import load_config
-    from .sls import run_search
+    from .methods.sls import run_search
 
     overrides = {"out_dir": args.out_dir} if args.out_dir else None
     cfg = load_config(args.config, overrides, args.set)
@@ -172,7 +177,7 @@ def cmd_search(args) -> int:
 
 def cmd_png(args) -> int:
     from .config import load_config
-    from .png import run_png
+    from .methods.png import run_png
 
     overrides = {"out_dir": args.out_dir} if args.out_dir else None
     cfg = load_config(args.config, overrides, args.set)
@@ -206,13 +211,14 @@ def cmd_eval(args) -> int:
         images = list(zip((f.name for f in files), imgs))[: args.limit or None]
         _check_sizes(audit_model, images, "eval")
         conds = _conditions(cfg, args)
-        result = evaluate(model, images, conds, dense=dense, device=args.device, audit_model=audit_model)
+        result = evaluate(model, images, conds, dense=dense, device=args.device, audit_model=audit_model,
+                          progress_every=1)
     if args.pairs:
         pairs = read_pairs(args.pairs[0], args.pairs[1])
         model.check_channels([(n, d) for n, d, _ in pairs])
         pairs = pairs[: args.limit or None]
         res = evaluate(model, [(n, c) for n, _, c in pairs], [_pairs_condition(pairs, f"real {Path(args.pairs[0]).parent.name}")],
-                       dense=dense, device=args.device, audit_model=audit_model)
+                       dense=dense, device=args.device, audit_model=audit_model, progress_every=1)
         if result is None:
             result = res
         else:
@@ -292,7 +298,7 @@ def cmd_restore(args) -> int:
         w = csv.writer(f)
         w.writerow(["image", "branch", "macs", "dense_macs", "macs_fraction", "ms", "psnr_in", "psnr_out"])
         with torch.inference_mode():
-            for path, img in zip(files, imgs):
+            for path, img in progress(list(zip(files, imgs)), "restore", every=1):
                 x = img.unsqueeze(0)
                 t0 = time.perf_counter()
                 y, branch = model.route(x, tile=args.tile, overlap=args.tile_overlap)
@@ -331,8 +337,8 @@ def cmd_plugins(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, quick=args.quick)
-    return 0
+    result = run_demo(args.out, quick=args.quick)
+    return 1 if result["check"] else 0
 
 
 def _add_classify_tile(parser) -> None:
@@ -391,9 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="dynprune", description="Dynamic N:M pruning for image restoration (ClassPruning).")
     p.add_argument("--version", action="version", version=f"dynprune {__version__}")
-    p.add_argument("-v", "--verbose", action="count", default=0,
-                   help="more log lines (-v: debug messages and a traceback with errors)")
-    p.add_argument("-q", "--quiet", action="count", default=0, help="warnings and errors only")
+    _global_options(p, None)
     sub = p.add_subparsers(dest="command", required=True)
     _add_run(sub, "train", cmd_train, "run the three training stages of a YAML config", "last.pt",
              "stages.base.epochs=2")
@@ -465,7 +469,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="a one-minute smoke run (numbers not meaningful)")
     d.set_defaults(fn=cmd_demo)
     sub.add_parser("plugins", help="list registered plugins and what they provide").set_defaults(fn=cmd_plugins)
+    for command in sub.choices.values():  # the global options work after the subcommand too
+        _global_options(command, argparse.SUPPRESS)
     return p
+
+
+def _global_options(p: argparse.ArgumentParser, default) -> None:
+    """-v, -q and --data-root, on the main parser (``default`` values) and on each subcommand (SUPPRESS, so
+    an option given before the subcommand is kept)."""
+    p.add_argument("-v", "--verbose", action="count", default=default if default is argparse.SUPPRESS else 0,
+                   help="more log lines (-v: debug messages and a traceback with errors)")
+    p.add_argument("-q", "--quiet", action="count", default=default if default is argparse.SUPPRESS else 0,
+                   help="warnings and errors only")
+    p.add_argument("--data-root", metavar="DIR", default=default if default is argparse.SUPPRESS else None,
+                   help="the data root that configs name as $DYNPRUNE_DATA (default: that environment variable)")
 
 
 # What a user's input can raise: one "dynprune CMD: error: ..." line and exit 2 (-v adds the traceback).
@@ -497,6 +514,12 @@ def main(argv=None) -> int:
     """Run the ``dynprune`` command line; returns the exit status (2: a user error, one line on stderr)."""
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose, args.quiet)
+    if args.data_root:
+        import os
+
+        from .config import DATA_VAR
+
+        os.environ[DATA_VAR] = str(Path(args.data_root).resolve())
     try:
         return args.fn(args)
     except _USER_ERRORS as err:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .nm import NMPattern, NMRatio, parse_ratios
 from .plan import RatioPlan, coerce_branches, is_plan_like
 
-__all__ = ["TrainConfig", "load_config", "check_device", "shipped_configs", "resolve_paths", "Component", "StageConfig", "JointStageConfig", "DistillConfig", "SearchConfig",
+__all__ = ["TrainConfig", "OptimConfig", "DataConfig", "ValidationConfig", "load_config", "check_device", "shipped_configs", "resolve_paths", "Component", "StageConfig", "JointStageConfig", "DistillConfig", "SearchConfig",
            "PnGTask", "PnGConfig"]
 
 
@@ -105,14 +105,16 @@ class ClassifierConfig(_Strict):
 
 
 class StageConfig(_Strict):
-    """One training stage: Adam, cosine LR from ``lr_start`` to ``lr_end`` over all its steps.
-    ``steps_per_epoch`` None means one pass over the dataset per epoch."""
+    """One training stage: the run's optimizer (``optim``), cosine LR from ``lr_start`` to ``lr_end`` over all
+    its steps after ``warmup_steps`` of linear warm-up. ``steps_per_epoch`` None means one pass over the
+    dataset per epoch."""
 
     epochs: int = Field(1, ge=0)
     steps_per_epoch: int | None = Field(None, ge=1)
     batch_size: int = Field(32, ge=1)
     lr_start: float = Field(1e-4, gt=0)
     lr_end: float = Field(1e-6, ge=0)
+    warmup_steps: int = Field(0, ge=0)  # linear warm-up to lr_start before the cosine (dynprune.train.schedule)
 
 
 class JointStageConfig(StageConfig):
@@ -200,8 +202,68 @@ class PnGConfig(_Strict):
         return self
 
 
+class OptimConfig(_Strict):
+    """The optimizer of every phase and what wraps its update. The defaults are the paper's (Adam, no weight
+    decay, no clipping, no EMA); runs written before these options existed compute exactly as before.
+
+    ``name``: ``adam`` or ``adamw`` (decoupled weight decay, Loshchilov & Hutter, ICLR 2019) with ``betas``
+    and ``weight_decay``. ``clip_grad_norm``: the largest global L2 norm of the gradients of each update
+    (``torch.nn.utils.clip_grad_norm_``; 0 = off), taken before SR-STE's decay enters. ``ema_decay``: an
+    exponential moving average of the restorer's weights, ``w_ema <- d * w_ema + (1 - d) * w`` after every
+    update (BasicSR's ``ema_decay``, e.g. 0.999; 0 = off): validation and ``best.pt`` use it, and a finished
+    run's model is the average.
+    """
+
+    name: Literal["adam", "adamw"] = "adam"
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.0, ge=0)
+    clip_grad_norm: float = Field(0.0, ge=0)
+    ema_decay: float = Field(0.0, ge=0, lt=1)
+
+
+class DataConfig(_Strict):
+    """How batches are built (never what they hold): ``workers`` DataLoader processes (0 = in the training
+    process), each ``prefetch`` batches ahead. Batches are the same for every setting."""
+
+    workers: int = Field(0, ge=0)
+    prefetch: int = Field(2, ge=1)
+
+
+class ValidationConfig(_Strict):
+    """Validation during training (off when ``every`` = 0): every ``every`` steps and at the end of each phase
+    that trains the restorer, PSNR per branch and routed, with the routing histogram, on held-out images.
+
+    Held-out images: ``dataset`` (a registered dataset whose ``images`` are clean images, e.g.
+    ``image_folder`` of a validation folder, or ``paired_folder`` of real pairs), or else a ``fraction`` of
+    the training images set aside by the run (seeded; their names are written to ``validation.json``).
+    ``crop``: the centre crop (pixels) of each image that is scored (0 = whole images); ``max_images``
+    caps their number. ``metric`` (e.g. ``psnr_routed``, ``psnr_2:4``) decides ``best.pt``, higher is
+    better for ``mode: max``.
+    """
+
+    every: int = Field(0, ge=0)
+    dataset: Component | None = None
+    fraction: float = Field(0.0, ge=0, lt=1)
+    crop: int = Field(128, ge=0)
+    max_images: int | None = Field(None, ge=1)
+    metric: str = "psnr_routed"
+    mode: Literal["max", "min"] = "max"
+
+    @model_validator(mode="after")
+    def _source(self) -> "ValidationConfig":
+        if self.every and self.dataset is None and self.fraction == 0:
+            raise ValueError(f"validation.every={self.every} needs held-out images: give validation.dataset or a "
+                             "validation.fraction of the training images (e.g. 0.1)")
+        if self.dataset is not None and self.fraction:
+            raise ValueError("give validation.dataset or validation.fraction, not both")
+        return self
+
+
 class TrainConfig(_Strict):
-    """Everything a ClassPruning run needs; see ``configs/*.yaml`` for real examples."""
+    """Everything a training run needs; see ``configs/*.yaml`` for real examples. ``method`` names the
+    training method ``dynprune train`` runs (:mod:`dynprune.methods`; default the paper's ClassPruning)."""
+
+    method: str = "classpruning"
 
     model: ModelConfig = ModelConfig()
     convert: ConvertConfig = ConvertConfig()
@@ -216,6 +278,11 @@ class TrainConfig(_Strict):
     threads: int | None = Field(None, ge=1)
     out_dir: str = "runs/default"
     checkpoint_every: int = Field(100, ge=1)
+    log_every: int = Field(25, ge=1)  # steps between rows of log.jsonl (and TensorBoard scalars)
+    tensorboard: bool = True  # TensorBoard event files in out_dir/tensorboard when the package is installed
+    optim: OptimConfig = OptimConfig()
+    data: DataConfig = DataConfig()
+    validation: ValidationConfig = ValidationConfig()
     init_from: str | None = None  # a dynprune checkpoint whose weights initialize the whole model
     # L_W weight of every branch >= lw_floor (stages 2-3); 0 = the paper's eq. 6, 1/L = all branches equal
     lw_floor: float = Field(0.0, ge=0, le=1)
@@ -240,7 +307,7 @@ class TrainConfig(_Strict):
 
 def shipped_configs() -> Path:
     """The folder of the example configs installed with dynprune (``configs/`` of the source tree).
-    Their data paths point at ``../../shared/data`` as laid out in the repository: copy one and edit them."""
+    Their data paths start with ``$DYNPRUNE_DATA`` (the data root, :func:`expand_data_root`)."""
     from importlib.resources import files
 
     return Path(str(files("dynprune.configs")))
@@ -297,9 +364,34 @@ def _is_path_key(key: str) -> bool:
     return key in _PATH_KEYS or key.endswith(_PATH_SUFFIXES)
 
 
+DATA_VAR = "DYNPRUNE_DATA"  # the data root that shipped configs name their inputs by
+
+
+def expand_data_root(value: str) -> str:
+    """``value`` with a leading ``$DYNPRUNE_DATA`` (or ``${DYNPRUNE_DATA}``) replaced by that environment
+    variable, the data root (``dynprune --data-root DIR`` sets it); other strings unchanged.
+
+    Raises:
+        ValueError: the value names the variable and it is unset (how to set it is said).
+    """
+    import os
+
+    for prefix in (f"${{{DATA_VAR}}}", f"${DATA_VAR}"):
+        if value == prefix or value.startswith(prefix + "/"):
+            root = os.environ.get(DATA_VAR)
+            if not root:
+                raise ValueError(f"{value!r} is under the data root ${DATA_VAR}, which is not set: set {DATA_VAR} "
+                                 f"to the folder that holds the data (e.g. export {DATA_VAR}=../shared/data), or "
+                                 f"pass --data-root DIR")
+            return os.path.join(root, value[len(prefix) + 1:]) if value != prefix else root
+    return value
+
+
 def resolve_paths(data: dict, folder: Path) -> dict:
     """Rewrite the relative input paths of a config mapping as seen from ``folder`` (the config file's),
     expressed relative to the working directory when they lie below it (absolute otherwise), in place.
+    A path that starts with ``$DYNPRUNE_DATA`` is read under the data root (:func:`expand_data_root`), so a
+    config works from any folder, including the copies installed with dynprune.
 
     Input paths are ``model.weights``, ``init_from``, the teachers' ``weights``, plan files in
     ``convert.ratios``, and, in any ``kwargs`` mapping (nested ones too), the values of keys named
@@ -309,6 +401,8 @@ def resolve_paths(data: dict, folder: Path) -> dict:
     import os
 
     def fix(value):
+        if isinstance(value, str):
+            value = expand_data_root(value)
         if not isinstance(value, str) or not value or Path(value).is_absolute() or "://" in value:
             return value
         full = Path(os.path.normpath(folder / value))

@@ -90,7 +90,7 @@ def _score(out: torch.Tensor, clean: torch.Tensor, kw: dict) -> tuple[float, flo
 
 def evaluate(model: ClassPruning, images: Sequence[tuple[str, torch.Tensor]], conditions: Sequence[Condition],
              dense: nn.Module | None = None, metric_kwargs: dict | None = None, device: str = "cpu",
-             audit_model: nn.Module | None = None) -> dict:
+             audit_model: nn.Module | None = None, progress_every: int | None = None) -> dict:
     """Evaluate ``model`` (and the dense reference ``dense``, if given) on every condition.
 
     Args:
@@ -99,6 +99,7 @@ def evaluate(model: ClassPruning, images: Sequence[tuple[str, torch.Tensor]], co
         metric_kwargs: passed to :func:`psnr` / :func:`ssim` (crop_border, y_channel, quantize).
         audit_model: the model whose MACs are audited (default ``model``; a deployed model passes its
             dynamic original, which fvcore can trace and which has the same MACs).
+        progress_every: a progress line every this many images off a terminal (1: each image).
     Returns:
         A JSON-ready dict: per condition, mean PSNR (dB) / SSIM of the degraded input and of each model,
         routing histogram, routed MACs
@@ -127,7 +128,7 @@ def evaluate(model: ClassPruning, images: Sequence[tuple[str, torch.Tensor]], co
         for cond in conditions:
             g = torch.Generator().manual_seed(cond.seed)
             rows, hist, macs_routed, macs_dense = [], [0] * L, 0.0, 0.0
-            for name, clean in progress(images, cond.label):
+            for name, clean in progress(images, cond.label, every=progress_every):
                 y = (cond.degraded[name].unsqueeze(0) if cond.degraded is not None
                      else cond.degrade(clean.unsqueeze(0), g)).to(device)
                 row = {"image": name, "degraded input": _score(y, clean, kw)}

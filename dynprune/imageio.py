@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["IMAGE_EXTS", "list_images", "read_image", "read_folder", "write_image", "to_channels", "read_pairs"]
+__all__ = ["IMAGE_EXTS", "list_images", "read_image", "read_folder", "compact", "as_float", "write_image", "to_channels", "read_pairs"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 log = logging.getLogger(__name__)
@@ -115,9 +115,25 @@ def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
     return to_channels(t.contiguous(), channels, str(path)) if channels else t
 
 
-def read_folder(root: str | Path, channels: int | None = None) -> tuple[list[Path], list[torch.Tensor]]:
+def compact(img: torch.Tensor) -> torch.Tensor:
+    """``img`` (float32 in [0, 1]) as uint8 when that is exact (an 8-bit image: ``img == u8.float() / 255``
+    bit for bit), a quarter of the memory; else ``img`` itself. :func:`as_float` undoes it exactly."""
+    u8 = img.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+    return u8 if torch.equal(as_float(u8), img) else img
+
+
+def as_float(img: torch.Tensor) -> torch.Tensor:
+    """float32 in [0, 1] of an image stored by :func:`compact` (uint8 / 255, the division 8-bit files are
+    read with), or the float image itself."""
+    return img.float().div_(255) if img.dtype == torch.uint8 else img
+
+
+def read_folder(root: str | Path, channels: int | None = None, compact_8bit: bool = False
+                ) -> tuple[list[Path], list[torch.Tensor]]:
     """Read every image of a folder (sorted). Corrupt files are skipped with a warning naming each
-    and the count; the call fails only when nothing readable remains.
+    and the count; the call fails only when nothing readable remains. ``compact_8bit`` keeps each image
+    that is exactly 8-bit as uint8 (:func:`compact`: a quarter of the memory, converted as it is read,
+    so the folder never sits in memory as float32).
 
     Raises:
         FileNotFoundError / ValueError: as :func:`list_images`; ValueError if every file is corrupt.
@@ -125,7 +141,8 @@ def read_folder(root: str | Path, channels: int | None = None) -> tuple[list[Pat
     files, images, bad = [], [], []
     for p in list_images(root):
         try:
-            images.append(read_image(p, channels))
+            img = read_image(p, channels)
+            images.append(compact(img) if compact_8bit else img)
             files.append(p)
         except ValueError as err:
             bad.append(f"{p.name} ({err})")
@@ -136,16 +153,17 @@ def read_folder(root: str | Path, channels: int | None = None) -> tuple[list[Pat
     return files, images
 
 
-def read_pairs(degraded: str | Path, clean: str | Path, channels: int | None = None
+def read_pairs(degraded: str | Path, clean: str | Path, channels: int | None = None, scale: int = 1
                ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     """Degraded/clean image pairs from two folders, matched by file stem; a degraded stem like SOTS's
     ``0001_0.8_0.2`` also matches clean ``0001`` (the part before the first ``_``).
 
     Returns:
-        ``(name, degraded (C, H, W), clean (C, H, W))`` float32 in [0, 1], in the degraded folder's order.
+        ``(name, degraded (C, H, W), clean (C, scale H, scale W))`` float32 in [0, 1], in the degraded
+        folder's order.
     Raises:
-        FileNotFoundError / ValueError: missing or empty folders; ValueError naming every unmatched file
-        and every pair whose sizes differ.
+        FileNotFoundError / ValueError: missing or empty folders; ValueError naming the unmatched files
+        (the first 10 of each side and their counts) and every pair whose sizes do not fit.
     """
     deg, cln = list_images(degraded), list_images(clean)
     by_stem = {p.stem: p for p in cln}
@@ -156,15 +174,20 @@ def read_pairs(degraded: str | Path, clean: str | Path, channels: int | None = N
     used = {m for _, m in pairs}
     orphans = [p.name for p in cln if p not in used]
     if unmatched or orphans:
-        raise ValueError(f"unmatched files: degraded without clean {unmatched}, clean without degraded {orphans}")
+        def few(names):
+            return f"{names[:10]}{f' and {len(names) - 10} more' if len(names) > 10 else ''} ({len(names)})"
+
+        raise ValueError(f"unmatched files between {str(degraded)!r} and {str(clean)!r} (pairs are matched by file "
+                         f"name): degraded without clean {few(unmatched)}, clean without degraded {few(orphans)}")
     items, bad = [], []
     for d, c in pairs:
         a, b = read_image(d, channels), read_image(c, channels)
-        if a.shape != b.shape:
+        if b.shape != (a.shape[0], a.shape[1] * scale, a.shape[2] * scale):
             bad.append(f"{d.name} {tuple(a.shape)} vs {c.name} {tuple(b.shape)}")
         items.append((d.stem, a, b))
     if bad:
-        raise ValueError(f"paired images differ in size: {'; '.join(bad)}")
+        what = "differ in size" if scale == 1 else f"do not differ by the scale {scale}"
+        raise ValueError(f"paired images {what}: {'; '.join(bad)}")
     return items
 
 

@@ -2,7 +2,8 @@
 
 A redrawn bar written to a file or a pipe is kilobytes of carriage returns per minute; when standard
 error is not a terminal, :func:`progress` logs ``desc: step/total (pct) key=value ...`` through the
-``dynprune.progress`` logger every ``DYNPRUNE_LOG_EVERY`` steps (default 100) and at the last step (printed
+``dynprune.progress`` logger every ``DYNPRUNE_LOG_EVERY`` steps (default 100), at least every 30 seconds,
+and at the last step (printed
 to standard error when logging is not configured at all, e.g. in a notebook or a script).
 ``DYNPRUNE_PROGRESS=bar`` or ``=lines`` forces either form.
 """
@@ -18,6 +19,7 @@ from typing import Iterable, Iterator
 __all__ = ["progress"]
 
 log = logging.getLogger(__name__)
+MAX_SILENCE_S = 30.0  # seconds without a progress line, at most, off a terminal
 
 
 def _env_every() -> int:
@@ -38,6 +40,7 @@ class _Lines:
         self.iterable, self.desc, self.total, self.n, self.every = iterable, desc, total, initial, every
         self.postfix: dict[str, str] = {}
         self.t0, self.start = time.perf_counter(), initial
+        self.last = self.t0
 
     def set_postfix(self, **kw) -> None:
         self.postfix = {k: str(v) for k, v in kw.items()}
@@ -56,15 +59,19 @@ class _Lines:
         for item in self.iterable:
             yield item
             self.n += 1
-            if self.n % self.every == 0 or self.n == self.total:
+            now = time.perf_counter()
+            if self.n % self.every == 0 or self.n == self.total or now - self.last >= MAX_SILENCE_S:
+                self.last = now
                 self._line()
 
     def close(self) -> None:
         pass
 
 
-def progress(iterable: Iterable, desc: str, total: int | None = None, initial: int = 0, mininterval: float = 2.0):
+def progress(iterable: Iterable, desc: str, total: int | None = None, initial: int = 0, mininterval: float = 2.0,
+             every: int | None = None):
     """``iterable`` wrapped with progress reporting (a tqdm bar, or log lines off a terminal; module doc).
+    ``every``: a log line every this many items (default ``DYNPRUNE_LOG_EVERY``; 1 for per-image progress).
 
     Raises:
         ValueError: ``DYNPRUNE_LOG_EVERY`` or ``DYNPRUNE_PROGRESS`` set to something invalid.
@@ -78,4 +85,4 @@ def progress(iterable: Iterable, desc: str, total: int | None = None, initial: i
         from tqdm import tqdm
 
         return tqdm(iterable, desc=desc, total=total, initial=initial, dynamic_ncols=True, mininterval=mininterval)
-    return _Lines(iterable, desc, total, initial, _env_every())
+    return _Lines(iterable, desc, total, initial, every or _env_every())

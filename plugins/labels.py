@@ -9,7 +9,7 @@ import torch
 
 from dynprune.hookspecs import hookimpl
 
-__all__ = ["LevelLabeler", "ResidualVarianceLabeler"]
+__all__ = ["LevelLabeler", "ResidualVarianceLabeler", "InputPSNRLabeler"]
 
 
 class LevelLabeler:
@@ -18,6 +18,8 @@ class LevelLabeler:
     Raises:
         ValueError: a level outside [0, num_classes).
     """
+
+    needs_level = True  # real pairs carry no level: they need a labeler that scores the pair
 
     def __init__(self, num_classes: int):
         self.num_classes = int(num_classes)
@@ -86,6 +88,8 @@ class ResidualVarianceLabeler:
         """Var(R) per sample, float64 (B,)."""
         return (degraded - clean).flatten(1).double().var(dim=1)
 
+    score = variance  # what fit() takes, computed on training samples by the trainer
+
     def __call__(self, clean, degraded, level=None):
         if self.edges is None:
             raise ValueError("ResidualVarianceLabeler is not fitted: call fit(variances) or give edges and medians")
@@ -97,7 +101,54 @@ class ResidualVarianceLabeler:
         return clean + (degraded - clean) * scale.view(-1, *([1] * (clean.dim() - 1))), labels
 
 
+class InputPSNRLabeler:
+    """Difficulty of a real degraded/clean pair: the PSNR (dB, peak 1) of the degraded input against its clean
+    image, per sample, in ``num_classes`` equal-count bins fitted on training samples; the highest PSNR
+    (least degraded) is class 0, the sparsest branch, the lowest is the last, the densest. Works for any
+    degradation, synthetic or real, since it reads only the pair; the images are not changed.
+
+    Args:
+        num_classes: L. edges: L-1 increasing PSNR thresholds (dB), or None to :meth:`fit`.
+    Raises:
+        ValueError: wrong number of edges, or edges that do not increase; use before fitting.
+    """
+
+    def __init__(self, num_classes: int, edges: Sequence[float] | None = None):
+        self.num_classes = int(num_classes)
+        self.edges = None
+        if edges is not None:
+            e = torch.as_tensor(edges, dtype=torch.float64)
+            if e.numel() != self.num_classes - 1 or (e.diff() <= 0).any():
+                raise ValueError(f"need {self.num_classes - 1} increasing PSNR edges (dB), got {e.tolist()}")
+            self.edges = e
+
+    @staticmethod
+    def score(clean: torch.Tensor, degraded: torch.Tensor) -> torch.Tensor:
+        """PSNR (dB) of each degraded sample against its clean one, float64 (B,); a clean-sized degraded
+        input is needed (restoration pairs, not SR)."""
+        if degraded.shape != clean.shape:
+            raise ValueError(f"input_psnr compares the degraded input with its clean image, but their shapes differ "
+                             f"({tuple(degraded.shape)} vs {tuple(clean.shape)}, e.g. SR pairs): use another labeler")
+        mse = (degraded.double() - clean.double()).pow(2).flatten(1).mean(1)
+        return -10 * torch.log10(mse.clamp_min(1e-12))
+
+    def fit(self, scores: torch.Tensor) -> "InputPSNRLabeler":
+        """Equal-count bins of observed input PSNRs (1-D, dB)."""
+        v = torch.sort(scores.double().flatten()).values
+        if v.numel() < self.num_classes:
+            raise ValueError(f"need at least {self.num_classes} samples to fit, got {v.numel()}")
+        self.edges = torch.stack([c[0] for c in torch.tensor_split(v, self.num_classes)[1:]])
+        return self
+
+    def __call__(self, clean, degraded, level=None):
+        if self.edges is None:
+            raise ValueError("InputPSNRLabeler is not fitted: call fit(scores) or give edges")
+        bins = torch.bucketize(self.score(clean, degraded), self.edges.to(clean.device), right=True)
+        return degraded, (self.num_classes - 1 - bins).long()
+
+
 @hookimpl
 def dynprune_register_labelers(register):
     register("level", LevelLabeler, "class = the degradation level (sigma index, frame count)")
     register("residual_variance", ResidualVarianceLabeler, "ClassPruning eq. 2-3: Var(R) bins, R rescaled to the class median")
+    register("input_psnr", InputPSNRLabeler, "real pairs: bins of the degraded input's PSNR against its clean image")

@@ -16,7 +16,9 @@ from dynprune.config import load_config, shipped_configs
 from dynprune.imageio import read_image
 from dynprune.registry import create
 
-from .test_trainer import tiny_config
+from dynprune.methods.classpruning import Trainer
+
+from .conftest import tiny_config
 
 
 def refused(argv, capsys, command: str) -> str:
@@ -83,7 +85,7 @@ def test_train_into_a_finished_run_needs_resume_or_overwrite(tmp_path, capsys):
     last = (tmp_path / "run/last.pt").read_bytes()
     log = (tmp_path / "run/log.jsonl").read_text()
     line = refused(["train", cfg], capsys, "train")
-    assert "already holds a run (base.pt, last.pt, log.jsonl): pass --resume" in line
+    assert "already holds a run (base.pt, config.resolved.yaml, last.pt, log.jsonl): pass --resume" in line
     assert (tmp_path / "run/last.pt").read_bytes() == last and (tmp_path / "run/log.jsonl").read_text() == log
     assert main(["train", cfg, "--overwrite"]) == 0
     assert (tmp_path / "run/log.jsonl").read_text().count('"stage": "base", "step": 0') == 1  # not mixed
@@ -108,7 +110,7 @@ def test_resume_says_so_in_the_log(finished_run, capsys):
 
 
 def test_demo_keys_its_run_folder_on_its_settings(tmp_path, monkeypatch):
-    import dynprune.trainer
+    import dynprune.methods.classpruning
 
     seen = []
 
@@ -120,13 +122,13 @@ def test_demo_keys_its_run_folder_on_its_settings(tmp_path, monkeypatch):
             seen.append((cfg.out_dir, cfg.stages.base.steps_per_epoch))
             raise Stop
 
-    monkeypatch.setattr(dynprune.trainer, "Trainer", Recorder)
+    monkeypatch.setattr(dynprune.methods.classpruning, "Trainer", Recorder)
     from dynprune.demo import run_demo
 
     for quick in (True, False):
         with pytest.raises(Stop):
             run_demo(str(tmp_path), quick=quick)
-    assert seen == [(str(tmp_path / "quick"), 22), (str(tmp_path / "full"), 900)]
+    assert seen == [(str(tmp_path / "quick"), 90), (str(tmp_path / "full"), 900)]
 
 
 # ---- inputs validated at the door -------------------------------------------------------------------
@@ -193,7 +195,7 @@ def test_checkpoint_with_nan_weights_is_refused(trained, noisy, tmp_path, capsys
 def test_noise_levels_must_match_the_branches(tmp_path):
     cfg = tiny_config(tmp_path, degradation={"name": "gaussian_noise", "kwargs": {"sigmas": [15, 25]}})
     with pytest.raises(ValueError, match="has 2 levels but the model has 3 branches"):
-        dynprune.trainer.Trainer(cfg)
+        Trainer(cfg)
     assert not (tmp_path / "last.pt").exists()
 
 
@@ -367,11 +369,13 @@ def test_config_paths_are_read_from_the_config_folder(tmp_path, monkeypatch):
     assert cfg.out_dir == "runs/x" and cfg.init_from == "mine.pt"  # written / typed paths: the working folder
 
 
-def test_the_configs_ship_with_the_package():
+def test_the_configs_ship_with_the_package(monkeypatch):
+    monkeypatch.setenv("DYNPRUNE_DATA", "/somewhere/data")  # their inputs are named under the data root
     names = sorted(p.name for p in shipped_configs().glob("*.yaml"))
     assert "dncnn_b.yaml" in names and "sls_carn_m_x4.yaml" in names
     for name in names:
-        assert load_config(shipped_configs() / name).convert.ratios
+        cfg = load_config(shipped_configs() / name)
+        assert cfg.convert.ratios and cfg.dataset.kwargs.get("root", "/somewhere/data").startswith("/somewhere/data")
 
 
 def test_dependencies_are_ranges_and_a_license_ships():

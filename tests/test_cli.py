@@ -12,7 +12,7 @@ from dynprune.imageio import read_image, write_image
 from dynprune.metrics import psnr
 from dynprune.registry import create_model
 
-from .test_trainer import tiny_config
+from .conftest import tiny_config
 
 
 def test_eval_report(trained, capsys):
@@ -239,3 +239,31 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
     assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"dynprune {dynprune.__version__}"
+
+
+def test_python_dash_m_and_options_after_the_subcommand(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "dynprune", "plugins", "-q"], capture_output=True, text=True)
+    assert out.returncode == 0 and "dncnn" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "dynprune", "train", str(tmp_path / "none.yaml"), "-v"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "Traceback" in bad.stderr  # -v after the subcommand: the traceback
+
+
+def test_configs_name_their_data_by_the_data_root(tmp_path, monkeypatch, capsys):
+    from dynprune.config import load_config, shipped_configs
+
+    monkeypatch.delenv("DYNPRUNE_DATA", raising=False)
+    with pytest.raises(ValueError, match=r"'\$DYNPRUNE_DATA/weights/dncnn/DnCNN-B/net.pth' is under the data root \$DYNPRUNE_DATA, "
+                                         r"which is not set: set DYNPRUNE_DATA .* or pass --data-root DIR"):
+        load_config(shipped_configs() / "dncnn_b.yaml")
+    monkeypatch.setenv("DYNPRUNE_DATA", str(tmp_path / "data"))
+    cfg = load_config(shipped_configs() / "dncnn_b.yaml")
+    assert cfg.dataset.kwargs["root"] == str(tmp_path / "data/denoise/Train400")
+    assert cfg.model.weights == str(tmp_path / "data/weights/dncnn/DnCNN-B/net.pth")
+    monkeypatch.delenv("DYNPRUNE_DATA")
+    assert main(["train", str(shipped_configs() / "dncnn_b.yaml"), "--data-root", str(tmp_path / "d2"),
+                 "--out-dir", str(tmp_path / "run")]) == 2  # the data root is read; the data is not there
+    assert "d2/denoise/Train400' does not exist" in capsys.readouterr().err

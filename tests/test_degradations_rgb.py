@@ -111,7 +111,7 @@ def test_paired_folder_matching_and_errors(tmp_path):
     assert [n for n, _, _ in ds] == ["0001_0.8_0.2", "0002_0.8_0.08"]
     write_image(torch.rand(3, 10, 12), tmp_path / "hazy/0003.png")
     write_image(torch.rand(3, 10, 12), tmp_path / "clear/0009.png")
-    with pytest.raises(ValueError, match=r"degraded without clean \['0003.png'\], clean without degraded \['0009.png'\]"):
+    with pytest.raises(ValueError, match=r"degraded without clean \['0003.png'\] \(1\), clean without degraded \['0009.png'\] \(1\)"):
         PairedFolder(str(tmp_path / "hazy"), str(tmp_path / "clear"))
     write_image(torch.rand(3, 8, 8), tmp_path / "a/x.png")
     write_image(torch.rand(3, 9, 8), tmp_path / "b/x.png")

@@ -158,7 +158,7 @@ def artifact(tmp_path):
     """A deployed tiny ClassPruning model saved to a file, and its outputs on a fixed batch."""
     from dynprune.models import build_model
 
-    from .test_trainer import tiny_config
+    from .conftest import tiny_config
 
     cfg = tiny_config(tmp_path / "run")
     model = build_model(cfg).eval()
@@ -224,7 +224,7 @@ def test_vector_pattern_without_kernel_runs_dense(dncnn_vector, no_kernel):
 def test_vector_artifact_roundtrip_and_pattern_mismatch(tmp_path):
     from dynprune.models import build_model
 
-    from .test_trainer import tiny_config
+    from .conftest import tiny_config
 
     cfg = tiny_config(tmp_path / "run")
     cfg.convert.pattern = "vector8"

@@ -21,24 +21,23 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import math
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 from torch.nn.utils import parametrize
 
-from .nm import nm_order
-from .plan import RatioPlan
+from ..checkpoint import save_atomic
+from ..nm import nm_order
+from ..plan import RatioPlan
+from ..registry import create
+from ..train import Phase, Run, StepBatches, sample_batch
 
-__all__ = ["LayerGates", "SearchState", "searchable_layers", "attach", "detach", "search_step", "run_search",
-           "layer_macs"]
+__all__ = ["LayerGates", "SearchState", "Search", "searchable_layers", "attach", "detach", "run_search", "layer_macs"]
 
 log = logging.getLogger(__name__)
-_SAFE_TO_CHANGE = ("search.steps", "search.checkpoint_every", "threads")  # may differ on --resume (extend a search)
-_SEARCH_USES = ("model.", "dataset.", "degradation.", "loss.", "search.", "seed:")  # the rest is the fine-tune's
+_SEARCH_USES = ("model", "dataset", "degradation", "loss", "search", "seed")  # the rest is the fine-tune's
 
 
 class LayerGates(nn.Module):
@@ -103,7 +102,7 @@ def searchable_layers(model: nn.Module, m: int, exclude=()) -> dict[str, tuple[n
 
 def layer_macs(model: nn.Module, example_inputs: tuple, names) -> tuple[dict[str, int], int]:
     """({layer name: fvcore MACs over all its calls}, total MACs) of ``model`` on ``example_inputs``."""
-    from .audit import count_macs, _fvcore  # fvcore setup shared with the audit
+    from ..audit import count_macs, _fvcore  # fvcore setup shared with the audit
 
     was = model.training
     model.eval()
@@ -160,35 +159,6 @@ def _plan(gates: dict[str, LayerGates], macs: dict[str, int], total: int, budget
                      model=model_name, meta={"search_step": step})
 
 
-def search_step(model: nn.Module, gates: dict[str, LayerGates], macs: dict[str, int], total: int, budgets: list[float],
-                state: SearchState, opt: torch.optim.Optimizer, loss_fn: Callable[[], torch.Tensor], model_name: str,
-                anneal_every: int, anneal_alpha: float, anneal_min_drop: float) -> dict[str, float]:
-    """One optimisation step of the search; records the plans of the budgets the hard fraction reached."""
-    task = loss_fn()
-    frac = _fraction(gates, macs, total, hard=False)
-    loss = task + state.coeff * frac
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    state.step += 1
-    with torch.no_grad():
-        hard = float(_fraction(gates, macs, total, hard=True))
-        pending = budgets[len(state.plans):]
-        if pending and hard <= pending[0] + 1e-12:
-            plan = _plan(gates, macs, total, pending[0], model_name, state.step)
-            state.plans.append(plan.to_dict())
-            for g in gates.values():  # later plans nest inside this one
-                g.bound.fill_(g.n())
-            log.info("budget %.4g reached at step %d: %.4f of dense MACs", pending[0], state.step, plan.macs_fraction)
-        if state.step % anneal_every == 0:
-            if state.last_check - hard < anneal_min_drop:
-                state.coeff *= anneal_alpha
-            state.last_check = hard
-    rec = {"step": state.step, "task": task.item(), "fraction": hard, "coeff": state.coeff}
-    state.history.append(rec)
-    return rec
-
-
 def _plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state_dict without the search parametrizations: each layer's dense weight under its
     own name (the weights the search trained, unmasked), no scores."""
@@ -204,12 +174,122 @@ def _plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
 SEARCH_FILES = ("search.pt", "search_log.jsonl", "sls-*.yaml", "sls-*.weights.pt")  # what a search writes
 
 
+class Search:
+    """SLS's search of a :class:`~dynprune.config.TrainConfig`'s ``search`` section on the shared run loop
+    (:class:`dynprune.train.Run`): one phase whose loss is the task loss plus the regulariser weight times the
+    soft MACs fraction, and whose per-step hook records the plans of the budgets reached and anneals the
+    weight; it ends when every budget has a plan. See :func:`run_search` for the files it writes.
+
+    Raises:
+        ValueError: no searchable layer, ``out_dir`` holding another search, or a resumed checkpoint of
+        another configuration (only the sections the search reads are compared).
+    """
+
+    def __init__(self, cfg, resume: bool = False, overwrite: bool = False):
+        self.cfg, sc = cfg, cfg.search
+        ignore = tuple(k for k in cfg.model_dump() if k not in _SEARCH_USES) + ("search.checkpoint_every",)
+        self.run = Run(cfg, SEARCH_FILES, resume, overwrite, "search", "search.pt", "search_log.jsonl",
+                       sc.checkpoint_every, ignore=ignore)
+        self.out = self.run.out
+        kwargs = dict(cfg.model.kwargs)
+        model = create("models", cfg.model.name, **({"weights": cfg.model.weights} if cfg.model.weights else {}),
+                       **kwargs)
+        self.model = model.to(cfg.device)
+        dataset = create("datasets", cfg.dataset.name, **cfg.dataset.kwargs)
+        degrade = create("degradations", cfg.degradation.name, **cfg.degradation.kwargs)
+        self.rec_loss = create("losses", cfg.loss.name, **cfg.loss.kwargs)
+        self.layers = searchable_layers(model, sc.m, sc.exclude)
+        if not self.layers:
+            raise ValueError(f"nothing to search in {cfg.model.name}: no Conv/Linear layer with a reduction axis "
+                             f"of length > 1 outside exclude={sc.exclude}")
+        spe = max(1, len(dataset) // sc.batch_size)
+        _, probe, _ = sample_batch(dataset, degrade, cfg.seed, 10, 0, 1, spe)
+        self.macs, self.total = layer_macs(model, (probe.to(cfg.device),), self.layers)
+        self.gates = attach(model, self.layers)
+        self.batches = StepBatches(dataset, degrade, cfg.seed, 10, sc.batch_size, spe)
+        self.state = SearchState(coeff=sc.reg_weight)
+        self.run.restore(self)
+
+    def _groups(self) -> list[dict]:
+        sc = self.cfg.search
+        scores = [g.scores for g in self.gates.values()]
+        weights = [p for n, p in self.model.named_parameters() if not n.endswith(".scores")]
+        if sc.lr == 0:
+            for p in weights:
+                p.requires_grad_(False)
+        return [{"params": scores, "lr": sc.score_lr}] + ([{"params": weights, "lr": sc.lr}] if sc.lr > 0 else [])
+
+    def phases(self):
+        return [Phase(name="search", desc="SLS search", steps=self.cfg.search.steps, schedule=None,
+                      params=self._groups, batches=self.batches, loss=self._loss, start=self.model.train,
+                      after_update=self._after_update, checkpoint_every=self.cfg.search.checkpoint_every)]
+
+    def _loss(self, batch) -> tuple[torch.Tensor, dict]:
+        clean, degraded, _ = batch
+        task = self.rec_loss(self.model(degraded), clean).mean()
+        if not torch.isfinite(task):
+            return task, {}
+        frac = _fraction(self.gates, self.macs, self.total, hard=False)
+        return task + self.state.coeff * frac, {"task": task.item(), "coeff": self.state.coeff}
+
+    @torch.no_grad()
+    def _after_update(self, step: int) -> bool:
+        """Record the plans of the budgets the hard fraction reached, anneal; True once every budget has one."""
+        sc, state = self.cfg.search, self.state
+        state.step = step + 1
+        hard = float(_fraction(self.gates, self.macs, self.total, hard=True))
+        pending = sc.budgets[len(state.plans):]
+        if pending and hard <= pending[0] + 1e-12:
+            plan = _plan(self.gates, self.macs, self.total, pending[0], type(self.model).__name__, state.step)
+            state.plans.append(plan.to_dict())
+            for g in self.gates.values():  # later plans nest inside this one
+                g.bound.fill_(g.n())
+            log.info("budget %.4g reached at step %d: %.4f of dense MACs", pending[0], state.step, plan.macs_fraction)
+            save_atomic(  # the weights the search had adapted to this plan, for fine-tuning
+                {"model": _plain_state(self.model), "arch": getattr(self.model, "arch", dict(self.cfg.model.kwargs)),
+                         "name": self.cfg.model.name}, self.out / f"{plan.name}.weights.pt")
+        if state.step % sc.anneal_every == 0:
+            if state.last_check - hard < sc.anneal_min_drop:
+                state.coeff *= sc.anneal_alpha
+            state.last_check = hard
+        state.history.append({"step": state.step, "fraction": hard, "coeff": state.coeff})
+        return len(state.plans) == len(sc.budgets)
+
+    def checkpoint(self) -> dict:
+        return {"model": self.model.state_dict(), "state": dict(self.state.__dict__)}
+
+    def load_checkpoint(self, ckpt: dict, path) -> None:
+        if "state" not in ckpt:
+            raise ValueError(f"cannot resume from {str(path)!r}: not an SLS search checkpoint")
+        self.model.load_state_dict(ckpt["model"])
+        self.state = SearchState(**ckpt["state"])
+
+    def legacy_position(self, ckpt: dict) -> tuple[int, int]:
+        if len(self.state.plans) == len(self.cfg.search.budgets):
+            self.run.stopped.append("search")
+            return 1, 0
+        return 0, self.state.step
+
+    def fit(self) -> list[RatioPlan]:
+        """Run (the rest of) the search; write the plans. Returns them, largest budget first."""
+        self.run.fit(self)
+        plans = [RatioPlan.coerce(p) for p in self.state.plans]
+        for plan in plans:
+            plan.save(self.out / f"{plan.name}.yaml")
+        missing = self.cfg.search.budgets[len(plans):]
+        if missing:
+            last = self.state.history[-1]["fraction"] if self.state.history else 1.0
+            log.warning("the search ran %d steps and did not reach the budgets %s (MACs fraction %.4f): raise "
+                        "search.steps or search.reg_weight", self.state.step, missing, last)
+        return plans
+
+
 def run_search(cfg, resume: bool = False, overwrite: bool = False) -> list[RatioPlan]:
     """``dynprune search``: the search of a :class:`~dynprune.config.TrainConfig`'s ``search`` section on its
-    model (pretrained ``model.weights``), dataset, degradation and loss. Writes ``out_dir/search.pt``
-    (atomic, every ``checkpoint_every`` steps; ``resume`` continues it, bit-identically, and may change only
-    ``search.steps``, ``search.checkpoint_every``, ``threads`` and the sections the search does not read:
-    ``convert``, ``stages``, ``classifier``...), ``out_dir/<plan>.yaml`` per budget with
+    model (pretrained ``model.weights``), dataset, degradation and loss (:class:`Search`). Writes
+    ``out_dir/search.pt`` (atomic, every ``search.checkpoint_every`` steps; ``resume`` continues it,
+    bit-identically, and may give it more ``search.steps``; the sections the search does not read, such as
+    ``convert`` and ``stages``, may change), ``out_dir/<plan>.yaml`` per budget with
     ``out_dir/<plan>.weights.pt`` (the dense weights the search had adapted when it fixed that plan, a
     ``model.weights`` file for fine-tuning from there) and ``out_dir/search_log.jsonl``.
 
@@ -219,96 +299,6 @@ def run_search(cfg, resume: bool = False, overwrite: bool = False) -> list[Ratio
     Returns:
         The plans, largest budget first (fewer if the search ran out of steps before a budget: warned).
     Raises:
-        ValueError: no searchable layer, ``out_dir`` holding another search, or a resumed checkpoint of
-        another configuration.
+        ValueError: see :class:`Search`. FloatingPointError: a non-finite batch or loss (step named).
     """
-    from .checkpoint import load_file, save_atomic
-    from .config import check_device
-    from .outputs import RunLog, checkpoint_note, claim_run_dir
-    from .progress import progress
-    from .registry import create
-    from .trainer import config_differences, sample_batch
-
-    sc = cfg.search
-    check_device(cfg.device)
-    out = claim_run_dir(cfg.out_dir, SEARCH_FILES, resume, overwrite, "search")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    kwargs = dict(cfg.model.kwargs)
-    model = create("models", cfg.model.name, **({"weights": cfg.model.weights} if cfg.model.weights else {}), **kwargs)
-    model.to(cfg.device)
-    dataset = create("datasets", cfg.dataset.name, **cfg.dataset.kwargs)
-    degrade = create("degradations", cfg.degradation.name, **cfg.degradation.kwargs)
-    rec_loss = create("losses", cfg.loss.name, **cfg.loss.kwargs)
-    layers = searchable_layers(model, sc.m, sc.exclude)
-    if not layers:
-        raise ValueError(f"nothing to search in {cfg.model.name}: no Conv/Linear layer with a reduction axis of "
-                         f"length > 1 outside exclude={sc.exclude}")
-    spe = max(1, len(dataset) // sc.batch_size)
-    _, probe, _ = sample_batch(dataset, degrade, cfg.seed, 10, 0, 1, spe)
-    macs, total = layer_macs(model, (probe.to(cfg.device),), layers)
-    gates = attach(model, layers)
-    scores = [g.scores for g in gates.values()]
-    weights = [p for n, p in model.named_parameters() if not n.endswith(".scores")]
-    groups = [{"params": scores, "lr": sc.score_lr}] + ([{"params": weights, "lr": sc.lr}] if sc.lr > 0 else [])
-    if sc.lr == 0:
-        for p in weights:
-            p.requires_grad_(False)
-    opt = torch.optim.Adam(groups)
-    state = SearchState(coeff=sc.reg_weight)
-    ckpt_path = out / "search.pt"
-    runlog = RunLog(out / "search_log.jsonl")
-    dump = cfg.model_dump(mode="json")
-    if resume and ckpt_path.is_file():
-        ckpt = load_file(ckpt_path)
-        diff = [d for d in config_differences(ckpt["config"], dump)
-                if d.startswith(_SEARCH_USES) and not d.startswith(_SAFE_TO_CHANGE)]
-        if diff:
-            raise ValueError(f"cannot resume from {str(ckpt_path)!r}: its config differs in " + "; ".join(diff))
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        state = SearchState(**ckpt["state"])
-        runlog.rewind(lambda r: r["step"] <= state.step)
-        log.info("resumed the search from %s at step %d", ckpt_path, state.step)
-
-    def save() -> None:
-        save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state.__dict__,
-                     "config": dump}, ckpt_path)
-
-    def loss_fn() -> torch.Tensor:
-        clean, degraded, _ = sample_batch(dataset, degrade, cfg.seed, 10, state.step, sc.batch_size, spe)
-        clean, degraded = clean.to(cfg.device), degraded.to(cfg.device)
-        return rec_loss(model(degraded), clean).mean()
-
-    out.mkdir(parents=True, exist_ok=True)
-    model.train()
-    bar = progress(range(state.step, sc.steps), "SLS search", total=sc.steps, initial=state.step)
-    for _ in bar:
-        if len(state.plans) == len(sc.budgets):  # a resumed search that had finished
-            break
-        recorded = len(state.plans)
-        rec = search_step(model, gates, macs, total, sc.budgets, state, opt, loss_fn, type(model).__name__,
-                          sc.anneal_every, sc.anneal_alpha, sc.anneal_min_drop)
-        if len(state.plans) > recorded:  # the weights the search had adapted to this plan, for fine-tuning
-            save_atomic({"model": _plain_state(model), "arch": getattr(model, "arch", dict(cfg.model.kwargs)),
-                         "name": cfg.model.name}, out / f"{state.plans[-1]['name']}.weights.pt")
-        if not math.isfinite(rec["task"]):
-            raise FloatingPointError(f"non-finite search loss at step {state.step}; "
-                                     f"{checkpoint_note(out, ckpt_path.name)}")
-        bar.set_postfix(loss=f"{rec['task']:.4g}", macs=f"{rec['fraction']:.3f}", plans=len(state.plans))
-        if state.step % 25 == 0:
-            runlog.append(rec)
-        if state.step % sc.checkpoint_every == 0:
-            save()
-    bar.close()
-    save()
-    plans = [RatioPlan.coerce(p) for p in state.plans]
-    for plan in plans:
-        plan.save(out / f"{plan.name}.yaml")
-    missing = sc.budgets[len(plans):]
-    if missing:
-        last = state.history[-1]["fraction"] if state.history else 1.0
-        log.warning("the search ran %d steps and did not reach the budgets %s (MACs fraction %.4f): raise "
-                    "search.steps or search.reg_weight", state.step, missing, last)
-    return plans
+    return Search(cfg, resume, overwrite).fit()

@@ -7,20 +7,11 @@ from dynprune.classpruning import ClassPruning
 from dynprune.config import TrainConfig, load_config
 from dynprune.deploy import SparseConv2d, save_deployed
 from dynprune.outputs import RunLog
-from dynprune.registry import PluginHost, create_model, reset_host
-from dynprune.trainer import Trainer, load_trained
 
-
-def tiny_config(out_dir, **over) -> TrainConfig:
-    stage = {"epochs": 1, "steps_per_epoch": 5, "batch_size": 4, "lr_start": 1e-3, "lr_end": 1e-5}
-    cfg = {"model": {"name": "dncnn", "kwargs": {"depth": 4, "width": 8}},
-           "classifier": {"name": "paper", "kwargs": {"widths": [4, 4, 8, 8]}},
-           "dataset": {"name": "skimage_photos", "kwargs": {"names": ["camera", "coins"], "patch_size": 16,
-                                                            "patches_per_image": 8}},
-           "stages": {"base": stage, "classifier": stage, "restoration": stage, "joint": stage},
-           "out_dir": str(out_dir), "checkpoint_every": 3, "seed": 1}
-    cfg.update(over)
-    return TrainConfig.model_validate(cfg)
+from ..conftest import teacher_files, tiny_config
+from dynprune.registry import PluginHost, reset_host
+from dynprune.methods.classpruning import Trainer
+from dynprune.models import load_trained
 
 
 def test_three_stages_run_and_checkpoint_rebuilds(tmp_path):
@@ -35,62 +26,30 @@ def test_three_stages_run_and_checkpoint_rebuilds(tmp_path):
     assert any('"stage": "joint"' in ln and '"L_C"' in ln for ln in lines)
 
 
-def teacher_files(folder, n=1, **arch):
-    """``n`` dense tiny DnCNN weight files (distinct random weights), as distillation teachers."""
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for k in range(n):
-        torch.manual_seed(100 + k)
-        path = folder / f"teacher{k}.pt"
-        torch.save(create_model("dncnn", **{"depth": 4, "width": 8, **arch}).state_dict(), path)
-        out.append({"name": "dncnn", "weights": str(path)})
-    return out
-
-
 @pytest.mark.parametrize("extra", [{}, "distill"])
-def test_resume_after_a_crash_is_exact(tmp_path, monkeypatch, extra):
+def test_resume_after_a_crash_is_exact(tmp_path, killed_at, extra):
     if extra == "distill":   # every new option of issue 8: per-level teachers, L_W floor, masked gradient
         extra = {"distill": {"weight": 0.5, "teachers": teacher_files(tmp_path / "t", 3)}, "lw_floor": 0.2, "lw_floor_to": "denser",
                  "convert": {"mask_grad": "masked"}}
     ref = Trainer(tiny_config(tmp_path / "ref", **extra)).fit().state_dict()
 
-    original = Trainer._loss
-    calls = {"n": 0}
-
-    def crashing(self, stage, *a):
-        calls["n"] += 1
-        if stage == 2 and self.step == 4:
-            raise KeyboardInterrupt("killed")
-        return original(self, stage, *a)
-
-    monkeypatch.setattr(Trainer, "_loss", crashing)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at(2, 4):
         Trainer(tiny_config(tmp_path / "run", **extra)).fit()
     ckpt = torch.load(tmp_path / "run/last.pt", weights_only=True)
     assert (ckpt["stage"], ckpt["step"]) == ("restoration", 3)
-    monkeypatch.setattr(Trainer, "_loss", original)
     resumed = Trainer(tiny_config(tmp_path / "run", **extra), resume=True).fit().state_dict()
     assert resumed.keys() == ref.keys()
     for k in ref:
         assert torch.equal(resumed[k], ref[k]), k
 
 
-def test_a_resumed_run_logs_each_step_once(tmp_path, monkeypatch):
+def test_a_resumed_run_logs_each_step_once(tmp_path, killed_at):
     ref = tiny_config(tmp_path / "ref")
     Trainer(ref).fit()
-    original = Trainer._loss
-
-    def crashing(self, stage, *a):  # joint step 0 is logged, but the checkpoint holds only the stage start
-        if stage == 3 and self.step == 1:
-            raise KeyboardInterrupt("killed")
-        return original(self, stage, *a)
-
-    monkeypatch.setattr(Trainer, "_loss", crashing)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at(3, 1):  # joint step 0 is logged, but the checkpoint holds only the stage start
         Trainer(tiny_config(tmp_path / "run")).fit()
     log = RunLog(tmp_path / "run/log.jsonl")
     assert log.rows()[-1]["stage"] == "joint" and log.rows()[-1]["step"] == 0
-    monkeypatch.setattr(Trainer, "_loss", original)
     Trainer(tiny_config(tmp_path / "run"), resume=True).fit()
     assert log.rows() == RunLog(tmp_path / "ref/log.jsonl").rows()  # same rows, no step twice
 
@@ -175,7 +134,7 @@ def test_resume_into_another_runs_folder_names_the_differences(tmp_path):
     with pytest.raises(ValueError, match=r"another run.*lw_floor: 0.0 -> 0.1; seed: 1 -> 2\. Use another out_dir"):
         Trainer(other, resume=True)
     same = tiny_config(tmp_path, threads=1, stages={"classifier": {"epochs": 1, "steps_per_epoch": 3}})
-    assert Trainer(same, resume=True).stage == 4      # threads does not change what a run computes
+    assert Trainer(same, resume=True).run.index == 4      # threads does not change what a run computes
 
 
 def test_per_level_teachers_restore_each_sample_with_its_level(tmp_path):

@@ -7,11 +7,11 @@ from dynprune import convert, export_branch
 from dynprune.branch import use_branch
 from dynprune.layers import dynamic_layers, pin_from_state, pin_order
 from dynprune.nm import nm_order
-from dynprune.png import PnG, classpruning_config, load, task_ratios
+from dynprune.methods.png import PnG, classpruning_config, load, task_ratios
 from dynprune.models import load_trained
 
-from .conftest import requires_compile
-from .test_trainer import tiny_config
+from ..conftest import requires_compile
+from ..conftest import tiny_config
 
 STAGE = {"epochs": 1, "steps_per_epoch": 4, "batch_size": 4, "lr_start": 1e-3, "lr_end": 1e-4}
 
@@ -113,11 +113,8 @@ def png_run(tmp_path_factory):
     cfg = png_config(out, shares=(1, 1, 1))
     run = PnG(cfg)
     x = torch.rand(2, 1, 20, 20)
-    run._run_phase(0, 0), run._prune(0), run._start_finetune(0)
-    run.phase, run.step = 1, 0
-    run._run_phase(0, 1)
+    run.run.fit(run, until=2)  # task 1: grow, prune, fine-tune
     after_task1 = outputs(run.restorer, x, 0).clone()
-    run.task, run.phase, run.step = 1, 0, 0
     model = run.fit()
     return cfg, run, model, x, after_task1
 
@@ -214,13 +211,10 @@ def sr_task(scale, share, data_scale=None):
 def test_sr_scales_with_heads_leave_earlier_scales_unchanged(tmp_path):
     run = PnG(sr_config(tmp_path, [sr_task(2, 2), sr_task(3, 2)]))
     x = torch.rand(1, 3, 12, 12)
-    run._run_phase(0, 0), run._prune(0), run._start_finetune(0)
-    run.phase, run.step = 1, 0
-    run._run_phase(0, 1)
+    run.run.fit(run, until=2)  # task 1: grow, prune, fine-tune
     with torch.no_grad(), use_branch(0):
         x2 = run.restorer.eval()(x, scale=2)
         head3 = {k: v.clone() for k, v in run.restorer.upsample.up3.state_dict().items()}
-    run.task, run.phase, run.step = 1, 0, 0
     model = run.fit()
     assert torch.equal(model(x, "x2"), x2) and model(x, "x3").shape == (1, 3, 36, 36)
     assert any(not torch.equal(v, head3[k]) for k, v in model.restorer.upsample.up3.state_dict().items())
@@ -264,7 +258,7 @@ def test_each_task_learns_from_its_own_teacher(tmp_path):
     import copy
     import json
 
-    from .test_trainer import teacher_files
+    from ..conftest import teacher_files
 
     cfg = png_config(tmp_path, distill={"weight": 1.0, "teachers": teacher_files(tmp_path / "t", 3)})
     run = PnG(cfg)
@@ -273,7 +267,7 @@ def test_each_task_learns_from_its_own_teacher(tmp_path):
         outs = [t(x) for t in run.teachers]
     assert len(run.teachers) == 3 and not torch.allclose(outs[0], outs[1], atol=1e-3)
     student = copy.deepcopy(run.restorer).train()
-    clean, degraded = run._batch(0, 0, 0, cfg.png.grow)
+    clean, degraded, _ = run.phases()[0].batches[0]  # task 1's first grow batch
     with torch.no_grad(), use_branch(run.grow_branch):
         pred = student(degraded)
         want = (pred - run.teachers[0](degraded)).abs().flatten(1).mean(1).mean().item()   # weight 1: teacher only
@@ -288,7 +282,8 @@ def test_each_task_learns_from_its_own_teacher(tmp_path):
 def test_teachers_that_do_not_fit_the_tasks_are_refused(tmp_path):
     from dynprune.registry import PluginHost, reset_host
 
-    from .test_trainer import _HalfPlugin, teacher_files
+    from ..conftest import teacher_files
+    from .test_classpruning import _HalfPlugin
 
     with pytest.raises(ValueError, match=r"distill.teachers has 2 entries; a PnG run with distill.weight 0.5 needs one "
                                          r"teacher, or one per task \(3: \['sigma15', 'sigma25', 'sigma50'\]\)"):

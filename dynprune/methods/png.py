@@ -40,18 +40,16 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from .branch import use_branch
-from .checkpoint import check_finite, load_file, save_atomic
-from .config import PnGTask, StageConfig, TrainConfig, check_device
-from .layers import dynamic_layers, pin_from_state, pin_order, variable_norms
-from .losses import distilled
-from .nm import grouped, grouped_to_weight
-from .outputs import RunLog, checkpoint_note, claim_run_dir
-from .progress import progress
-from .registry import create, get_host
-from .schedule import cosine_lr
-from .models import build_model, load_trained
-from .trainer import build_teachers, config_differences, sample_batch
+from ..branch import use_branch
+from ..checkpoint import check_finite, load_file, save_atomic
+from ..config import PnGTask, StageConfig, TrainConfig
+from ..layers import dynamic_layers, pin_from_state, pin_order, variable_norms
+from ..losses import distilled
+from ..models import build_model, load_trained
+from ..nm import grouped, grouped_to_weight
+from ..registry import create
+from ..train import Phase, Run, StepBatches
+from .classpruning import Trainer, build_teachers, first_image
 
 __all__ = ["PnG", "PnGModel", "task_ratios", "classpruning_config", "load", "run_png", "RUN_FILES"]
 
@@ -168,18 +166,12 @@ class PnG:
             raise ValueError("png.tasks is empty: give the task sequence, e.g. tasks: [{name: sigma15, share: 1, "
                              "degradation: {name: gaussian_noise, kwargs: {sigmas: [15]}}}, ...]")
         self.cfg, self.tasks = cfg, list(cfg.png.tasks)
-        check_device(cfg.device)
-        self.out = claim_run_dir(cfg.out_dir, RUN_FILES, resume, overwrite)
-        self.log = RunLog(self.out / "log.jsonl")
-        self.resume = resume
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
-        get_host()
+        self.run = Run(cfg, RUN_FILES, resume, overwrite)
+        self.out, self.resume = self.run.out, resume
         self.data = [self._task_data(t) for t in self.tasks]
         self.n = [int(r.split(":")[0]) for r in task_ratios(cfg)]
         ratios = task_ratios(cfg) + ([] if self.n[-1] == cfg.png.m else [f"{cfg.png.m}:{cfg.png.m}"])
-        channels = self.data[0][0][0].shape[0]
+        channels = first_image(self.data[0][0]).shape[0]
         model = build_model(classpruning_config(cfg, ratios), in_channels=channels)
         self.restorer, self.arch = model.restorer.to(cfg.device), model.restorer.arch
         self.grow_branch = len(ratios) - 1
@@ -192,9 +184,9 @@ class PnG:
             except AttributeError:
                 raise ValueError(f"png task head {head!r} is not a module of {cfg.model.name}") from None
         self.teachers = self._build_teachers()
-        self.task, self.phase, self.step, self.opt_state = 0, 0, 0, None
-        if resume and (self.out / "last.pt").is_file():
-            self._load(self.out / "last.pt")
+        self._masks: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.run.track_ema(self.restorer)
+        self.run.restore(self)
         self._check_tasks()
 
     def _build_teachers(self) -> list[nn.Module | None]:
@@ -222,8 +214,12 @@ class PnG:
         """Each task's data through the model once: its output must have its clean target's shape."""
         self.restorer.eval()
         for i, (task, (dataset, degrade, _)) in enumerate(zip(self.tasks, self.data)):
-            clean = dataset[0].unsqueeze(0)
-            degraded, _ = degrade(clean, generator=torch.Generator().manual_seed(0))
+            item = dataset[0]
+            if isinstance(item, (tuple, list)):  # real pairs
+                degraded, clean = (t.unsqueeze(0) for t in item)
+            else:
+                clean = item.unsqueeze(0)
+                degraded, _ = degrade(clean, generator=torch.Generator().manual_seed(0))
             where = f"png task {task.name!r} (forward {task.forward or '{}'}" + (f", head {task.head!r})" if task.head
                                                                                  else ")")
             try:
@@ -247,16 +243,6 @@ class PnG:
                     raise ValueError(f"{where}: its distillation teacher {i} maps the degraded input "
                                      f"{tuple(degraded.shape)} to {got}, but the clean target is {tuple(clean.shape)}: "
                                      f"a teacher must restore the same task")
-
-    def _batch(self, t: int, phase: int, step: int, sc: StageConfig):
-        dataset, degrade, _ = self.data[t]
-        spe = sc.steps_per_epoch or max(1, len(dataset) // sc.batch_size)
-        clean, degraded, _ = sample_batch(dataset, degrade, self.cfg.seed, 10 + 2 * t + phase, step, sc.batch_size, spe)
-        return clean.to(self.cfg.device), degraded.to(self.cfg.device)
-
-    def _total(self, t: int, sc: StageConfig) -> int:
-        spe = sc.steps_per_epoch or max(1, len(self.data[t][0]) // sc.batch_size)
-        return spe * sc.epochs
 
     # ---- what trains ------------------------------------------------------------------------
     def _trainable(self, t: int, phase: int) -> tuple[int, dict[str, bool | torch.Tensor]]:
@@ -320,64 +306,32 @@ class PnG:
         for _, norm in variable_norms(self.restorer):
             _norm_module(norm, t).load_state_dict(_norm_state(norm, self.grow_branch), strict=False)
 
-    # ---- checkpoints ------------------------------------------------------------------------
-    def _save(self, opt) -> None:
-        save_atomic({"png_run": 1, "model": self.restorer.state_dict(), "config": self.cfg.model_dump(mode="json"),
-                     "arch": self.arch, "task": self.task, "phase": self.phase, "step": self.step,
-                     "tasks": [t.name for t in self.tasks],
-                     "optimizer": opt.state_dict() if opt is not None else None}, self.out / "last.pt")
-
-    def _load(self, path: Path) -> None:
-        ckpt = load_file(path)
-        if not isinstance(ckpt, dict) or "png_run" not in ckpt:
-            raise ValueError(f"cannot resume from {str(path)!r}: not a PnG run checkpoint")
-        names = [t.name for t in self.tasks]
-        if ckpt["tasks"] != names:
-            raise ValueError(f"cannot resume from {str(path)!r}: its task order is {ckpt['tasks']}, this config's is "
-                             f"{names}; earlier tasks' weights are frozen in that order, so a changed order needs a "
-                             f"new run (another out_dir, or --overwrite)")
-        diff = config_differences(ckpt["config"], self.cfg.model_dump(mode="json"))
-        if diff:
-            raise ValueError(f"cannot resume from {str(path)!r}: it belongs to another run; its config differs from "
-                             f"this one in " + "; ".join(diff) + ". Use another out_dir, or the same config")
-        check_finite(ckpt["model"], f"checkpoint {str(path)!r}")
-        self.restorer.load_state_dict(ckpt["model"])
-        self.task, self.phase, self.step, self.opt_state = ckpt["task"], ckpt["phase"], ckpt["step"], ckpt["optimizer"]
-        at = (self.task, self.phase, self.step)
-        self.log.rewind(lambda r: (names.index(r["task"]), PHASES.index(r["phase"]), r["step"]) < at)
-        log.info("resumed from %s at task %d (%s), phase %s, step %d", path, self.task,
-                 names[min(self.task, len(names) - 1)], PHASES[min(self.phase, 1)], self.step)
-
-    # ---- training ---------------------------------------------------------------------------
-    def fit(self) -> PnGModel:
-        """Run the remaining tasks and phases; write ``png.pt`` (and train the classifier if
-        ``stages.classifier`` asks). Returns the PnG model (eval mode)."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        while self.task < len(self.tasks):
-            while self.phase < len(PHASES):
-                self._run_phase(self.task, self.phase)
-                if PHASES[self.phase] == "grow":
-                    self._prune(self.task)
-                    self._start_finetune(self.task)
-                self.phase, self.step, self.opt_state = self.phase + 1, 0, None
-                self._save(None)
-            self.task, self.phase = self.task + 1, 0
-            self._save(None)
-        model = self._finish()
-        if self.cfg.stages.classifier.epochs > 0:
-            self._train_classifier()
-        return model
+    # ---- the run's phases ------------------------------------------------------------------
+    def phases(self) -> list[Phase]:
+        """grow and fine-tune per task, in task order."""
+        out = []
+        for t, task in enumerate(self.tasks):
+            dataset, degrade, _ = self.data[t]
+            for k, phase in enumerate(PHASES):
+                sc = self._schedule(t, k)
+                spe = sc.steps_per_epoch or max(1, len(dataset) // sc.batch_size)
+                out.append(Phase(
+                    name=f"{task.name}/{phase}", desc=f"task {t + 1} ({task.name}) {phase}", steps=spe * sc.epochs,
+                    schedule=sc, params=lambda t=t, k=k: self._params(t, k),
+                    batches=StepBatches(dataset, degrade, self.cfg.seed, 10 + 2 * t + k, sc.batch_size, spe),
+                    loss=lambda batch, t=t, k=k: self._loss(t, k, batch), log={"task": task.name, "phase": phase},
+                    start=lambda t=t: self._train_mode(t), before_update=self._mask_grads,
+                    after_update=self._write_back, end=lambda t=t, k=k: self._end_phase(t, k), ema=True))
+        return out
 
     def _schedule(self, t: int, phase: int) -> StageConfig:
         return getattr(self.tasks[t], PHASES[phase]) or getattr(self.cfg.png, PHASES[phase])
 
-    def _run_phase(self, t: int, phase: int) -> None:
-        sc = self._schedule(t, phase)
-        total = self._total(t, sc)
-        if self.step >= total:
-            return
-        branch, rule = self._trainable(t, phase)
-        params, masks = [], {}
+    def _params(self, t: int, phase: int) -> list[torch.Tensor]:
+        """The parameters phase (t, phase) trains (``requires_grad`` set for all); the partly trained ones get a
+        gradient mask and a copy of their frozen entries."""
+        _, rule = self._trainable(t, phase)
+        params, self._masks = [], {}
         for name, p in self.restorer.named_parameters():
             r = rule[name]
             on = bool(r.any()) if isinstance(r, torch.Tensor) else r
@@ -385,56 +339,79 @@ class PnG:
             if on:
                 params.append(p)
                 if isinstance(r, torch.Tensor) and not bool(r.all()):
-                    masks[p] = (r, p.detach().clone())
-        opt = torch.optim.Adam(params, lr=sc.lr_start)
-        if self.opt_state is not None:
-            opt.load_state_dict(self.opt_state)
+                    self._masks[p] = (r, p.detach().clone())
+        return params
+
+    def _loss(self, t: int, phase: int, batch) -> tuple[torch.Tensor, dict]:
+        clean, degraded, _ = batch
         _, _, loss_fn = self.data[t]
         task, teacher = self.tasks[t], self.teachers[t]
-        self._train_mode(t)
-        bar = progress(range(self.step, total), f"task {t + 1} ({task.name}) {PHASES[phase]}", total=total,
-                       initial=self.step)
-        for step in bar:
-            self.step = step
-            clean, degraded = self._batch(t, phase, step, sc)
-            lr = cosine_lr(step, total - 1, sc.lr_start, sc.lr_end)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            rec = loss_fn
-            if teacher is not None:
-                with torch.no_grad():
-                    rec = distilled(loss_fn, teacher(degraded, **task.forward), self.cfg.distill.weight)
-            with use_branch(branch):
-                loss = rec(self.restorer(degraded, **task.forward), clean).mean()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at png task {t + 1} ({task.name}), "
-                                         f"{PHASES[phase]} step {step}; {checkpoint_note(self.out)}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for p, (mask, _) in masks.items():
-                if p.grad is not None:
-                    p.grad.mul_(mask)
-            opt.step()
-            with torch.no_grad():  # frozen entries exactly as they were (Adam moves none, but no trust needed)
-                for p, (mask, frozen) in masks.items():
-                    p.copy_(torch.where(mask, p, frozen))
-            bar.set_postfix(loss=f"{loss.item():.4g}", lr=f"{lr:.2g}")
-            if step % 25 == 0 or step == total - 1:
-                self.log.append({"task": task.name, "phase": PHASES[phase], "step": step, "lr": lr, "loss": loss.item()})
-            if (step + 1) % self.cfg.checkpoint_every == 0:
-                self.step = step + 1
-                self._save(opt)
-        self.step = total
+        branch = self.grow_branch if PHASES[phase] == "grow" else t
+        rec = loss_fn
+        if teacher is not None:
+            with torch.no_grad():
+                rec = distilled(loss_fn, teacher(degraded, **task.forward), self.cfg.distill.weight)
+        with use_branch(branch):
+            return rec(self.restorer(degraded, **task.forward), clean).mean(), {}
+
+    def _mask_grads(self) -> None:
+        for p, (mask, _) in self._masks.items():
+            if p.grad is not None:
+                p.grad.mul_(mask)
+
+    @torch.no_grad()
+    def _write_back(self, step: int) -> None:
+        """Frozen entries exactly as they were (Adam moves none, but no trust needed)."""
+        for p, (mask, frozen) in self._masks.items():
+            p.copy_(torch.where(mask, p, frozen))
+
+    def _end_phase(self, t: int, phase: int) -> None:
         for p in self.restorer.parameters():
             p.requires_grad_(True)
         self.restorer.eval()
+        if PHASES[phase] == "grow":
+            self._prune(t)
+            self._start_finetune(t)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def checkpoint(self) -> dict:
+        t, phase = divmod(self.run.index, len(PHASES))
+        return {"png_run": 1, "model": self.restorer.state_dict(), "arch": self.arch, "task": t, "phase": phase,
+                "step": self.run.step, "tasks": [task.name for task in self.tasks]}
+
+    def check_resume(self, ckpt: dict, path: Path) -> None:
+        """Refuse a checkpoint that is not a PnG run's, or one of another task order."""
+        if "png_run" not in ckpt:
+            raise ValueError(f"cannot resume from {str(path)!r}: not a PnG run checkpoint")
+        names = [t.name for t in self.tasks]
+        if ckpt["tasks"] != names:
+            raise ValueError(f"cannot resume from {str(path)!r}: its task order is {ckpt['tasks']}, this config's is "
+                             f"{names}; earlier tasks' weights are frozen in that order, so a changed order needs a "
+                             f"new run (another out_dir, or --overwrite)")
+
+    def load_checkpoint(self, ckpt: dict, path: Path) -> None:
+        check_finite(ckpt["model"], f"checkpoint {str(path)!r}")
+        self.restorer.load_state_dict(ckpt["model"])
+
+    def legacy_position(self, ckpt: dict) -> tuple[int, int]:
+        return ckpt["task"] * len(PHASES) + ckpt["phase"], ckpt["step"]
+
+    # ---- training ---------------------------------------------------------------------------
+    def fit(self) -> PnGModel:
+        """Run the remaining tasks and phases; write ``png.pt`` (and train the classifier if
+        ``stages.classifier`` asks). Returns the PnG model (eval mode)."""
+        self.run.fit(self)
+        model = self._finish()
+        if self.cfg.stages.classifier.epochs > 0:
+            self._train_classifier()
+        return model
 
     # ---- result -----------------------------------------------------------------------------
     @torch.no_grad()
     def _finish(self) -> PnGModel:
         """The final ClassPruning model (one branch per task), written to ``png.pt``."""
         final_cfg = classpruning_config(self.cfg)
-        channels = self.data[0][0][0].shape[0]
+        channels = first_image(self.data[0][0]).shape[0]
         model = build_model(final_cfg, arch=self.arch, in_channels=channels).to(self.cfg.device)
         state = self.restorer.state_dict()
         if self.grow_branch == len(self.tasks):  # drop the growth branch: the last task's norms become the main ones
@@ -457,8 +434,6 @@ class PnG:
         return PnGModel(model.restorer.eval(), self.tasks, len(self.tasks))
 
     def _train_classifier(self) -> None:
-        from .trainer import Trainer
-
         data = classpruning_config(self.cfg).model_dump(mode="json")
         data.update(init_from=str(self.out / "png.pt"), out_dir=str(self.out / "classifier"))
         Trainer(TrainConfig.model_validate(data), resume=self.resume, overwrite=not self.resume).fit()

@@ -7,7 +7,7 @@ import dynprune as dp
 from dynprune.config import TrainConfig
 from dynprune.nm import nm_mask
 from dynprune.plan import RatioPlan
-from dynprune.sls import LayerGates, run_search
+from dynprune.methods.sls import LayerGates, run_search
 
 
 def test_gates_keep_the_top_n_and_train_straight_through():
@@ -58,7 +58,7 @@ def test_search_resumes_exactly(tmp_path):
     whole = run_search(_cfg(tmp_path / "a", 300, **slow))
     cut = _cfg(tmp_path / "b", 8, **slow)
     assert run_search(cut) == []  # stopped before the first budget
-    with pytest.raises(ValueError, match="its config differs in search.score_lr"):
+    with pytest.raises(ValueError, match="its config differs from this one in search.score_lr"):
         run_search(_cfg(tmp_path / "b", 300, score_lr=0.02), resume=True)
     resumed = run_search(_cfg(tmp_path / "b", 300, **slow), resume=True)  # more steps: allowed
     assert [p.to_dict() for p in resumed] == [p.to_dict() for p in whole] and len(whole) == 2
@@ -72,10 +72,10 @@ def test_search_errors(tmp_path):
 
 
 @pytest.mark.parametrize("nan_at, note", [
-    (3, "no checkpoint was written yet"),  # call 1 draws the probe, call 3 is step 2
-    (14, r"last checkpoint kept at .*search\.pt"),  # step 13, after the checkpoint of step 10
+    (3, "no checkpoint was written yet"),  # call 1 draws the probe, call 3 is step 1 (0-based)
+    (14, r"last checkpoint kept at .*search\.pt"),  # step 12, after the checkpoint of the first 10 steps
 ])
 def test_non_finite_loss_names_the_step_and_what_is_kept(tmp_path, nan_noise, nan_at, note):
     cfg = _cfg(tmp_path, 50, degradation={"name": "nan_noise", "kwargs": {"nan_at": nan_at}}, score_lr=0.01)
-    with pytest.raises(FloatingPointError, match=f"non-finite search loss at step {nan_at - 1}; {note}"):
+    with pytest.raises(FloatingPointError, match=f"non-finite values in the training batch at SLS search, step {nan_at - 2}; {note}"):
         run_search(cfg)

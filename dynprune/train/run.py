@@ -1,0 +1,440 @@
+"""The run object every training method shares: one step loop, one checkpoint format, one resume rule.
+
+A method (``dynprune/methods/``) describes its work as a list of :class:`Phase` objects (ClassPruning's
+stages, PnG's grow and fine-tune per task, SLS's search) and keeps its own model; :class:`Run` owns the rest:
+
+- device, threads, seeding and the plugin host; the run folder, claimed before any work, and the resolved
+  config written into it when the training starts (``config.resolved.yaml``);
+- per phase: the optimizer (``optim``: Adam/AdamW, clipping, EMA), the warm-up + cosine schedule
+  (:class:`~dynprune.train.schedule.WarmupCosine`, state in the checkpoint), batches from a DataLoader
+  (:mod:`dynprune.train.data`), the finite-batch and finite-loss checks, hooks around each update;
+- logging every ``log_every`` steps (``log.jsonl``, TensorBoard), atomic checkpoints every
+  ``checkpoint_every`` steps and at each phase end, validation every ``validation.every`` steps and
+  ``best.pt`` by ``validation.metric``;
+- resuming: the checkpoint's config must equal the run's except run-only fields (:data:`RUN_ONLY`) and
+  schedule lengths (:data:`SCHEDULE_KEYS`): a run is extended by giving a phase more steps (the cosine
+  stretches, :mod:`dynprune.train.schedule`), resuming at the first phase that has steps left; a phase
+  cannot shrink below the steps it ran, and a finished phase cannot grow once a later one has run.
+
+Checkpoints hold the method's entries (``Method.checkpoint``) plus ``config``, ``run`` (position and the
+steps each finished phase ran), ``optimizer`` and ``scheduler`` (of the phase in progress, or the last one
+finished, so that an extended phase keeps its Adam moments), ``ema`` and ``best``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+import torch
+import yaml
+from torch import nn
+
+from ..checkpoint import load_file, save_atomic
+from ..config import StageConfig, check_device
+from ..outputs import checkpoint_note, claim_run_dir
+from ..progress import progress
+from ..registry import get_host
+from .data import batch_loader
+from .logger import RunLogger
+from .optim import EMA, build_optimizer
+from .schedule import WarmupCosine
+
+__all__ = ["Phase", "Method", "Run", "config_differences", "RUN_ONLY", "SCHEDULE_KEYS"]
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.resolved.yaml"
+# Config fields that do not change what a run computes (dotted; a resumed run may change them).
+RUN_ONLY = ("threads", "device", "checkpoint_every", "out_dir", "log_every", "tensorboard", "data",
+            "validation.every", "validation.metric", "validation.mode", "search.checkpoint_every")
+# Schedule lengths (fnmatch): a resumed run may change them within the rule of the module doc.
+SCHEDULE_KEYS = ("stages.*.epochs", "png.grow.epochs", "png.finetune.epochs", "search.steps")
+
+
+def _matches(key: str, patterns: Sequence[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") or fnmatch.fnmatchcase(key, p) for p in patterns)
+
+
+def config_differences(old: dict, new: dict, prefix: str = "", ignore: Sequence[str] = RUN_ONLY) -> list[str]:
+    """``"key: old -> new"`` for every (dotted) key whose value differs between two config dumps, except
+    the keys under ``ignore`` (dotted prefixes or fnmatch patterns; default :data:`RUN_ONLY`)."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        key = f"{prefix}{k}"
+        if _matches(key, ignore):
+            continue
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{key}.", ignore)
+        elif a != b:
+            out.append(f"{key}: {a!r} -> {b!r}")
+    return out
+
+
+@dataclass
+class Phase:
+    """One phase of a method: ``steps`` optimizer updates of ``params`` on ``loss``.
+
+    Args:
+        name: unique within the run (e.g. ``"restoration"``, ``"sigma25/grow"``); keys ``run.totals``.
+        desc: the progress label (e.g. ``"stage 3 (restoration)"``), also used in error messages.
+        steps: number of updates (0: the phase is skipped, its ``end`` still runs).
+        schedule: ``lr_start``, ``lr_end``, ``warmup_steps`` (a :class:`~dynprune.config.StageConfig`), or
+            None for constant rates (each parameter group then gives its ``lr``).
+        params: () -> the parameters (or parameter groups) trained, called at the phase start.
+        batches: a map-style dataset whose item ``s`` is step s's batch (tensors, or tuples of them, moved
+            to the device; None entries kept), e.g. :class:`~dynprune.train.data.StepBatches`.
+        loss: (batch) -> (scalar loss, {name: float or list} logged with it).
+        log: fields written into every log row of the phase (e.g. ``{"stage": "joint"}``).
+        start: () -> None, sets the train/eval modes (and freezing) of the phase; called at its start and
+            after each validation.
+        before_update: () -> None, after ``backward`` and before clipping and the optimizer step (e.g.
+            PnG's gradient masks).
+        after_update: (step) -> True to end the phase early, after the optimizer step (e.g. PnG's frozen
+            weight write-back, SLS's plan recording and annealing).
+        end: () -> None once the phase is over (e.g. PnG's prune, the dense ``base.pt``).
+        validate: validation runs in this phase. ema: the EMA (if on) is updated after each step.
+        checkpoint_every: overrides the run's cadence for this phase.
+    """
+
+    name: str
+    desc: str
+    steps: int
+    schedule: StageConfig | None
+    params: Callable[[], Iterable]
+    batches: Any
+    loss: Callable[[Any], tuple[torch.Tensor, dict]]
+    log: dict = field(default_factory=dict)
+    start: Callable[[], None] | None = None
+    before_update: Callable[[], None] | None = None
+    after_update: Callable[[int], bool | None] | None = None
+    end: Callable[[], None] | None = None
+    validate: bool = False
+    ema: bool = False
+    checkpoint_every: int | None = None
+
+
+class Method(Protocol):
+    """What a training method gives :class:`Run` (see ``docs/concepts.md``, "Adding a training method").
+    Optional: ``check_resume(ckpt, path)``, the method's own refusals of a checkpoint before the config is
+    compared (e.g. PnG's task order), and ``legacy_position`` for checkpoints older than the run loop."""
+
+    def phases(self) -> list[Phase]:
+        """Every phase of the run, in order (finished ones included: the list is the same on resume)."""
+
+    def checkpoint(self) -> dict:
+        """The method's entries of a checkpoint (at least ``"model"``)."""
+
+    def load_checkpoint(self, ckpt: dict, path: Path) -> None:
+        """Restore the method's state from a checkpoint of this run (raise ValueError if it is not one)."""
+
+    def legacy_position(self, ckpt: dict) -> tuple[int, int]:
+        """(phase index, step) of a checkpoint written before the shared run loop (no ``run`` entry)."""
+
+
+def _to(batch, device: torch.device, non_blocking: bool):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to(b, device, non_blocking) for b in batch)
+    return batch
+
+
+def _finite(batch) -> bool:
+    if isinstance(batch, torch.Tensor):
+        return not batch.is_floating_point() or bool(torch.isfinite(batch).all())
+    if isinstance(batch, (tuple, list)):
+        return all(_finite(b) for b in batch)
+    return True
+
+
+class Run:
+    """The machinery of one training run in ``cfg.out_dir`` (module doc).
+
+    Args:
+        cfg: the run's :class:`~dynprune.config.TrainConfig`.
+        files: glob patterns of the files this kind of run writes (another run's are refused without
+            ``resume`` or ``overwrite``; ``overwrite`` deletes them).
+        resume: continue ``checkpoint`` if it exists. overwrite: replace another run's files.
+        what: "run" or "search", for messages. checkpoint, log_name: file names in the run folder.
+        checkpoint_every: the cadence (default ``cfg.checkpoint_every``).
+        ignore: more config keys (dotted prefixes or fnmatch patterns) a resumed run may change, e.g. the
+            sections a search does not read.
+        folder: False for an in-memory run (a library loop such as ClassSR's branch training): no run
+            folder, no log, no checkpoints, the same step loop.
+    Raises:
+        ValueError: a device this machine lacks; the folder is a file or holds another run (see
+            :func:`~dynprune.outputs.claim_run_dir`).
+    """
+
+    def __init__(self, cfg, files: Sequence[str], resume: bool = False, overwrite: bool = False, what: str = "run",
+                 checkpoint: str = "last.pt", log_name: str = "log.jsonl", checkpoint_every: int | None = None,
+                 ignore: Sequence[str] = (), folder: bool = True):
+        self.cfg, self.ignore = cfg, tuple(ignore)
+        check_device(cfg.device)
+        self.device = torch.device(cfg.device)
+        self.out = (claim_run_dir(cfg.out_dir, tuple(files) + ("best.pt", CONFIG_FILE), resume, overwrite, what)
+                    if folder else None)
+        self.path = self.out / checkpoint if folder else None
+        self.resuming = folder and resume and self.path.is_file()
+        self.log = RunLogger(self.out / log_name if folder else None, cfg.tensorboard)
+        self.checkpoint_every = checkpoint_every or cfg.checkpoint_every
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        get_host()
+        self.index, self.step = 0, 0       # position: the phase in progress and its next step
+        self.totals: dict[str, int] = {}   # steps each finished phase ran
+        self.opt_state: dict | None = None
+        self.opt_phase: str | None = None  # the phase opt_state belongs to
+        self.best: dict | None = None
+        self.stopped: list[str] = []       # phases that ended early (after_update said so): never extended
+        self._sched_state: dict | None = None
+        self.ema: EMA | None = None
+        self._ema_state: dict | None = None
+        self._validator: Callable[[], dict] | None = None
+
+    # ---- set-up -----------------------------------------------------------------------------
+    def track_ema(self, module: nn.Module) -> None:
+        """Average ``module``'s parameters when ``optim.ema_decay`` > 0 (call before :meth:`restore`)."""
+        if self.cfg.optim.ema_decay > 0:
+            self.ema = EMA(module, self.cfg.optim.ema_decay)
+
+    def validate_with(self, fn: Callable[[], dict], metrics: Sequence[str]) -> None:
+        """Validation of this run: ``fn() -> {metric: float or list}`` (eval mode inside; the phase's modes
+        are set again after it). ``metrics``: the names ``fn`` computes.
+
+        Raises:
+            ValueError: validation is on and ``validation.metric`` is not among ``metrics`` (they are named).
+        """
+        v = self.cfg.validation
+        if v.every and v.metric not in metrics:
+            raise ValueError(f"validation.metric {v.metric!r} is not computed by this run; it computes "
+                             f"{', '.join(metrics)}")
+        self._validator = fn
+
+    def restore(self, method: Method) -> bool:
+        """Load the run's checkpoint into ``method`` and this run when resuming; returns whether it did.
+
+        Raises:
+            ValueError: a checkpoint of another run (the config differences named), one the method refuses,
+                or a schedule change the resume rule forbids (module doc).
+        """
+        if not self.resuming:
+            return False
+        ckpt = load_file(self.path)
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), dict):
+            raise ValueError(f"cannot resume from {str(self.path)!r}: not a dynprune training checkpoint")
+        check = getattr(method, "check_resume", None)
+        if check is not None:  # the method's own, more specific refusals first (e.g. PnG's task order)
+            check(ckpt, self.path)
+        old = ckpt["config"]
+        try:
+            old = type(self.cfg).model_validate(old).model_dump(mode="json")
+        except ValueError:
+            pass
+        new = self.cfg.model_dump(mode="json")
+        legacy = "run" not in ckpt
+        diff = config_differences(old, new, ignore=RUN_ONLY + self.ignore + (() if legacy else SCHEDULE_KEYS))
+        if diff:
+            raise ValueError(f"cannot resume from {str(self.path)!r}: it belongs to another run; its config differs "
+                             f"from this one in " + "; ".join(diff) + ". Use another out_dir, or the same config"
+                             + (" (this checkpoint predates run extension: its schedule cannot change)"
+                                if legacy and any(_matches(d.split(":")[0], SCHEDULE_KEYS) for d in diff) else ""))
+        method.load_checkpoint(ckpt, self.path)
+        phases = method.phases()
+        names = [p.name for p in phases]
+        if legacy:
+            index, step = method.legacy_position(ckpt)
+            totals, stopped = {p.name: p.steps for p in phases[:index]}, list(self.stopped)
+            opt_phase = names[index] if index < len(names) and ckpt.get("optimizer") else None
+        else:
+            r = ckpt["run"]
+            if r.get("phases") != names:
+                raise ValueError(f"cannot resume from {str(self.path)!r}: its phases {r.get('phases')} are not this "
+                                 f"run's {names}")
+            index, step, totals, opt_phase = r["index"], r["step"], dict(r["totals"]), r.get("opt_phase")
+            stopped = list(r.get("stopped", []))
+        self.stopped = stopped
+        self.index, self.step = self._extend(phases, index, step, totals)
+        self.totals = {k: v for k, v in totals.items() if names.index(k) < self.index}
+        current = names[self.index] if self.index < len(names) else None
+        self.opt_state = ckpt.get("optimizer") if opt_phase is not None and opt_phase == current else None
+        self.opt_phase = current if self.opt_state is not None else None
+        self._sched_state = ckpt.get("scheduler") if self.opt_state is not None else None
+        self.best = ckpt.get("best")
+        self._ema_state = ckpt.get("ema")
+        if self.ema is not None and self._ema_state is not None:
+            self.ema.load_state_dict(self._ema_state)
+        self.log.jsonl.rewind(lambda row: self._row_held(row, phases))
+        self.log.purge_step = self.global_step(phases)
+        where = names[self.index] if self.index < len(names) else "the end"
+        log.info("resumed from %s at %s, step %d", self.path, where, self.step)
+        return True
+
+    def _row_held(self, row: dict, phases: list[Phase]) -> bool:
+        """Whether the checkpoint holds a log row (rows of later steps are dropped on resume). A row belongs
+        to the first phase whose ``log`` fields it carries."""
+        for i, p in enumerate(phases):
+            if all(row.get(k) == v for k, v in p.log.items()):
+                return i < self.index or (i == self.index and row.get("step", 0) < self.step)
+        return True
+
+    def _extend(self, phases: list[Phase], index: int, step: int, totals: dict) -> tuple[int, int]:
+        """The position to resume at under this config's phase lengths (the module doc's rule)."""
+        done = [totals.get(p.name, 0) if i < index else (step if i == index else 0) for i, p in enumerate(phases)]
+        for p, d in zip(phases, done):
+            if p.steps < d:
+                raise ValueError(f"cannot resume from {str(self.path)!r}: {p.desc} has already run {d} steps, and "
+                                 f"this config gives it {p.steps}; a resumed run can extend a schedule, not shrink "
+                                 f"it below the steps run (use the old length, or a new out_dir)")
+        for i in range(min(index, len(phases))):
+            if phases[i].steps > done[i] and phases[i].name not in self.stopped:
+                later = [p.desc for p, d in zip(phases[i + 1:], done[i + 1:]) if d > 0]
+                if later:
+                    raise ValueError(f"cannot resume from {str(self.path)!r}: {phases[i].desc} gets "
+                                     f"{phases[i].steps} steps instead of {done[i]}, but {', '.join(later)} already "
+                                     f"ran after it; extend only the phase in progress or later ones")
+                return i, done[i]
+        return index, step
+
+    def global_step(self, phases: list[Phase]) -> int:
+        """Steps run over all phases up to the current position (TensorBoard's step axis)."""
+        return sum(self.totals.get(p.name, 0) for p in phases[:self.index]) + self.step
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def save(self, method: Method, phases: list[Phase], path: Path | None = None, optimizer=None,
+             scheduler=None, state: bool = True) -> None:
+        """Write a checkpoint atomically (``path`` default the run's); ``state`` False leaves out the
+        optimizer, scheduler and EMA (a model file such as ``best.pt``). In-memory runs write nothing."""
+        if self.out is None:
+            return
+        ckpt = method.checkpoint()
+        ckpt["config"] = self.cfg.model_dump(mode="json")
+        ckpt["run"] = {"phases": [p.name for p in phases], "index": self.index, "step": self.step,
+                       "totals": self.totals, "stopped": self.stopped,
+                       "opt_phase": self.opt_phase if state else None}
+        ckpt["best"] = self.best
+        if state:
+            ckpt["optimizer"] = optimizer.state_dict() if optimizer is not None else self.opt_state
+            ckpt["scheduler"] = scheduler.state_dict() if scheduler is not None else (
+                None if optimizer is not None else self._sched_state)
+            ckpt["ema"] = self.ema.state_dict() if self.ema is not None else None
+        save_atomic(ckpt, path or self.path)
+        self.log.flush()
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def fit(self, method: Method, until: int | None = None) -> None:
+        """Run the remaining phases of ``method`` (those before index ``until`` only, if given: a later call
+        continues), checkpointing as the module doc says."""
+        phases = method.phases()
+        stop = len(phases) if until is None else min(until, len(phases))
+        if self.out is not None:  # the config as resolved (defaults filled in, paths expanded), for the record
+            tmp = self.out / f".{CONFIG_FILE}.tmp"
+            tmp.write_text(yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
+            tmp.replace(self.out / CONFIG_FILE)
+        ran = self.index < len(phases)
+        try:
+            while self.index < stop:
+                ph = phases[self.index]
+                if self.step < ph.steps:
+                    self._run_phase(method, phases, ph)
+                self.totals[ph.name] = self.step
+                if ph.end is not None:
+                    ph.end()
+                self.index, self.step = self.index + 1, 0
+                self.save(method, phases)
+            if self.ema is not None and ran and self.index == len(phases):
+                self.ema.copy_to()  # a finished run's model is the average
+                self.save(method, phases)
+        finally:
+            self.log.close()
+
+    def _run_phase(self, method: Method, phases: list[Phase], ph: Phase) -> None:
+        cfg = self.cfg
+        params = list(ph.params())
+        flat = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+        sc = ph.schedule
+        opt = build_optimizer(params, cfg.optim, sc.lr_start if sc is not None else params[0]["lr"])
+        sched = WarmupCosine(opt, ph.steps, sc.lr_end, sc.warmup_steps) if sc is not None else None
+        if self.opt_state is not None and self.opt_phase == ph.name:
+            opt.load_state_dict(self.opt_state)
+            if sched is not None and self._sched_state is not None:
+                sched.load_state_dict(self._sched_state)
+            elif sched is not None:  # a checkpoint without scheduler state: the closed form at this step
+                sched.at(self.step)
+        self.opt_phase, self.opt_state, self._sched_state = ph.name, None, None
+        if ph.start is not None:
+            ph.start()
+        loader = batch_loader(ph.batches, self.step, ph.steps, cfg.data.workers, cfg.data.prefetch,
+                              pin_memory=self.device.type == "cuda")
+        bar = progress(range(self.step, ph.steps), ph.desc, total=ph.steps, initial=self.step)
+        every = ph.checkpoint_every or self.checkpoint_every
+        offset = self.global_step(phases) - self.step
+        for step, batch in zip(bar, loader):
+            self.step = step
+            if not _finite(batch):
+                raise FloatingPointError(f"non-finite values in the training batch at {ph.desc}, step {step}; "
+                                         f"{self._kept()}")
+            batch = _to(batch, self.device, non_blocking=self.device.type == "cuda")
+            lr = opt.param_groups[0]["lr"]
+            loss, parts = ph.loss(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss.item()} at {ph.desc}, step {step}; "
+                                         f"{self._kept()}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if ph.before_update is not None:
+                ph.before_update()
+            if cfg.optim.clip_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(flat, cfg.optim.clip_grad_norm)
+            opt.step()
+            if sched is not None:
+                sched.step()
+            if self.ema is not None and ph.ema:
+                self.ema.update()
+            stop = bool(ph.after_update(step)) if ph.after_update is not None else False
+            last = stop or step == ph.steps - 1
+            value = loss.item()
+            bar.set_postfix(loss=f"{value:.4g}", lr=f"{lr:.2g}")
+            if step % cfg.log_every == 0 or last:
+                self.log.append({**ph.log, "step": step, "lr": lr, "loss": value, **parts}, ph.name, offset + step)
+            if ph.validate and self._validator is not None and cfg.validation.every and \
+                    ((step + 1) % cfg.validation.every == 0 or last):
+                self.step = step + 1
+                self._validate(method, phases, ph, offset + step)
+            if (step + 1) % every == 0 or stop:
+                self.step = step + 1
+                self.save(method, phases, optimizer=opt, scheduler=sched)
+            if stop:
+                self.stopped.append(ph.name)
+                break
+        bar.close()
+        self.step = step + 1
+        self.opt_state, self._sched_state = opt.state_dict(), sched.state_dict() if sched is not None else None
+
+    def _kept(self) -> str:
+        return checkpoint_note(self.out, self.path.name) if self.out is not None else "an in-memory run keeps nothing"
+
+    def _validate(self, method: Method, phases: list[Phase], ph: Phase, global_step: int) -> None:
+        v = self.cfg.validation
+        with self.ema.applied() if self.ema is not None else nullcontext():
+            metrics = self._validator()
+            value = metrics.get(v.metric)
+            better = value is not None and math.isfinite(value) and (
+                self.best is None or (value > self.best["value"] if v.mode == "max" else value < self.best["value"]))
+            if better:
+                self.best = {"metric": v.metric, "value": value, "phase": ph.name, "step": self.step}
+                self.save(method, phases, path=self.out / "best.pt", state=False)
+        self.log.append({**ph.log, "step": self.step - 1, "validation": metrics, **({"best": True} if better else {})},
+                        "validation", global_step, scalars=metrics)
+        log.info("validation at %s step %d: %s", ph.desc, self.step, json.dumps(metrics))
+        if ph.start is not None:
+            ph.start()
