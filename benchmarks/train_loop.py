@@ -1,7 +1,7 @@
 """The shared run loop's data pipeline, measured: step throughput with 0 and 2 DataLoader workers, the share of
 a step spent waiting for its batch, and the memory a DIV2K-sized training folder takes per process.
 
-Part ``throughput``: ClassPruning stage 2 (restoration: every branch's L_W through the frozen classifier) on
+Part ``throughput``: ClassPruning stage 3 (restoration: every branch's L_W through the frozen classifier) on
 the config's network and data (default DnCNN-B on Train400, batch 32), ``--steps`` steps per setting,
 settings interleaved over ``--rounds`` rounds, medians. Workers 0 builds each batch in the training process,
 between steps, which is exactly the work the hand-written loop did before dynprune.train; workers 2 builds
@@ -80,7 +80,7 @@ def throughput(args) -> None:
             print(f"round {r}: workers {w}: {args.steps / wall:.3f} steps/s, waiting for batches "
                   f"{100 * sum(steady) / wall:.1f}% of the time", flush=True)
     print(f"\nCPU: {cpu_name()}, {args.threads} thread(s), torch {torch.__version__}; config {args.config}, "
-          f"stage 2, {args.steps} steps x {args.rounds} rounds, medians")
+          f"stage 3 (restoration), {args.steps} steps x {args.rounds} rounds, medians")
     print("| DataLoader workers | steps/s | vs 0 workers | time waiting for the batch |")
     print("|---:|---:|---:|---:|")
     base = statistics.median(s for s, _ in results[args.workers[0]])

@@ -128,12 +128,15 @@ def test_init_from_checkpoint(tmp_path):
 
 
 def test_resume_into_another_runs_folder_names_the_differences(tmp_path):
-    Trainer(tiny_config(tmp_path, stages={"classifier": {"epochs": 1, "steps_per_epoch": 3}})).fit()
-    other = tiny_config(tmp_path, seed=2, lw_floor=0.1, threads=1,
-                        stages={"classifier": {"epochs": 1, "steps_per_epoch": 3}})
+    # tiny stages throughout: a `stages` mapping with the classifier alone left the other stages at the paper's
+    # defaults (500 epochs each: 1003 steps of batch 32), which made this test take 17 s to minutes of CPU
+    stages = tiny_config(tmp_path).model_dump()["stages"]
+    stages["classifier"]["steps_per_epoch"] = 3
+    Trainer(tiny_config(tmp_path, stages=stages)).fit()
+    other = tiny_config(tmp_path, seed=2, lw_floor=0.1, threads=1, stages=stages)
     with pytest.raises(ValueError, match=r"another run.*lw_floor: 0.0 -> 0.1; seed: 1 -> 2\. Use another out_dir"):
         Trainer(other, resume=True)
-    same = tiny_config(tmp_path, threads=1, stages={"classifier": {"epochs": 1, "steps_per_epoch": 3}})
+    same = tiny_config(tmp_path, threads=1, stages=stages)
     assert Trainer(same, resume=True).run.index == 4      # threads does not change what a run computes
 
 
