@@ -387,11 +387,19 @@ def expand_data_root(value: str) -> str:
     return value
 
 
+def _expand_all(node):
+    """Every string of a config mapping (at any depth, under any key: ``paired_folder``'s ``degraded`` too)
+    with the data root expanded (:func:`expand_data_root`)."""
+    if isinstance(node, dict):
+        return {k: _expand_all(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_all(v) for v in node]
+    return expand_data_root(node) if isinstance(node, str) else node
+
+
 def resolve_paths(data: dict, folder: Path) -> dict:
     """Rewrite the relative input paths of a config mapping as seen from ``folder`` (the config file's),
     expressed relative to the working directory when they lie below it (absolute otherwise), in place.
-    A path that starts with ``$DYNPRUNE_DATA`` is read under the data root (:func:`expand_data_root`), so a
-    config works from any folder, including the copies installed with dynprune.
 
     Input paths are ``model.weights``, ``init_from``, the teachers' ``weights``, plan files in
     ``convert.ratios``, and, in any ``kwargs`` mapping (nested ones too), the values of keys named
@@ -401,8 +409,6 @@ def resolve_paths(data: dict, folder: Path) -> dict:
     import os
 
     def fix(value):
-        if isinstance(value, str):
-            value = expand_data_root(value)
         if not isinstance(value, str) or not value or Path(value).is_absolute() or "://" in value:
             return value
         full = Path(os.path.normpath(folder / value))
@@ -441,9 +447,11 @@ def resolve_paths(data: dict, folder: Path) -> dict:
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> TrainConfig:
     """Read a YAML run configuration; ``overrides`` replace top-level keys, ``sets`` are ``a.b=value``
-    overrides (see :func:`apply_override`). Relative input paths in the file are read from the file's
-    folder (:func:`resolve_paths`); those in ``overrides`` and ``sets``, typed by the user, from the
-    working directory.
+    overrides (see :func:`apply_override`). A value that starts with ``$DYNPRUNE_DATA`` lies under the data
+    root (:func:`expand_data_root`), so a config works from any folder, including the copies installed with
+    dynprune; other relative input paths in the file are read from the file's folder
+    (:func:`resolve_paths`); those in ``overrides`` and ``sets``, typed by the user, from the working
+    directory.
 
     Raises:
         FileNotFoundError: no such file.
@@ -459,6 +467,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None, sets:
         raise ValueError(f"config {str(path)!r} is not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ValueError(f"config {str(path)!r} must be a mapping, got {type(data).__name__}")
+    data = _expand_all(data)
     resolve_paths(data, path.parent)
     data.update(overrides or {})
     for item in sets or []:
