@@ -27,6 +27,7 @@ import fnmatch
 import json
 import logging
 import math
+import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,6 +184,8 @@ class Run:
         self.out = (claim_run_dir(cfg.out_dir, tuple(files) + ("best.pt", CONFIG_FILE), resume, overwrite, what)
                     if folder else None)
         self.path = self.out / checkpoint if folder else None
+        if folder and overwrite and (self.out / "tensorboard").is_dir():  # the replaced run's event files too
+            shutil.rmtree(self.out / "tensorboard")
         self.resuming = folder and resume and self.path.is_file()
         self.log = RunLogger(self.out / log_name if folder else None, cfg.tensorboard)
         self.checkpoint_every = checkpoint_every or cfg.checkpoint_every

@@ -102,7 +102,8 @@ def test_tensorboard_scalars_beside_the_log(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     Trainer(tiny_config(tmp_path, validation={"every": 5, "fraction": 0.5, "crop": 32})).fit()
-    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    Trainer(tiny_config(tmp_path, validation={"every": 5, "fraction": 0.5, "crop": 32}), overwrite=True).fit()
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))  # the replaced run's events are gone
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"base/loss", "classifier/acc", "restoration/L_W", "joint/L_C", "joint/hist/0", "joint/lr",
