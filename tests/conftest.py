@@ -58,6 +58,20 @@ def teacher_files(folder, n=1, **arch):
     return out
 
 
+def noisy_pairs(root, sigma: float, n: int = 3, size=(32, 32), channels: int = 1):
+    """``n`` real-looking pairs in ``root/degraded`` and ``root/clean`` (8-bit PNGs, clean = smooth random
+    images, degraded = clean + Gaussian noise of ``sigma`` on the 0-255 scale); returns the two folders."""
+    from dynprune.imageio import write_image
+
+    g = torch.Generator().manual_seed(int(sigma))
+    for k in range(n):
+        clean = torch.nn.functional.interpolate(torch.rand(1, channels, 8, 8, generator=g), size=size,
+                                                mode="bilinear", align_corners=False)[0]
+        write_image(clean, root / "clean" / f"{k}.png")
+        write_image(clean + sigma / 255 * torch.randn(clean.shape, generator=g), root / "degraded" / f"{k}.png")
+    return str(root / "degraded"), str(root / "clean")
+
+
 @pytest.fixture
 def killed_at(monkeypatch):
     """``with killed_at(stage, step): Trainer(cfg).fit()``: the run is killed (KeyboardInterrupt, as by

@@ -310,3 +310,23 @@ def test_one_multi_scale_teacher_serves_every_scale(tmp_path):
     with torch.no_grad():
         assert run.teachers[0] is run.teachers[1]
         assert run.teachers[0](x, scale=2).shape == (1, 3, 16, 16) and run.teachers[1](x, scale=3).shape == (1, 3, 24, 24)
+
+
+def test_tasks_can_train_on_real_pairs(tmp_path):
+    """Each task's data a paired_folder of its own noise level: grown, pruned and fine-tuned on the pairs."""
+    from ..conftest import noisy_pairs
+
+    tasks = []
+    for sigma in (15, 50):
+        deg, cln = noisy_pairs(tmp_path / f"s{sigma}", sigma)
+        tasks.append({"name": f"real{sigma}", "share": 2, "dataset": {"name": "paired_folder", "kwargs": {
+            "degraded": deg, "clean": cln, "patch_size": 16, "patches_per_image": 4}}})
+    cfg = png_config(tmp_path / "run", png={"tasks": tasks})
+    model = PnG(cfg).fit()
+    assert model.task_names == ["real15", "real50"] and model.trained == 2
+    deg, cln = noisy_pairs(tmp_path / "s15", 15)
+    from dynprune.imageio import read_image
+
+    x, y = read_image(f"{deg}/0.png").unsqueeze(0), read_image(f"{cln}/0.png").unsqueeze(0)
+    with torch.no_grad():
+        assert model(x, "real15").shape == y.shape

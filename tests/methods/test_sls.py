@@ -79,3 +79,14 @@ def test_non_finite_loss_names_the_step_and_what_is_kept(tmp_path, nan_noise, na
     cfg = _cfg(tmp_path, 50, degradation={"name": "nan_noise", "kwargs": {"nan_at": nan_at}}, score_lr=0.01)
     with pytest.raises(FloatingPointError, match=f"non-finite values in the training batch at SLS search, step {nan_at - 2}; {note}"):
         run_search(cfg)
+
+
+def test_search_on_real_pairs(tmp_path):
+    from ..conftest import noisy_pairs
+
+    deg, cln = noisy_pairs(tmp_path / "pairs", 25, n=4)
+    cfg = _cfg(tmp_path / "run", 200).model_dump()
+    cfg["dataset"] = {"name": "paired_folder", "kwargs": {"degraded": deg, "clean": cln, "patch_size": 24,
+                                                          "patches_per_image": 8}}
+    plans = run_search(TrainConfig.model_validate(cfg))
+    assert [p.name for p in plans] == ["sls-75", "sls-50"] and all(p.macs_fraction <= p.budget for p in plans)
