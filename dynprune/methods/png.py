@@ -49,12 +49,13 @@ from ..models import build_model, load_trained
 from ..nm import grouped, grouped_to_weight
 from ..registry import create
 from ..train import Phase, Run, StepBatches
+from ..train.validation import held_out, record_split
 from .classpruning import Trainer, build_teachers, first_image
 
 __all__ = ["PnG", "PnGModel", "task_ratios", "classpruning_config", "load", "run_png", "RUN_FILES"]
 
 log = logging.getLogger(__name__)
-RUN_FILES = ("last.pt", "png.pt", "log.jsonl")
+RUN_FILES = ("last.pt", "png.pt", "log.jsonl", "validation.json")
 PHASES = ("grow", "finetune")
 
 
@@ -82,6 +83,7 @@ def classpruning_config(cfg: TrainConfig, ratios: Sequence[str] | None = None) -
         data["stages"][stage]["epochs"] = 0
     data["init_from"] = None
     data["distill"] = {"weight": 0.0, "teachers": []}  # the restorer is trained: nothing left to distil
+    data["validation"] = {"every": 0}  # only the classifier trains on it
     return TrainConfig.model_validate(data)
 
 
@@ -169,6 +171,13 @@ class PnG:
         self.run = Run(cfg, RUN_FILES, resume, overwrite)
         self.out, self.resume = self.run.out, resume
         self.data = [self._task_data(t) for t in self.tasks]
+        self.val: list[tuple[list, dict | None]] = []  # per task: held-out (name, clean) and real degraded
+        for t, (dataset, degrade, loss) in enumerate(self.data):
+            dataset, images, degraded = held_out(cfg, dataset, None)
+            self.data[t] = (dataset, degrade, loss)
+            self.val.append((images, degraded))
+        if cfg.validation.every and cfg.validation.dataset is None:
+            record_split(self.out, cfg, {"tasks": {t.name: [n for n, _ in v[0]] for t, v in zip(self.tasks, self.val)}})
         self.n = [int(r.split(":")[0]) for r in task_ratios(cfg)]
         ratios = task_ratios(cfg) + ([] if self.n[-1] == cfg.png.m else [f"{cfg.png.m}:{cfg.png.m}"])
         channels = first_image(self.data[0][0]).shape[0]
@@ -186,6 +195,7 @@ class PnG:
         self.teachers = self._build_teachers()
         self._masks: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] = {}
         self.run.track_ema(self.restorer)
+        self.run.validate_with(self.validate, ["psnr_mean"] + [f"psnr_{t.name}" for t in self.tasks])
         self.run.restore(self)
         self._check_tasks()
 
@@ -321,7 +331,8 @@ class PnG:
                     batches=StepBatches(dataset, degrade, self.cfg.seed, 10 + 2 * t + k, sc.batch_size, spe),
                     loss=lambda batch, t=t, k=k: self._loss(t, k, batch), log={"task": task.name, "phase": phase},
                     start=lambda t=t: self._train_mode(t), before_update=self._mask_grads,
-                    after_update=self._write_back, end=lambda t=t, k=k: self._end_phase(t, k), ema=True))
+                    after_update=self._write_back, end=lambda t=t, k=k: self._end_phase(t, k), ema=True,
+                    validate=True))
         return out
 
     def _schedule(self, t: int, phase: int) -> StageConfig:
@@ -364,6 +375,37 @@ class PnG:
         """Frozen entries exactly as they were (Adam moves none, but no trust needed)."""
         for p, (mask, frozen) in self._masks.items():
             p.copy_(torch.where(mask, p, frozen))
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """PSNR (dB) of each task so far on its held-out images (degraded by its degradation with a seed per
+        image, or its real pairs): ``psnr_<task>`` with the task's branch (the growth branch while the task
+        grows), and ``psnr_mean`` over them (over the tasks so far: compare it within one task only; a
+        ``validation.metric`` for ``best.pt`` is usually the last task's ``psnr_<task>``)."""
+        from ..metrics import psnr
+
+        current, phase = divmod(self.run.index, len(PHASES))
+        out = {}
+        was = self.restorer.training
+        self.restorer.eval()
+        for t in range(min(current + 1, len(self.tasks))):
+            images, degraded = self.val[t]
+            _, degrade, _ = self.data[t]
+            task = self.tasks[t]
+            branch = self.grow_branch if t == current and PHASES[phase] == "grow" else t
+            scores = []
+            for k, (name, clean) in enumerate(images):
+                if degraded is not None:
+                    y = degraded[name].unsqueeze(0)
+                else:
+                    y, _ = degrade(clean.unsqueeze(0), generator=torch.Generator().manual_seed(self.cfg.seed * 1009 + k))
+                with use_branch(branch):
+                    restored = self.restorer(y.to(self.cfg.device), **task.forward)
+                scores.append(psnr(restored[0].cpu(), clean))
+            out[f"psnr_{task.name}"] = sum(scores) / len(scores)
+        self.restorer.train(was)
+        out["psnr_mean"] = sum(out.values()) / len(out)
+        return out
 
     def _end_phase(self, t: int, phase: int) -> None:
         for p in self.restorer.parameters():

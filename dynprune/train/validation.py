@@ -10,7 +10,7 @@ import torch
 from ..imageio import as_float
 from ..registry import create
 
-__all__ = ["held_out", "center_crop"]
+__all__ = ["held_out", "center_crop", "record_split", "routed_metrics", "routed_metric_names"]
 
 
 def center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
@@ -24,13 +24,13 @@ def center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
     return img[..., y:y + th, x:x + tw].contiguous()
 
 
-def held_out(cfg, dataset, out: Path):
+def held_out(cfg, dataset, out: Path | None):
     """The validation images of a run, and the training dataset that remains.
 
     ``cfg.validation.dataset`` names a registered dataset: one with ``items`` of ``(name, degraded, clean)``
     (e.g. ``paired_folder``: real pairs) or ``images`` (clean, degraded synthetically at validation). Else a
     ``fraction`` of the training images is set aside by ``dataset.split(fraction, seed)``, and their names are
-    written to ``out/validation.json``. Each image is centre-cropped to ``crop`` (pixels; degraded and clean
+    written to ``out/validation.json`` (unless ``out`` is None: the caller records them). Each image is centre-cropped to ``crop`` (pixels; degraded and clean
     alike) and at most ``max_images`` are kept.
 
     Returns:
@@ -62,15 +62,21 @@ def held_out(cfg, dataset, out: Path):
         if images and len(images[0]) == 3:  # real pairs: (name, degraded, clean)
             degraded = {name: deg for name, deg, _ in images}
             images = [(name, clean) for name, _, clean in images]
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "validation.json").write_text(json.dumps({"fraction": v.fraction, "seed": cfg.seed,
-                                                         "images": [n for n, _ in images]}, indent=1) + "\n")
+        if out is not None:
+            record_split(out, cfg, {"images": [n for n, _ in images]})
     if not images:
         raise ValueError(f"validation dataset {v.dataset.name if v.dataset else cfg.dataset.name!r} holds no image")
     images = [(n, center_crop(im, v.crop)) for n, im in images[: v.max_images]]
     if degraded is not None:
         degraded = {n: center_crop(degraded[n], v.crop) for n, _ in images}
     return dataset, images, degraded
+
+
+def record_split(out: Path, cfg, names: dict) -> None:
+    """Write ``out/validation.json``: the fraction, the seed and the held-out names (``names``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "validation.json").write_text(json.dumps({"fraction": cfg.validation.fraction, "seed": cfg.seed, **names},
+                                                    indent=1) + "\n")
 
 
 def routed_metrics(model, images, degraded, cfg) -> dict:

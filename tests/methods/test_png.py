@@ -9,6 +9,7 @@ from dynprune.layers import dynamic_layers, pin_from_state, pin_order
 from dynprune.nm import nm_order
 from dynprune.methods.png import PnG, classpruning_config, load, task_ratios
 from dynprune.models import load_trained
+from dynprune.outputs import RunLog
 
 from ..conftest import requires_compile
 from ..conftest import tiny_config
@@ -330,3 +331,26 @@ def test_tasks_can_train_on_real_pairs(tmp_path):
     x, y = read_image(f"{deg}/0.png").unsqueeze(0), read_image(f"{cln}/0.png").unsqueeze(0)
     with torch.no_grad():
         assert model(x, "real15").shape == y.shape
+
+
+def test_validation_reports_each_task_so_far(tmp_path):
+    import json
+
+    from dynprune.methods.png import load as load_png
+
+    cfg = png_config(tmp_path, shares=(1, 1, 2), validation={"every": 2, "fraction": 0.5, "crop": 16,
+                                                             "metric": "psnr_sigma50"})
+    PnG(cfg).fit()
+    rows = [r for r in RunLog(tmp_path / "log.jsonl").rows() if "validation" in r]
+    assert [(r["task"], r["phase"], r["step"]) for r in rows] == [
+        (t, p, s) for t in ("sigma15", "sigma25", "sigma50") for p in ("grow", "finetune") for s in (1, 3)]
+    assert [sorted(r["validation"]) for r in rows[::4]] == [
+        ["psnr_mean", "psnr_sigma15"], ["psnr_mean", "psnr_sigma15", "psnr_sigma25"],
+        ["psnr_mean", "psnr_sigma15", "psnr_sigma25", "psnr_sigma50"]]
+    # task 1 is frozen after its fine-tune: its PSNR no longer moves
+    assert len({r["validation"]["psnr_sigma15"] for r in rows[4:]}) == 1
+    held = json.loads((tmp_path / "validation.json").read_text())["tasks"]
+    assert set(held) == {"sigma15", "sigma25", "sigma50"} and len(set(map(tuple, held.values()))) == 1
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["task"] == 2 and best["best"]["metric"] == "psnr_sigma50"  # computed from task 3 on
+    assert load_png(tmp_path / "best.pt").task_names == ["sigma15", "sigma25", "sigma50"]
