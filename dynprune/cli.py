@@ -131,9 +131,10 @@ def _say_deployed(model) -> None:
 
 def cmd_deploy(args) -> int:
     from .deploy import deploy, save_deployed
-    from .outputs import check_output_file
     from .models import load_trained
+    from .outputs import check_output_file, lock_output_file
 
+    lock_output_file(args.out)  # one writer per output (the OS frees it when this process ends), then checks
     out = check_output_file(args.out, [args.checkpoint], args.overwrite)
     model, cfg, ckpt = load_trained(args.checkpoint)
     backend = args.backend.split(",") if "," in args.backend else args.backend
@@ -235,10 +236,11 @@ def cmd_eval(args) -> int:
 def cmd_calibrate(args) -> int:
     from .budget import calibrate_budget
     from .checkpoint import save_atomic
-    from .outputs import check_output_file
     from .models import load_trained
+    from .outputs import check_output_file, lock_output_file
 
     ckpt_path = Path(args.checkpoint)
+    lock_output_file(args.out)
     check_output_file(args.out, [ckpt_path], args.overwrite)
     model, cfg, ckpt = load_trained(ckpt_path)
     _set_classify_tile(model, args.classify_tile)

@@ -1,7 +1,9 @@
 """Where dynprune writes: run folders and output paths that never overwrite a user's files unasked.
 
-- A run folder (``train``, ``search``) that holds another run's files needs ``resume`` (continue it) or
-  ``overwrite`` (its run files are deleted first; nothing else in the folder is touched).
+- A run folder (``train``, ``search``, ``png``) that holds another run's files needs ``resume`` (continue it)
+  or ``overwrite`` (its run files are deleted once the new run has passed its start-up checks; nothing
+  else in the folder is touched). One process writes a run folder or an output file at a time
+  (:class:`FolderLock`).
 - An output folder or file is never an input of the same command, never a file where a folder is
   wanted (or the reverse), and an existing output file is replaced only when asked.
 - Inputs whose outputs would share a name (``a.png`` and ``a.jpg`` both give ``a.png``) are refused.
@@ -18,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-__all__ = ["claim_run_dir", "checkpoint_note", "check_output_dir", "check_output_file", "check_name_collisions", "RunLog"]
+__all__ = ["claim_run_dir", "Replaced", "FolderLock", "lock_output_file", "LOCK_NAME", "checkpoint_note", "check_output_dir", "check_output_file", "check_name_collisions", "RunLog"]
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -26,30 +28,119 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def claim_run_dir(out: str | Path, patterns: Sequence[str], resume: bool, overwrite: bool,
-                  what: str = "run") -> Path:
-    """Make ``out`` ready for a run whose files match the glob ``patterns`` (e.g. ``last.pt``).
+                  what: str = "run") -> tuple[Path, "Replaced"]:
+    """Make ``out`` ready for a run whose files match the glob ``patterns`` (e.g. ``last.pt``): created and
+    locked for this process (:class:`FolderLock`, held until the process ends or ``release``).
 
     Returns:
-        ``out`` (created).
+        (``out``, the :class:`Replaced` files of the run that ``overwrite`` replaces: nothing is deleted
+        until the new run calls its ``remove()``, after every start-up check has passed).
     Raises:
-        ValueError: ``out`` is a file; both ``resume`` and ``overwrite``; or it holds run files and
-        neither was given (the files are named).
+        ValueError: ``out`` is a file; both ``resume`` and ``overwrite``; it holds run files and neither was
+        given (the files are named); another process is writing into it (its id named).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{what} folder {str(out)!r} is a file")
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other: continue the run, or replace it")
-    found = sorted(p for p in (out.iterdir() if out.is_dir() else ())
-                   if p.is_file() and any(fnmatch.fnmatchcase(p.name, pat) for pat in patterns))
-    if found and not resume:
-        if not overwrite:
-            raise ValueError(f"{what} folder {str(out)!r} already holds a {what} ({', '.join(p.name for p in found)}): "
-                             "pass --resume to continue it, --overwrite to replace it, or choose another out_dir")
-        for p in found:
-            p.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    return out
+    FolderLock.acquire(out / LOCK_NAME, f"{what} folder {str(out)!r}")
+    found = sorted(p for p in out.iterdir()
+                   if p.is_file() and any(fnmatch.fnmatchcase(p.name, pat) for pat in patterns))
+    if found and not resume and not overwrite:
+        raise ValueError(f"{what} folder {str(out)!r} already holds a {what} ({', '.join(p.name for p in found)}): "
+                         "pass --resume to continue it, --overwrite to replace it, or choose another out_dir")
+    return out, Replaced(found if overwrite else [])
+
+
+LOCK_NAME = ".dynprune.lock"
+
+
+class Replaced:
+    """The files of a run that ``--overwrite`` replaces, deleted by :meth:`remove` once the new run has passed
+    its start-up checks (a run that fails on a bad option leaves the old one whole). A file written again
+    since it was listed (same name, another inode or time) is the new run's and stays."""
+
+    def __init__(self, files: Sequence[Path]):
+        self.files = [(p, p.stat()) for p in files]
+
+    def remove(self) -> None:
+        for p, st in self.files:
+            try:
+                now = p.stat()
+            except FileNotFoundError:
+                continue
+            if (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns):
+                p.unlink()
+        self.files = []
+
+
+class FolderLock:
+    """One writer per run folder or output file: an exclusive, non-blocking OS lock (``fcntl.flock``) on a
+    lock file, holding the writer's process id. The OS drops it when the process ends, however it ends, so
+    the lock of a dead process never blocks. Within one process the lock is counted (a library caller may
+    build several runs of one folder in turn); :meth:`release` undoes one :meth:`acquire`.
+    On a system without ``fcntl`` (Windows) nothing is locked."""
+
+    _held: dict[str, list] = {}  # resolved lock path -> [file object, count]
+
+    @classmethod
+    def acquire(cls, path: Path, what: str) -> None:
+        """Take the lock at ``path`` (created).
+
+        Raises:
+            ValueError: another process holds it (``what`` and that process's id named).
+        """
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return
+        key = str(Path(path).resolve())
+        if key in cls._held:
+            cls._held[key][1] += 1
+            return
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise ValueError(f"{what} is in use by another dynprune process (pid {holder}): wait for it to end, or "
+                             "write elsewhere") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        cls._held[key] = [f, 1]
+
+    @classmethod
+    def release(cls, path: Path) -> None:
+        """Give back one acquisition of the lock at ``path`` (the last one unlocks it)."""
+        key = str(Path(path).resolve())
+        entry = cls._held.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            del cls._held[key]
+            entry[0].close()  # closing the descriptor drops the flock
+
+
+def lock_output_file(out: str | Path) -> Path:
+    """Lock an output file (``deploy``/``calibrate``) for this process through ``.<name>.lock`` beside it.
+
+    Returns:
+        The lock file's path (for :meth:`FolderLock.release`).
+    Raises:
+        ValueError: another process writes the same output (its id named).
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = out.parent / f".{out.name}.lock"
+    FolderLock.acquire(lock, f"output {str(out)!r}")
+    return lock
 
 
 def checkpoint_note(out: str | Path, name: str = "last.pt") -> str:

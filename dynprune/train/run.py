@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import shutil
+import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ from torch import nn
 
 from ..checkpoint import load_file, save_atomic
 from ..config import StageConfig, check_device
-from ..outputs import checkpoint_note, claim_run_dir
+from ..outputs import LOCK_NAME, FolderLock, checkpoint_note, claim_run_dir
 from ..progress import progress
 from ..registry import get_host
 from .data import batch_loader
@@ -181,11 +182,12 @@ class Run:
         self.cfg, self.ignore = cfg, tuple(ignore)
         check_device(cfg.device)
         self.device = torch.device(cfg.device)
-        self.out = (claim_run_dir(cfg.out_dir, tuple(files) + ("best.pt", CONFIG_FILE), resume, overwrite, what)
-                    if folder else None)
+        self.out, self._replaced = (claim_run_dir(cfg.out_dir, tuple(files) + ("best.pt", CONFIG_FILE), resume,
+                                                  overwrite, what) if folder else (None, None))
+        if folder:  # the folder's lock is this run's until it ends (or the process does)
+            weakref.finalize(self, FolderLock.release, self.out / LOCK_NAME)
+        self._overwrite = overwrite
         self.path = self.out / checkpoint if folder else None
-        if folder and overwrite and (self.out / "tensorboard").is_dir():  # the replaced run's event files too
-            shutil.rmtree(self.out / "tensorboard")
         self.resuming = folder and resume and self.path.is_file()
         self.log = RunLogger(self.out / log_name if folder else None, cfg.tensorboard)
         self.checkpoint_every = checkpoint_every or cfg.checkpoint_every
@@ -339,6 +341,11 @@ class Run:
         continues), checkpointing as the module doc says."""
         phases = method.phases()
         stop = len(phases) if until is None else min(until, len(phases))
+        if self._replaced is not None:  # every start-up check has passed: now the replaced run goes
+            self._replaced.remove()
+            if self._overwrite and (self.out / "tensorboard").is_dir():  # with its event files
+                shutil.rmtree(self.out / "tensorboard")
+            self._replaced = None
         if self.out is not None:  # the config as resolved (defaults filled in, paths expanded), for the record
             tmp = self.out / f".{CONFIG_FILE}.tmp"
             tmp.write_text(yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
