@@ -11,6 +11,7 @@ import yaml
 from PIL import Image
 
 import dynprune
+from dynprune.checkpoint import load_file, save_atomic
 from dynprune.cli import main
 from dynprune.config import load_config, shipped_configs
 from dynprune.imageio import read_image
@@ -184,9 +185,9 @@ def test_report_json_is_strict_json(trained, tmp_path):
 
 
 def test_checkpoint_with_nan_weights_is_refused(trained, noisy, tmp_path, capsys):
-    ckpt = torch.load(trained / "run/last.pt", weights_only=True)
+    ckpt = load_file(trained / "run/last.pt")
     ckpt["model"]["restorer.dncnn.0.weight"][0, 0, 0, 0] = float("nan")
-    torch.save(ckpt, tmp_path / "nan.pt")
+    save_atomic(ckpt, tmp_path / "nan.pt")  # as a diverged run writes it: a valid digest over NaN weights
     line = refused(["restore", str(tmp_path / "nan.pt"), str(noisy), str(tmp_path / "out")], capsys, "restore")
     assert "non-finite weights (NaN/Inf) in restorer.dncnn.0.weight (1 of 72)" in line
     assert not (tmp_path / "out").exists()
@@ -334,9 +335,9 @@ def test_config_numbers_out_of_range(change, message, tmp_path, capsys):
 
 
 def test_checkpoint_of_another_architecture_names_the_keys(trained, noisy, tmp_path, capsys):
-    ckpt = torch.load(trained / "run/last.pt", weights_only=True)
+    ckpt = load_file(trained / "run/last.pt")
     ckpt["arch"] = {"depth": 5, "width": 8}
-    torch.save(ckpt, tmp_path / "other.pt")
+    save_atomic(ckpt, tmp_path / "other.pt")
     line = refused(["restore", str(tmp_path / "other.pt"), str(noisy), str(tmp_path / "o")], capsys, "restore")
     assert "does not fit ClassPruning: missing keys ['restorer.dncnn.9.weight'" in line
     assert "shape mismatches ['restorer.dncnn.8.weight (1, 8, 3, 3) vs (8, 8, 3, 3)'" in line

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import dynprune as dp
+from dynprune.checkpoint import load_file, save_atomic
 from dynprune.classifier import DifficultyClassifier
 from dynprune.deploy import SparseConv2d, load_deployed, save_deployed
 
@@ -236,9 +237,9 @@ def test_vector_artifact_roundtrip_and_pattern_mismatch(tmp_path):
     x = torch.rand(3, 1, 21, 19)
     with torch.no_grad():
         assert torch.equal(load_deployed(path)(x), dep(x))
-    obj = torch.load(path, weights_only=True)
+    obj = load_file(path)
     obj["config"]["convert"]["pattern"] = "element"       # a file whose parts disagree
-    torch.save(obj, tmp_path / "mixed.pt")
+    save_atomic(obj, tmp_path / "mixed.pt")
     with pytest.raises(ValueError, match="packed for mask pattern 'vector8', but its config converts with pattern "
                                          "'element'"):
         load_deployed(tmp_path / "mixed.pt")
@@ -279,9 +280,9 @@ def test_a_registered_backend_runs_its_branches(dncnn):
 
 def test_an_artifact_written_before_backends_existed_still_loads(artifact, tmp_path):
     path, x, want = artifact
-    obj = torch.load(path, weights_only=True)
+    obj = load_file(path)
     for key in ("pattern", "paths", "backends", "max_density_vector"):   # what the first format lacked
         obj["deploy"].pop(key)
-    torch.save(obj, tmp_path / "old.pt")
+    torch.save(obj, tmp_path / "old.pt")  # nor had it a digest
     with torch.no_grad():
         assert torch.equal(load_deployed(tmp_path / "old.pt")(x), want)

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import dynprune
+from dynprune.checkpoint import load_file, save_atomic
 from dynprune import hookimpl
 from dynprune.classpruning import ClassPruning
 from dynprune.config import TrainConfig, load_config
@@ -83,9 +84,9 @@ def test_checkpoint_errors(tmp_path):
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="truncated, corrupt"):
         load_trained(tmp_path / "cut.pt")
-    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    ckpt = load_file(tmp_path / "last.pt")
     ckpt["arch"] = {"depth": 4, "width": 16}
-    torch.save(ckpt, tmp_path / "other.pt")
+    save_atomic(ckpt, tmp_path / "other.pt")
     with pytest.raises(ValueError, match=r"does not fit ClassPruning: shape mismatches \[.restorer.dncnn.0.weight \(8, 1, 3, 3\) vs \(16, 1, 3, 3\)"):
         load_trained(tmp_path / "other.pt")
     torch.save({"weight": torch.zeros(1)}, tmp_path / "plain.pt")
