@@ -286,3 +286,11 @@ def test_an_artifact_written_before_backends_existed_still_loads(artifact, tmp_p
     torch.save(obj, tmp_path / "old.pt")  # nor had it a digest
     with torch.no_grad():
         assert torch.equal(load_deployed(tmp_path / "old.pt")(x), want)
+
+
+def test_a_deployed_model_is_inference_only(artifact):
+    path, x, want = artifact
+    model = dp.load(path)
+    model.eval()  # accepted
+    with pytest.raises(RuntimeError, match="a deployed model is inference-only .* train the dynamic model instead"):
+        model.train()

@@ -46,6 +46,18 @@ class SparseConv2d(nn.Module):
     warning, with the same result to float tolerance.
     """
 
+    def train(self, mode: bool = True) -> "SparseConv2d":
+        """Deployed layers are inference-only: ``eval()`` (``train(False)``) is accepted, ``train()`` refused.
+
+        Raises:
+            RuntimeError: ``mode`` True (what to train instead is named).
+        """
+        if mode:
+            raise RuntimeError("a deployed model is inference-only (packed weights, BatchNorm folded, no "
+                               "gradients): train the dynamic model instead (dynprune.load of its training "
+                               "checkpoint, or dynprune.convert), or dynprune.export_branch for a plain model")
+        return super().train(False)
+
     def __init__(self, conv: nn.Conv2d, plan: LayerPlan, norm: nn.Module | None = None, channels_last: bool = True):
         super().__init__()
         self.channels_last = channels_last
