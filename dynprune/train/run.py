@@ -27,6 +27,7 @@ import fnmatch
 import json
 import logging
 import math
+import os
 import shutil
 import weakref
 from contextlib import nullcontext
@@ -66,18 +67,31 @@ def _matches(key: str, patterns: Sequence[str]) -> bool:
 
 def config_differences(old: dict, new: dict, prefix: str = "", ignore: Sequence[str] = RUN_ONLY) -> list[str]:
     """``"key: old -> new"`` for every (dotted) key whose value differs between two config dumps, except
-    the keys under ``ignore`` (dotted prefixes or fnmatch patterns; default :data:`RUN_ONLY`)."""
+    the keys under ``ignore`` (dotted prefixes or fnmatch patterns; default :data:`RUN_ONLY`) and paths
+    spelled differently that name the same file (``../data/x`` and ``/abs/data/x``)."""
     out = []
     for k in sorted(set(old) | set(new)):
         key = f"{prefix}{k}"
         if _matches(key, ignore):
             continue
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += config_differences(a, b, f"{key}.", ignore)
-        elif a != b:
-            out.append(f"{key}: {a!r} -> {b!r}")
+        out += _differences(old.get(k), new.get(k), key, ignore)
     return out
+
+
+def _differences(a, b, key: str, ignore: Sequence[str]) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return config_differences(a, b, f"{key}.", ignore)
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and a != b:
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{key}[{i}]", ignore)]
+    return [f"{key}: {a!r} -> {b!r}"] if a != b and not _same_path(a, b) else []
+
+
+def _same_path(a, b) -> bool:
+    """Two spellings of one file or folder (relative to the working folder, or absolute): a resumed run is not
+    refused over how a path is written."""
+    if not (isinstance(a, str) and isinstance(b, str)) or "/" not in a + b:
+        return False
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 @dataclass

@@ -168,3 +168,14 @@ def test_clip_grad_norm_bounds_every_update(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.optim.Adam, "step", step)
     Trainer(tiny_config(tmp_path, optim={"clip_grad_norm": 0.01}, convert={"srste_decay": 0.0})).fit()
     assert len(norms) == 20 and max(norms) <= 0.01 * (1 + 1e-5)
+
+
+def test_a_path_spelled_otherwise_is_the_same_run(tmp_path, monkeypatch):
+    from dynprune.train import config_differences
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    old = {"dataset": {"kwargs": {"root": "data"}}, "seed": 1}
+    assert config_differences(old, {"dataset": {"kwargs": {"root": str(tmp_path / "data")}}, "seed": 1}) == []
+    assert config_differences(old, {"dataset": {"kwargs": {"root": "other"}}, "seed": 1}) == [
+        "dataset.kwargs.root: 'data' -> 'other'"]
