@@ -90,7 +90,7 @@ def _score(out: torch.Tensor, clean: torch.Tensor, kw: dict) -> tuple[float, flo
 
 def evaluate(model: ClassPruning, images: Sequence[tuple[str, torch.Tensor]], conditions: Sequence[Condition],
              dense: nn.Module | None = None, metric_kwargs: dict | None = None, device: str = "cpu",
-             audit_model: nn.Module | None = None, progress_every: int | None = None) -> dict:
+             audit_model: nn.Module | None = None, progress_every: int | None = None, report=None) -> dict:
     """Evaluate ``model`` (and the dense reference ``dense``, if given) on every condition.
 
     Args:
@@ -100,6 +100,8 @@ def evaluate(model: ClassPruning, images: Sequence[tuple[str, torch.Tensor]], co
         audit_model: the model whose MACs are audited (default ``model``; a deployed model passes its
             dynamic original, which fvcore can trace and which has the same MACs).
         progress_every: a progress line every this many images off a terminal (1: each image).
+        report: an :class:`~dynprune.audit.AuditReport` of this model on these images' size, reused instead of
+            auditing again (validation during training audits once per run).
     Returns:
         A JSON-ready dict: per condition, mean PSNR (dB) / SSIM of the degraded input and of each model,
         routing histogram, routed MACs
@@ -117,7 +119,8 @@ def evaluate(model: ClassPruning, images: Sequence[tuple[str, torch.Tensor]], co
     ratios = [str(r) for r in model.ratios]
     first = images[0][1]
     model.check_channels(images)
-    rep = audit(audit_model if audit_model is not None else model, first.unsqueeze(0).to(device))
+    rep = report if report is not None else audit(audit_model if audit_model is not None else model,
+                                                  first.unsqueeze(0).to(device))
     px0 = first.shape[-1] * first.shape[-2]
     dense_macs = count_macs(dense, first.unsqueeze(0).to(device)) if dense is not None else rep.dense_macs
     result = {"ratios": ratios, "branch_macs_fraction": rep.relative_costs().tolist(),

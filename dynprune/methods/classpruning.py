@@ -108,6 +108,7 @@ class Trainer:
             except (RuntimeError, KeyError) as err:
                 raise ValueError(f"init_from {cfg.init_from!r} does not fit this model: {str(err).splitlines()[0]}") from err
         self.teachers = self._build_teachers()
+        self._val_audit = None
         self.run.track_ema(self.model.restorer)
         self.run.validate_with(self.validate, routed_metric_names(self.model.ratios))
         self.run.restore(self)
@@ -227,7 +228,12 @@ class Trainer:
 
     def validate(self) -> dict:
         """PSNR per branch and routed, and the routing histogram, on the held-out images (eval mode)."""
-        return routed_metrics(self.model, self.val_images, self.val_degraded, self.cfg)
+        if self._val_audit is None:  # the branches' MACs do not change with training: audit once
+            was = self.model.training
+            with torch.no_grad():
+                self._val_audit = audit(self.model.eval(), self.val_images[0][1].unsqueeze(0).to(self.cfg.device))
+            self.model.train(was)
+        return routed_metrics(self.model, self.val_images, self.val_degraded, self.cfg, self._val_audit)
 
     def _save_base(self) -> None:
         if self.run.totals.get("base", 0) > 0:

@@ -79,7 +79,7 @@ def record_split(out: Path, cfg, names: dict) -> None:
                                                     indent=1) + "\n")
 
 
-def routed_metrics(model, images, degraded, cfg) -> dict:
+def routed_metrics(model, images, degraded, cfg, report=None) -> dict:
     """Validation metrics of a ClassPruning model (:func:`dynprune.evaluate.evaluate` on the held-out
     images): ``psnr_routed``, ``psnr_<ratio>`` per branch and ``psnr_input`` (dB, means over the
     degradation's levels, or over the real pairs), and ``route`` {ratio: images routed there}."""
@@ -91,7 +91,7 @@ def routed_metrics(model, images, degraded, cfg) -> dict:
         conditions = level_conditions(cfg.degradation.name, cfg.degradation.kwargs, cfg.seed)
     was = model.training
     try:
-        result = evaluate(model, images, conditions, device=str(next(model.parameters()).device))
+        result = evaluate(model, images, conditions, device=str(next(model.parameters()).device), report=report)
     finally:
         model.train(was)
     conds = list(result["conditions"].values())
