@@ -62,14 +62,16 @@ def check_result(result: dict, tolerance: float = MONOTONE_TOLERANCE_DB) -> list
     return problems
 
 
-def run_demo(out_dir: str = "runs/demo", quick: bool = False) -> dict:
+def run_demo(out_dir: str = "runs/demo", quick: bool = False, overwrite: bool = False) -> dict:
     """Train and evaluate the demo in ``out_dir/full`` (``out_dir/quick`` for the smoke run), each keyed on
     its own settings: a finished run there is reused (resumed when interrupted), a run of other settings
-    is refused (its differences named). Writes ``last.pt``, ``base.pt`` and ``eval/report.*`` there.
+    is refused (its differences named) unless ``overwrite``, which trains from scratch in place of whatever
+    run is there. Writes ``last.pt``, ``base.pt`` and ``eval/report.*`` there.
     Returns the evaluation dict, with ``"check"``: the failures of :func:`check_result` ([] = passed).
 
     Raises:
-        ValueError: the folder holds a run of other settings (e.g. written by another dynprune version).
+        ValueError: the folder holds a run of other settings (e.g. written by another dynprune version) and
+            ``overwrite`` is false.
     """
     from .checkpoint import load_file
     from .evaluate import evaluate, print_summary, sigma_conditions, write_report
@@ -81,8 +83,12 @@ def run_demo(out_dir: str = "runs/demo", quick: bool = False) -> dict:
     print(f"dynprune demo{' --quick' if quick else ''}: training a DnCNN-12x32 on scikit-image's photographs into "
           f"{out_dir} (about {'3' if quick else '11'} min on 2 CPU cores; progress at least every 30 s)", flush=True)
     cfg = demo_config(out_dir, quick)
-    trainer = Trainer(cfg, resume=True)
-    model = trainer.fit()
+    try:
+        model = Trainer(cfg, resume=not overwrite, overwrite=overwrite).fit()
+    except ValueError as e:
+        if "cannot resume" not in str(e):
+            raise
+        raise ValueError(f"{e}\n(dynprune demo --overwrite trains the demo afresh in {out_dir})") from None
     base = load_file(Path(out_dir) / "base.pt")
     dense = create("models", "dncnn", **base["arch"])
     dense.load_state_dict(base["model"])

@@ -1,4 +1,4 @@
-"""The demo's self-check (.ci/run runs `dynprune demo --quick`, which exits 1 when the check fails)."""
+"""The demo's self-check (the full `dynprune demo` exits 1 when the check fails; `--quick` reports it)."""
 
 from dynprune.demo import check_result
 
@@ -21,3 +21,33 @@ def test_the_user_report_fails_the_check():
                    "sigma=15: branch 4:4 gives 15.24 dB, more than 0.5 dB below branch 2:4's 28.90 dB"]
     assert check_result(_result({"sigma=25": (20.46, (26.0, 25.2, 26.5))})) == [
         "sigma=25: branch 2:4 gives 25.20 dB, more than 0.5 dB below branch 1:4's 26.00 dB"]
+
+
+def test_a_stale_demo_folder_is_refused_and_overwrite_trains_afresh(tmp_path, monkeypatch):
+    """A folder holding an older dynprune's demo run (other settings) is refused with the way out named;
+    ``--overwrite`` trains from scratch there. The demo's config is swapped for a 5-step one."""
+    import pytest
+
+    import dynprune.demo as demo
+    import dynprune.evaluate
+    from dynprune.cli import main
+    from dynprune.methods.classpruning import Trainer
+    from tests.conftest import tiny_config
+
+    Trainer(tiny_config(tmp_path / "quick", seed=2)).fit()  # the "older" run
+    old = (tmp_path / "quick" / "last.pt").stat().st_mtime_ns
+    monkeypatch.setattr(demo, "demo_config", lambda out, quick: tiny_config(out))
+
+    class Trained(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise Trained
+
+    monkeypatch.setattr(dynprune.evaluate, "evaluate", stop)
+    with pytest.raises(ValueError, match=r"differs from this one in seed: 2 -> 1[\s\S]*demo --overwrite"):
+        demo.run_demo(str(tmp_path), quick=True)
+    assert (tmp_path / "quick" / "last.pt").stat().st_mtime_ns == old  # refused: nothing touched
+    with pytest.raises(Trained):
+        main(["demo", "--quick", "--overwrite", "--out", str(tmp_path)])
+    assert (tmp_path / "quick" / "last.pt").stat().st_mtime_ns != old
