@@ -32,7 +32,7 @@ def test_a_stale_demo_folder_is_refused_and_overwrite_trains_afresh(tmp_path, mo
     import dynprune.evaluate
     from dynprune.cli import main
     from dynprune.methods.classpruning import Trainer
-    from tests.conftest import tiny_config
+    from .conftest import tiny_config
 
     Trainer(tiny_config(tmp_path / "quick", seed=2)).fit()  # the "older" run
     old = (tmp_path / "quick" / "last.pt").stat().st_mtime_ns
