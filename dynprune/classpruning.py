@@ -99,21 +99,36 @@ class ClassPruning(nn.Module):
         return (self.route_log_probs(x) - self.route_penalty).argmax(1)
 
     def route(self, x: torch.Tensor, branches: torch.Tensor | None = None, tile: int = 0,
-              overlap: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+              overlap: int | None = None, approximate: bool = False,
+              probe=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(restored (B, C, H, W), branch int64 (B,)); ``branches`` overrides the classifier.
 
         ``tile`` > 0: images larger than ``tile`` pixels on a side are restored in overlapping tiles
-        (:func:`dynprune.tiling.tiled`, the same output when ``overlap`` >= the restorer's receptive-field
-        radius) after the classifier chose the branch on the whole image, so routing does not change.
+        (:func:`dynprune.tiling.tiled`) after the classifier chose the branch on the whole image, so routing
+        does not change. Tiling is checked first (:func:`dynprune.tiling.tile_overlap`): ``overlap`` None is
+        the restorer's receptive-field radius (exact); a smaller one, or a restorer whose output depends on
+        the whole image, is refused unless ``approximate``. ``probe``: the restorer's
+        :class:`~dynprune.tiling.TilingProbe` (measured once and kept when None; a deployed model cannot be
+        probed, so pass the dynamic model's).
 
         Raises:
-            ValueError: a bad ``tile`` / ``overlap`` (see :func:`~dynprune.tiling.tiled`).
+            ValueError: tiling that is not exact (see above), or a bad ``tile`` / ``overlap``.
         """
         if branches is None:
             branches = self.classify(x)
         if tile and max(x.shape[-2:]) > tile:
-            from .tiling import tiled
+            from .tiling import probe_tiling, tile_overlap, tiled
 
+            if probe is None:
+                key = (x.shape[1], getattr(self.restorer, "scale", 1))
+                probes = self.__dict__.setdefault("_tiling_probes", {})
+                if key not in probes:
+                    if any(getattr(m, "packed_inference", False) for m in self.restorer.modules()):
+                        raise ValueError("a deployed model cannot be probed for its receptive field: pass "
+                                         "probe=dynprune.tiling.probe_tiling(<the dynamic model's restorer>, C)")
+                    probes[key] = probe_tiling(self.restorer, *key)
+                probe = probes[key]
+            overlap = tile_overlap(probe, tile, overlap, approximate)
             return route(lambda xb: tiled(self.restorer, xb, tile, overlap), x, branches), branches
         return route(self.restorer, x, branches), branches
 

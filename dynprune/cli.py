@@ -13,6 +13,8 @@ import torch
 
 from .progress import progress
 
+log = logging.getLogger(__name__)
+
 __all__ = ["main"]
 
 def _conditions(cfg, args):
@@ -64,16 +66,57 @@ def _read_images(folder, model):
     return files, imgs
 
 
-def _check_sizes(model, named_images, what: str, tile: int = 0) -> None:
-    """Refuse, before any work, an image whose run would not fit in memory (:func:`dynprune.tiling.check_fits`)."""
+def _check_sizes(model, named_images, what: str, tile: int = 0, how: str | None = None) -> None:
+    """Refuse, before any work, an image whose run would not fit in memory (:func:`dynprune.tiling.check_fits`;
+    ``how``: the remedy named when ``tile`` is 0)."""
     from .tiling import check_fits
 
     restorer = getattr(model, "restorer", model)
     for name, img in named_images:
         big = tile and max(img.shape[-2:]) > tile
-        scale = getattr(restorer, "scale", 1)
-        check_fits(restorer, (1, *img.shape), f"{what} of {name}", tile if big else 0,
-                   scale if isinstance(scale, int) else 1)
+        check_fits(restorer, (1, *img.shape), f"{what} of {name}", tile if big else 0, _scale(restorer), how)
+
+
+def _scale(restorer) -> int:
+    scale = getattr(restorer, "scale", 1)
+    return scale if isinstance(scale, int) else 1
+
+
+def _plan_tiles(args, audit_model, named_images) -> tuple[int, int | None, object]:
+    """(tile, overlap, probe) for ``restore``: tiling is probed on the dynamic model when an image is larger
+    than ``--tile``; a model that tiles exactly gets its receptive-field radius as the default overlap, one
+    that does not runs whole images unless ``--tile-approximate`` (then a warning states the difference
+    measured on the first large image). Checks that every image fits in memory.
+
+    Raises:
+        ValueError: bad --tile/--tile-overlap values, an overlap or tile too small to be exact, an image that
+        does not fit.
+    """
+    from .tiling import probe_tiling, tile_difference, tile_overlap
+
+    if args.tile < 0 or (args.tile_overlap is not None and args.tile_overlap < 0):
+        raise ValueError(f"--tile {args.tile} / --tile-overlap {args.tile_overlap}: need tile >= 0 (0 = never tile) "
+                         "and overlap >= 0")
+    big = [(n, im) for n, im in named_images if args.tile and max(im.shape[-2:]) > args.tile]
+    tile, overlap, probe, how = args.tile, args.tile_overlap, None, None
+    if big:
+        restorer = audit_model.restorer
+        probe = probe_tiling(restorer, big[0][1].shape[0], _scale(restorer))
+        if probe.exact or args.tile_approximate:
+            overlap = tile_overlap(probe, tile, overlap, args.tile_approximate)
+        else:
+            print(f"restore: {len(big)} image(s) larger than --tile {tile} run whole: tiling this model would change "
+                  f"its output ({'; '.join(probe.reasons)}); --tile-approximate tiles them anyway", flush=True)
+            tile, how = 0, "--tile-approximate (tiles change this model's output; the difference is reported)"
+    _check_sizes(audit_model, named_images, "restore", tile, how)
+    if big and tile and not probe.exact:
+        name, img = big[0]
+        with torch.inference_mode():
+            d = tile_difference(audit_model.restorer, img.unsqueeze(0), tile, overlap)
+        log.warning("--tile-approximate: tiles change this model's output (%s); measured on a %dx%d crop of %s: "
+                    "largest difference %.1f/255, PSNR %.1f dB against the untiled output", "; ".join(probe.reasons),
+                    *d["crop"], name, 255 * d["max_abs"], d["psnr"])
+    return tile, overlap, probe
 
 
 def _set_classify_tile(model, tile) -> None:
@@ -275,13 +318,10 @@ def cmd_restore(args) -> int:
 
     out = check_output_dir(args.out_dir, [args.in_dir, args.clean], marker="routing.csv", overwrite=args.overwrite)
     check_name_collisions(list_images(args.in_dir))
-    if args.tile < 0 or args.tile_overlap < 0 or (args.tile and 2 * args.tile_overlap >= args.tile):
-        raise ValueError(f"--tile {args.tile} / --tile-overlap {args.tile_overlap}: need tile >= 0 (0 = never tile), "
-                         "overlap >= 0 and 2 * overlap < tile")
     model, _, audit_model = _load_for_inference(args.checkpoint, args.backend)
     _set_classify_tile(model, args.classify_tile)
     files, imgs = _read_images(args.in_dir, model)
-    _check_sizes(audit_model, list(zip((f.name for f in files), imgs)), "restore", args.tile)
+    tile, overlap, probe = _plan_tiles(args, audit_model, list(zip((f.name for f in files), imgs)))
     clean = {}
     if args.clean:
         pairs = read_pairs(args.in_dir, args.clean)
@@ -303,7 +343,7 @@ def cmd_restore(args) -> int:
             for path, img in progress(list(zip(files, imgs)), "restore", every=1):
                 x = img.unsqueeze(0)
                 t0 = time.perf_counter()
-                y, branch = model.route(x, tile=args.tile, overlap=args.tile_overlap)
+                y, branch = model.route(x, tile=tile, overlap=overlap, approximate=args.tile_approximate, probe=probe)
                 ms = 1e3 * (time.perf_counter() - t0)
                 b = int(branch[0])
                 rep = audit(audit_model, x)  # traced for the first sizes, then predicted (audit's reuse)
@@ -445,10 +485,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "the routing penalty is solved on their classifier outputs before restoring")
     r.add_argument("--tile", type=int, default=2048, metavar="PX",
                    help="restore images larger than PX on a side in overlapping PX x PX tiles (the branch is chosen on "
-                        "the whole image; default 2048, 0 = never tile)")
-    r.add_argument("--tile-overlap", type=int, default=32, metavar="PX",
-                   help="pixels shared by neighbouring tiles on each side; the output equals the untiled one when this "
-                        "is at least the network's receptive-field radius (DnCNN-20: 20; default 32)")
+                        "the whole image; default 2048, 0 = never tile). Exact for a model whose receptive field is bounded "
+                        "(measured); others run whole unless --tile-approximate")
+    r.add_argument("--tile-overlap", type=int, default=None, metavar="PX",
+                   help="pixels shared by neighbouring tiles on each side (default: the model's receptive-field radius, "
+                        "measured; the output then equals the untiled one); a smaller value is refused")
+    r.add_argument("--tile-approximate", action="store_true",
+                   help="tile a model whose output depends on the whole image or that downsamples (InstanceNorm, "
+                        "global pooling, attention, image pyramids): tiles change its output, and a warning states "
+                        "by how much; without it such a model runs whole images (refused if they do not fit)")
     _add_classify_tile(r)
     _add_fill(r)
     _overwrite(r, "an OUT_DIR holding files that are not an earlier restore's")

@@ -46,6 +46,8 @@ class SparseConv2d(nn.Module):
     warning, with the same result to float tolerance.
     """
 
+    packed_inference = True  # no gradients: what probes a model by backpropagation checks for
+
     def train(self, mode: bool = True) -> "SparseConv2d":
         """Deployed layers are inference-only: ``eval()`` (``train(False)``) is accepted, ``train()`` refused.
 
