@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -79,23 +78,16 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
 
     A mapping gets its ``"sha256"`` digest (module doc). A crash or kill at any moment leaves either the old
-    file or the new one, never a partial one.
+    file or the new one, never a partial one (:func:`dynprune.outputs.write_output`).
+
+    Raises:
+        ValueError: the disk is full or the folder not writable (the previous file intact).
     """
-    path = Path(path)
+    from .outputs import write_output
+
     if isinstance(obj, dict):
         obj = {**{k: v for k, v in obj.items() if k != DIGEST_KEY}, DIGEST_KEY: digest(obj)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_output(path, lambda f: torch.save(obj, f))
 
 
 def load_file(path: str | os.PathLike) -> Any:

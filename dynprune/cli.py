@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import logging
 import sys
 import time
@@ -314,7 +315,7 @@ def cmd_restore(args) -> int:
     from .metrics import psnr
 
     from .imageio import list_images
-    from .outputs import check_name_collisions, check_output_dir
+    from .outputs import check_name_collisions, check_output_dir, write_text
 
     out = check_output_dir(args.out_dir, [args.in_dir, args.clean], marker="routing.csv", overwrite=args.overwrite)
     check_name_collisions(list_images(args.in_dir))
@@ -336,26 +337,33 @@ def cmd_restore(args) -> int:
         print(f"budget {100 * args.budget:g}% of dense MACs over these {len(imgs)} images: penalty {info['penalty']:.4g}, "
               f"{100 * info['argmax_cost']:.1f}% -> {100 * info['calibrated_cost']:.1f}%, routing "
               + " / ".join(f"{r}: {n}" for r, n in zip(ratios, info["calibrated_routing"])))
-    with open(out / "routing.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image", "branch", "macs", "dense_macs", "macs_fraction", "ms", "psnr_in", "psnr_out"])
-        with torch.inference_mode():
-            for path, img in progress(list(zip(files, imgs)), "restore", every=1):
-                x = img.unsqueeze(0)
-                t0 = time.perf_counter()
-                y, branch = model.route(x, tile=tile, overlap=overlap, approximate=args.tile_approximate, probe=probe)
-                ms = 1e3 * (time.perf_counter() - t0)
-                b = int(branch[0])
-                rep = audit(audit_model, x)  # traced for the first sizes, then predicted (audit's reuse)
-                macs = rep.branches[b].effective_macs + rep.classifier_macs
-                write_image(y[0], out / (path.stem + ".png"))
-                scores = ["", ""]
-                if path.stem in clean:
-                    ref = clean[path.stem]
-                    scores = [f"{psnr(img, ref):.2f}", f"{psnr(y[0], ref):.2f}"]
-                    write_image(torch.cat([img, y[0].clamp(0, 1), ref], dim=-1), out / "side_by_side" / f"{path.stem}.png")
-                w.writerow([path.name, ratios[b], macs, rep.dense_macs, f"{macs / rep.dense_macs:.4f}", f"{ms:.1f}",
-                            *scores])
+    before = {p.relative_to(out) for p in out.rglob("*")}  # an earlier restore's files: replaced; new ones exclusive
+    rows = [["image", "branch", "macs", "dense_macs", "macs_fraction", "ms", "psnr_in", "psnr_out"]]
+
+    def write(path, save):
+        save(path, replace=path.relative_to(out) in before, root=out)
+
+    with torch.inference_mode():
+        for path, img in progress(list(zip(files, imgs)), "restore", every=1):
+            x = img.unsqueeze(0)
+            t0 = time.perf_counter()
+            y, branch = model.route(x, tile=tile, overlap=overlap, approximate=args.tile_approximate, probe=probe)
+            ms = 1e3 * (time.perf_counter() - t0)
+            b = int(branch[0])
+            rep = audit(audit_model, x)  # traced for the first sizes, then predicted (audit's reuse)
+            macs = rep.branches[b].effective_macs + rep.classifier_macs
+            write(out / (path.stem + ".png"), lambda p, **kw: write_image(y[0], p, **kw))
+            scores = ["", ""]
+            if path.stem in clean:
+                ref = clean[path.stem]
+                scores = [f"{psnr(img, ref):.2f}", f"{psnr(y[0], ref):.2f}"]
+                write(out / "side_by_side" / f"{path.stem}.png",
+                      lambda p, **kw: write_image(torch.cat([img, y[0].clamp(0, 1), ref], dim=-1), p, **kw))
+            rows.append([path.name, ratios[b], macs, rep.dense_macs, f"{macs / rep.dense_macs:.4f}", f"{ms:.1f}",
+                         *scores])
+            table = io.StringIO()
+            csv.writer(table).writerows(rows)
+            write_text(out / "routing.csv", table.getvalue(), root=out)  # rewritten per image: a kill keeps the rows
     print(f"restored {len(files)} images into {out}; routing in {out / 'routing.csv'}"
           + (f"; degraded | restored | clean in {out / 'side_by_side'}" if clean else ""))
     return 0

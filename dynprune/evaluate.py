@@ -17,6 +17,7 @@ from .audit import audit, count_macs
 from .branch import each_branch
 from .classpruning import ClassPruning
 from .metrics import psnr, ssim
+from .outputs import write_output, write_text
 from .progress import progress
 
 __all__ = ["Condition", "degraded_images", "evaluate", "write_report", "strict_json", "sigma_conditions", "level_conditions",
@@ -178,7 +179,7 @@ def write_report(result: dict, out_dir: str | Path, title: str = "dynprune evalu
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(strict_json(result), indent=1, allow_nan=False))
+    write_text(out / "report.json", json.dumps(strict_json(result), indent=1, allow_nan=False))
     fr = dict(zip((f"branch {r}" for r in result["ratios"]), result["branch_macs_fraction"]))
     lines = [f"# {title}", "", "| condition | model | PSNR (dB) | SSIM | MACs % of dense | routing |",
              "|---|---|---:|---:|---:|---|"]
@@ -207,7 +208,7 @@ def write_report(result: dict, out_dir: str | Path, title: str = "dynprune evalu
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "psnr_vs_macs.png", dpi=120)
+    write_output(out / "psnr_vs_macs.png", lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "report.md", "\n".join(lines) + "\n")
     return out

@@ -191,9 +191,19 @@ def read_pairs(degraded: str | Path, clean: str | Path, channels: int | None = N
     return items
 
 
-def write_image(img: torch.Tensor, path: str | Path) -> None:
-    """Write (C, H, W) float in [0, 1] (clipped) as an 8-bit image (format from the suffix)."""
+def write_image(img: torch.Tensor, path: str | Path, replace: bool = True, root: str | Path | None = None) -> None:
+    """Write (C, H, W) float in [0, 1] (clipped) as an 8-bit image (format from the suffix), by
+    :func:`dynprune.outputs.write_output` (never through a link; ``replace=False``: created exclusively;
+    ``root``: the output folder it must stay in).
+
+    Raises:
+        ValueError: a suffix PIL cannot write, or :func:`~dynprune.outputs.write_output`'s refusals.
+    """
+    from .outputs import write_output
+
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"cannot write image {str(path)!r}: unknown suffix (use .png)")
     arr = (img.detach().clamp(0, 1).mul(255).round().to(torch.uint8).cpu())
     arr = arr[0].numpy() if arr.shape[0] == 1 else arr.permute(1, 2, 0).numpy()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
+    write_output(path, lambda f: Image.fromarray(arr).save(f, format=fmt), replace, root)

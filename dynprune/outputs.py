@@ -7,6 +7,10 @@
 - An output folder or file is never an input of the same command, never a file where a folder is
   wanted (or the reverse), and an existing output file is replaced only when asked.
 - Inputs whose outputs would share a name (``a.png`` and ``a.jpg`` both give ``a.png``) are refused.
+- Every file is written by :func:`write_output`: into a temporary file beside it, then moved into place,
+  so a kill leaves the old file or the new one, and a symbolic or hard link at the output's name is
+  replaced, never written through (an input it points at stays intact); a new output is created
+  exclusively, and a folder that resolves outside the output folder is refused.
 
 Every check runs before any long work starts; each raises ``ValueError`` naming the paths. A run's
 JSON-lines log (:class:`RunLog`) is rewound to its checkpoint when the run resumes.
@@ -14,17 +18,69 @@ JSON-lines log (:class:`RunLog`) is rewound to its checkpoint when the run resum
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
 import os
+import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import IO, Callable, Iterable, Sequence
 
-__all__ = ["claim_run_dir", "Replaced", "FolderLock", "lock_output_file", "LOCK_NAME", "checkpoint_note", "check_output_dir", "check_output_file", "check_name_collisions", "RunLog"]
+__all__ = ["write_output", "write_text", "claim_run_dir", "Replaced", "FolderLock", "lock_output_file", "LOCK_NAME", "checkpoint_note", "check_output_dir", "check_output_file", "check_name_collisions", "RunLog"]
 
 
 def _same(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
+
+
+def write_output(path: str | Path, write: Callable[[IO[bytes]], None], replace: bool = True,
+                 root: str | Path | None = None) -> Path:
+    """Write ``path`` through ``write(binary file)`` safely (module doc): a temporary file in the same folder,
+    flushed and fsynced, then renamed over ``path`` (``replace``) or hard-linked to it only if nothing is
+    there (``replace=False``: an output created exclusively). A link at ``path`` is replaced, never followed.
+
+    Args:
+        root: the output folder ``path`` must stay in once links are resolved (e.g. a linked subfolder).
+    Returns:
+        ``path``.
+    Raises:
+        ValueError: ``path``'s folder resolves outside ``root``; ``replace=False`` and ``path`` exists (made
+        meanwhile by someone else); the disk is full or the folder is not writable (the old file, if any,
+        is intact).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if root is not None and not path.parent.resolve().is_relative_to(Path(root).resolve()):
+        raise ValueError(f"output {str(path)!r} would be written to {str(path.parent.resolve())!r}, outside the output "
+                         f"folder {str(root)!r} (a linked folder): refused")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise ValueError(f"cannot write {str(path)!r}: {err.strerror}") from err
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    except FileExistsError:
+        raise ValueError(f"output {str(path)!r} appeared while dynprune wrote it (another process?): left as "
+                         "it is") from None
+    except OSError as err:
+        what = "the disk is full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else err.strerror
+        raise ValueError(f"cannot write {str(path)!r}: {what}" + ("; the previous file is intact"
+                                                                  if path.exists() else "")) from err
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def write_text(path: str | Path, text: str, replace: bool = True, root: str | Path | None = None) -> Path:
+    """:func:`write_output` of UTF-8 ``text``."""
+    return write_output(path, lambda f: f.write(text.encode()), replace, root)
 
 
 def claim_run_dir(out: str | Path, patterns: Sequence[str], resume: bool, overwrite: bool,
@@ -179,16 +235,15 @@ class RunLog:
         rows = self.rows()
         kept = [r for r in rows if held(r)]
         if len(kept) < len(rows):
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            os.replace(tmp, self.path)
+            write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         return len(rows) - len(kept)
 
 
 def check_output_dir(out: str | Path, inputs: Iterable[str | Path | None], marker: str | None = None,
                      overwrite: bool = False) -> Path:
-    """Check an output folder before work: not a file, not one of ``inputs``, and, when it exists and is
-    not empty, either holding ``marker`` (an earlier output of the same command, replaced) or ``overwrite``.
+    """Check an output folder before work: not a file, not one of ``inputs``, holding no link to a folder
+    outside it, and, when it exists and is not empty, either holding ``marker`` (an earlier output of the
+    same command, replaced) or ``overwrite``.
 
     Raises:
         ValueError: as above, naming the folder.
@@ -200,6 +255,10 @@ def check_output_dir(out: str | Path, inputs: Iterable[str | Path | None], marke
         if src is not None and Path(src).exists() and _same(out, Path(src)):
             raise ValueError(f"output folder {str(out)!r} is an input folder: its files would be overwritten; "
                              "choose another output folder")
+    for p in out.iterdir() if out.is_dir() else ():
+        if p.is_symlink() and p.is_dir() and not p.resolve().is_relative_to(out.resolve()):
+            raise ValueError(f"output folder {str(out)!r} holds {p.name!r}, a link to the folder "
+                             f"{str(p.resolve())!r}: outputs would be written there; remove the link")
     if out.is_dir() and any(out.iterdir()) and not overwrite and not (marker and (out / marker).exists()):
         raise ValueError(f"output folder {str(out)!r} already holds files that are not dynprune's output"
                          f"{f' (no {marker})' if marker else ''}: choose an empty folder or pass --overwrite")

@@ -123,14 +123,13 @@ class RatioPlan:
         p = Path(path)
         if p.suffix.lower() not in _SUFFIXES:
             raise ValueError(f"plan file {str(p)!r}: expected a {'/'.join(_SUFFIXES)} file")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        if p.suffix.lower() == ".json":
-            p.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        else:
-            import yaml
+        from .outputs import write_text
 
-            p.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        return p
+        if p.suffix.lower() == ".json":
+            return write_text(p, json.dumps(self.to_dict(), indent=1) + "\n")
+        import yaml
+
+        return write_text(p, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def ratio(self, layer: str, m: int) -> NMRatio:
         """The ratio of ``layer``; "m:m" (dense) if the plan does not name it."""

@@ -33,6 +33,7 @@ from types import ModuleType
 import torch
 
 from .nm import VECTOR_SIZES
+from .outputs import write_text
 
 __all__ = ["kernel", "kernel_status", "build_dir", "vector_isa", "cpu_name", "lanes", "tune_allocator", "compress",
            "decompress", "pack_for_kernel", "nm_conv2d", "compress_vector", "decompress_vector", "vec_conv2d",
@@ -346,12 +347,8 @@ def vector_isa(packed: tuple[torch.Tensor, torch.Tensor, torch.Tensor], cin: int
                     times[bits].append(time.perf_counter() - t0)
         _PROBES[key] = min(times, key=lambda b: statistics.median(times[b]))
         try:
-            path = _probe_file()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(_PROBES, indent=0))
-            os.replace(tmp, path)
-        except OSError:
+            write_text(_probe_file(), json.dumps(_PROBES, indent=0))
+        except (OSError, ValueError):
             pass  # a read-only cache: the answer holds for this process
     return _PROBES[key]
 

@@ -1,5 +1,7 @@
 """One writer per run folder and output file; --overwrite replaces a run only once the new one has started."""
 
+import os
+import shutil
 import subprocess
 import sys
 
@@ -77,3 +79,61 @@ def test_four_processes_racing_to_deploy_one_file(trained, tmp_path):
     import dynprune
 
     assert dynprune.load(out) is not None  # the winner's artifact loads
+
+
+# ---- write_output: never through a link, exclusive when new, disk full -----------------------------------
+def test_outputs_replace_links_instead_of_writing_through_them(tmp_path):
+    from dynprune.outputs import write_text
+
+    victim = tmp_path / "input.png"
+    victim.write_bytes(b"the user's image")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "soft.png").symlink_to(victim)
+    os.link(victim, out / "hard.png")
+    for name in ("soft.png", "hard.png"):
+        write_text(out / name, "restored")
+        assert (out / name).read_text() == "restored" and not (out / name).is_symlink()
+    assert victim.read_bytes() == b"the user's image"
+    with pytest.raises(ValueError, match="appeared while dynprune wrote it"):
+        write_text(out / "soft.png", "again", replace=False)  # an exclusive output that exists by now
+    (tmp_path / "elsewhere").mkdir()
+    (out / "sub").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="outside the output folder"):
+        write_text(out / "sub" / "x.txt", "x", root=out)
+    assert list(tmp_path.joinpath("elsewhere").iterdir()) == [] and sorted(p.name for p in out.iterdir()) == [
+        "hard.png", "soft.png", "sub"]  # no temporary file left behind
+
+
+def test_a_full_disk_is_one_clear_error_and_the_old_file_stays(tmp_path):
+    import errno
+
+    from dynprune.checkpoint import load_file, save_atomic
+    from dynprune.outputs import write_output
+
+    save_atomic({"step": 1}, tmp_path / "last.pt")
+
+    def full(f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(ValueError, match=r"cannot write .*last.pt': the disk is full; the previous file is intact"):
+        write_output(tmp_path / "last.pt", full)
+    assert load_file(tmp_path / "last.pt")["step"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_restore_never_writes_through_a_link_in_its_output_folder(trained, tmp_path):
+    from dynprune.cli import main
+
+    inputs = tmp_path / "in"
+    shutil.copytree(trained / "clean", inputs)
+    before = (inputs / "camera.png").read_bytes()
+    out = tmp_path / "out"
+    assert main(["restore", str(trained / "run/last.pt"), str(inputs), str(out)]) == 0
+    (out / "camera.png").unlink()
+    (out / "camera.png").symlink_to(inputs / "camera.png")  # planted after an earlier restore
+    assert main(["restore", str(trained / "run/last.pt"), str(inputs), str(out)]) == 0
+    assert (inputs / "camera.png").read_bytes() == before and not (out / "camera.png").is_symlink()
+    (out / "side_by_side").symlink_to(inputs)
+    assert main(["restore", str(trained / "run/last.pt"), str(inputs), str(out), "--clean", str(inputs)]) == 2
+    assert sorted(p.name for p in inputs.iterdir()) == ["camera.png", "coins.png"]

@@ -41,7 +41,7 @@ from torch import nn
 
 from ..checkpoint import load_file, save_atomic
 from ..config import StageConfig, check_device
-from ..outputs import LOCK_NAME, FolderLock, checkpoint_note, claim_run_dir
+from ..outputs import LOCK_NAME, FolderLock, checkpoint_note, claim_run_dir, write_text
 from ..progress import progress
 from ..registry import get_host
 from .data import batch_loader
@@ -361,9 +361,7 @@ class Run:
                 shutil.rmtree(self.out / "tensorboard")
             self._replaced = None
         if self.out is not None:  # the config as resolved (defaults filled in, paths expanded), for the record
-            tmp = self.out / f".{CONFIG_FILE}.tmp"
-            tmp.write_text(yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
-            tmp.replace(self.out / CONFIG_FILE)
+            write_text(self.out / CONFIG_FILE, yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
         ran = self.index < len(phases)
         try:
             while self.index < stop:

@@ -74,9 +74,10 @@ def held_out(cfg, dataset, out: Path | None):
 
 def record_split(out: Path, cfg, names: dict) -> None:
     """Write ``out/validation.json``: the fraction, the seed and the held-out names (``names``)."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "validation.json").write_text(json.dumps({"fraction": cfg.validation.fraction, "seed": cfg.seed, **names},
-                                                    indent=1) + "\n")
+    from ..outputs import write_text
+
+    write_text(out / "validation.json", json.dumps({"fraction": cfg.validation.fraction, "seed": cfg.seed, **names},
+                                                   indent=1) + "\n")
 
 
 def routed_metrics(model, images, degraded, cfg, report=None) -> dict:
