@@ -21,7 +21,7 @@ from .nm import (ELEMENT, MaskGrad, NMPattern, NMRatio, apply_mask, covered, exp
 
 __all__ = ["DynamicNMMixin", "VariableNormMixin", "make_dynamic", "make_variable_norm", "dynamic_layers",
            "variable_norms", "is_dynamic", "restore_base", "sync_variable_norms", "pin_order", "pinned_order",
-           "pin_from_state"]
+           "pin_from_state", "check_pinned"]
 
 _CLASSES: dict[tuple[type, type], type] = {}
 
@@ -334,16 +334,39 @@ def pin_order(layer: nn.Module, rank: torch.Tensor | None = None) -> torch.Tenso
         raise ValueError(f"rank shape {tuple(rank.shape)} does not fit this layer's groups: expected "
                          f"{tuple(expected.shape)} (pre, groups, M={m}, post)")
     rank = rank.to(device=w.device, dtype=expected.dtype)
-    ok = rank.long().sort(dim=2).values == torch.arange(m, device=w.device).view(1, 1, m, 1)
-    if not bool(ok.all()):
-        bad = (~ok.all(dim=2)).nonzero()[0].tolist()
-        raise ValueError(f"rank group at (pre, group, post) = {tuple(bad)} is not a permutation of 0..{m - 1}")
+    why = _rank_problem(rank, m)
+    if why:
+        raise ValueError(why)
     if "nm_rank" in layer._buffers:
         layer._buffers["nm_rank"].copy_(rank)
     else:
         layer.register_buffer("nm_rank", rank.clone())
     layer._nm_order_cache = None
     return layer._buffers["nm_rank"]
+
+
+def _rank_problem(rank: torch.Tensor, m: int) -> str:
+    """"" when every group of ``rank`` (pre, G, M, post) is a permutation of 0..M-1, else the first bad one."""
+    ok = rank.long().sort(dim=2).values == torch.arange(m, device=rank.device).view(1, 1, m, 1)
+    if bool(ok.all()):
+        return ""
+    bad = (~ok.all(dim=2)).nonzero()[0].tolist()
+    return f"rank group at (pre, group, post) = {tuple(bad)} is not a permutation of 0..{m - 1}"
+
+
+def check_pinned(model: nn.Module) -> None:
+    """Check every pinned ordering of ``model`` (e.g. just loaded): each group a permutation of 0..M-1, so
+    every branch keeps exactly N of M and the branches are nested.
+
+    Raises:
+        ValueError: the layer and the first bad group named.
+    """
+    for name, layer in dynamic_layers(model):
+        rank = pinned_order(layer)
+        if rank is not None:
+            why = _rank_problem(rank, max(r.m for r in layer.nm_ratios if not r.is_dense))
+            if why:
+                raise ValueError(f"layer {name}: pinned N:M order: {why}")
 
 
 def pin_from_state(model: nn.Module, state_dict: dict) -> int:

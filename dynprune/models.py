@@ -15,7 +15,7 @@ from .classifier import create_classifier
 from .classpruning import ClassPruning
 from .config import TrainConfig
 from .convert import convert
-from .layers import pin_from_state
+from .layers import check_pinned, pin_from_state
 from .registry import create
 
 __all__ = ["build_model", "load_trained", "load"]
@@ -48,7 +48,8 @@ def load_trained(path: str | Path, ckpt: dict | None = None) -> tuple[ClassPruni
 
     Raises:
         FileNotFoundError: missing file. ValueError: truncated/corrupt file, not a dynprune checkpoint,
-        non-finite weights (the keys named), or weights of another architecture (the mismatching keys named).
+        non-finite weights (the keys named), weights of another architecture (the mismatching keys named), or
+        a pinned N:M order that is not a permutation per group.
     """
     ckpt = load_file(path) if ckpt is None else ckpt
     if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
@@ -68,6 +69,10 @@ def load_trained(path: str | Path, ckpt: dict | None = None) -> tuple[ClassPruni
     except RuntimeError as err:  # name the keys (older checkpoints without routing buffers load above)
         load_strict(model, ckpt["model"], f"checkpoint {str(path)!r} (architecture of its config)")
         raise ValueError(f"checkpoint {str(path)!r} does not fit its config: {str(err).splitlines()[0]}") from err
+    try:
+        check_pinned(model)
+    except ValueError as err:
+        raise ValueError(f"checkpoint {str(path)!r} is damaged or crafted: {err}") from None
     model.eval()
     return model, cfg, ckpt
 

@@ -294,3 +294,70 @@ def test_a_deployed_model_is_inference_only(artifact):
     model.eval()  # accepted
     with pytest.raises(RuntimeError, match="a deployed model is inference-only .* train the dynamic model instead"):
         model.train()
+
+
+def _tampered(tmp_path, pattern: str, backend="cpu"):
+    """A deployed tiny model of ``pattern`` saved to a file; returns (path, content, layer prefix) for crafting."""
+    from dynprune.models import build_model
+
+    from .conftest import tiny_config
+
+    cfg = tiny_config(tmp_path / "run")
+    cfg.convert.pattern = pattern
+    model = build_model(cfg).eval()
+    dep = dp.deploy(model, backend=backend, max_density=0.5, min_out_channels=1)
+    path = save_deployed(dep, tmp_path / f"{pattern}.pt", cfg.model_dump(mode="json"), model.restorer.arch)
+    name = next(n for n, m in dep.named_modules() if isinstance(m, SparseConv2d) and m.in_channels == 8)
+    return load_file(path), f"{name}."
+
+
+@pytest.mark.parametrize("pattern, key", [("element", "index"), ("vector8", "vindex")])
+def test_a_crafted_artifact_is_refused_before_any_kernel_runs(tmp_path, pattern, key):
+    """Indices out of range (the element kernel would read outside its input), a group that keeps the
+    same channel twice (not N:M), branches that are not nested: each refused at load, with the reason."""
+    obj, layer = _tampered(tmp_path, pattern)
+    good = {k: v.clone() for k, v in obj["model"].items()}
+    k0, k1 = f"{layer}{key}_0", f"{layer}{key}_1"  # branches 1:4 and 2:4
+    cases = []
+    bad = good[k0].clone()
+    bad.view(-1)[0] = 30000 if pattern == "element" else 10 ** 6
+    cases.append((bad, "breaks 1:4"))
+    bad = good[k1].clone()
+    bad[..., 1] = bad[..., 0]
+    cases.append((bad, "breaks 2:4"))
+    bad = good[k0].clone()
+    free = [c for c in range(4) if c not in good[k1].reshape(-1, good[k1].shape[-1])[0, :2].tolist()]
+    bad.view(-1, bad.shape[-1])[0, 0] = free[0]  # a channel of group 0 that the 2:4 branch prunes
+    cases.append((bad, "keeps weights that branch 2:4 prunes: the branches are not nested"))
+    for n, (tensor, reason) in enumerate(cases):
+        target = k1 if "2:4" in reason and "nested" not in reason else k0
+        obj["model"] = {**good, target: tensor}
+        save_atomic(obj, tmp_path / f"bad{n}.pt")  # a crafted file: its digest is recomputed
+        with pytest.raises(ValueError, match=f"is damaged or crafted: layer {layer[:-1]}, branch .*{reason}"):
+            load_deployed(tmp_path / f"bad{n}.pt")
+
+
+def test_a_dense_packed_sparse_branch_must_keep_at_most_n_of_m(tmp_path):
+    obj, layer = _tampered(tmp_path, "element", backend="onednn")
+    obj["model"][f"{layer}weight_0"].fill_(0.5)  # every weight kept on the 1:4 branch
+    save_atomic(obj, tmp_path / "dense.pt")
+    with pytest.raises(ValueError, match=r"branch 1:4 \(onednn\): weight keeps 4 of 4 in group 0"):
+        load_deployed(tmp_path / "dense.pt")
+
+
+def test_a_checkpoint_with_a_crafted_pinned_order_is_refused(tmp_path):
+    from dynprune.layers import dynamic_layers, pin_order
+    from dynprune.models import build_model, load_trained
+
+    from .conftest import tiny_config
+
+    cfg = tiny_config(tmp_path / "run")
+    model = build_model(cfg)
+    name, layer = list(dynamic_layers(model.restorer))[1]
+    rank = pin_order(layer)
+    state = model.state_dict()
+    state[f"restorer.{name}.nm_rank"] = torch.zeros_like(rank)  # every weight rank 0: kept on every branch
+    save_atomic({"config": cfg.model_dump(mode="json"), "arch": model.restorer.arch, "model": state}, tmp_path / "ckpt.pt")
+    with pytest.raises(ValueError, match=f"is damaged or crafted: layer restorer.{name}: pinned N:M order: rank group .* "
+                                         "is not a permutation of 0..3"):
+        load_trained(tmp_path / "ckpt.pt")

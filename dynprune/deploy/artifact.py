@@ -9,6 +9,7 @@ from torch import nn
 
 from ..checkpoint import check_finite, load_file, save_atomic
 from .api import deploy
+from .layer import SparseConv2d
 
 __all__ = ["save_deployed", "load_deployed", "is_deployed_file", "DEPLOY_FORMAT"]
 
@@ -44,7 +45,9 @@ def load_deployed(path: str | Path, obj: dict | None = None) -> nn.Module:
 
     Raises:
         FileNotFoundError: missing file. ValueError: not a deployed artifact, non-finite weights, an artifact
-        packed for another mask pattern than its config's, or weights that do not fit.
+        packed for another mask pattern than its config's, weights that do not fit, or packed buffers that
+        are inconsistent (shapes, sparse indices out of range, N:M counts other than declared, branches not
+        nested: :meth:`SparseConv2d.check_buffers`), checked before any kernel runs.
     """
     from ..config import TrainConfig
     from ..models import build_model
@@ -69,4 +72,8 @@ def load_deployed(path: str | Path, obj: dict | None = None) -> nn.Module:
     except RuntimeError as err:
         raise ValueError(f"deployed model {str(path)!r} does not fit the architecture its config describes: "
                          f"{str(err).splitlines()[0]}") from err
+    for name, layer in model.named_modules():
+        why = layer.check_buffers() if isinstance(layer, SparseConv2d) else ""
+        if why:
+            raise ValueError(f"deployed model {str(path)!r} is damaged or crafted: layer {name}, {why}")
     return model.eval()

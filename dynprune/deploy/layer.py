@@ -98,6 +98,27 @@ class SparseConv2d(nn.Module):
         self._dense.clear()
         super()._load_from_state_dict(*args, **kwargs)
 
+    def check_buffers(self) -> str:
+        """What is wrong with this layer's buffers (as loaded): each branch by its backend
+        (:meth:`~dynprune.deploy.backends.Backend.check`: shapes, index ranges, N:M counts), the bias shape, and
+        the nesting of branches whose backends give their exact masks; "" when consistent."""
+        kept = []
+        for i, path in enumerate(self.paths):
+            buffers = self.branch_buffers(i)
+            backend = get_backend(path)
+            why = backend.check(self, i, buffers)
+            if not why and tuple(buffers["bias"].shape) != (self.out_channels,):
+                why = f"bias is {tuple(buffers['bias'].shape)}, expected ({self.out_channels},)"
+            if why:
+                return f"branch {self.ratios[i]} ({path}): {why}"
+            kept.append(backend.kept(self, buffers))
+        for i in range(len(kept) - 1):
+            a, b = kept[i], kept[i + 1]
+            if a is not None and b is not None and bool((a & ~b).any()):
+                return (f"branch {self.ratios[i]} keeps weights that branch {self.ratios[i + 1]} prunes: the branches "
+                        f"are not nested")
+        return ""
+
     def branch_buffers(self, i: int) -> dict[str, torch.Tensor]:
         """Branch ``i``'s buffers by their backend's names (``bias`` included)."""
         out = {key: getattr(self, f"{key}_{i}") for key in self._keys[i]}

@@ -18,7 +18,7 @@ from torch import nn
 
 from ...nm import NMPattern, NMRatio
 
-__all__ = ["Backend", "register_backend", "get_backend", "backend_names", "choose"]
+__all__ = ["Backend", "register_backend", "get_backend", "backend_names", "choose", "check_shape", "check_nm_index"]
 
 # built-in backends, in order of preference for a branch they all support (fastest first where it applies)
 _BUILTIN = ("vector_cpu", "nm_cpu", "onednn")
@@ -61,6 +61,18 @@ class Backend(ABC):
             buffers: dict[str, torch.Tensor]) -> torch.Tensor:
         """Branch ``branch`` of ``layer``: ``relu?(conv2d(x, W) + b)``, x (B, Cin, H, W) float32 channels_last ->
         (B, Cout, Ho, Wo) float32."""
+
+    def check(self, layer: nn.Module, branch: int, buffers: dict[str, torch.Tensor]) -> str:
+        """What is wrong with branch ``branch``'s loaded ``buffers`` (shapes against the layer, indices in range,
+        N:M counts as declared); "" when they are consistent. Run on every artifact load, before any kernel
+        sees them. Default: nothing to check."""
+        return ""
+
+    def kept(self, layer: nn.Module, buffers: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The bool (Cout, Cin, kh, kw) mask of the weights the buffers keep, where the format says it exactly
+        (an index); None where it does not (a dense weight whose zeros may be values). Used to check that
+        the branches of a layer are nested."""
+        return None
 
     @abstractmethod
     def dense_weight(self, layer: nn.Module, buffers: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -122,3 +134,28 @@ def choose(conv: nn.Conv2d, ratio: NMRatio, pattern: NMPattern, allowed: tuple[s
             return name, "; ".join(reasons)
         reasons.append(why)
     return "onednn", "; ".join(reasons)
+
+
+def check_shape(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> str:
+    """"" when ``t`` has ``shape`` and ``dtype``, else the difference in words (for :meth:`Backend.check`)."""
+    if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+        return f"{name} is {tuple(t.shape)} {t.dtype}, expected {tuple(shape)} {dtype}"
+    return ""
+
+
+def check_nm_index(index: torch.Tensor, n: int, m: int) -> str:
+    """Check an N:M index (..., K) of kept input channels listed group by group, ascending: entry k must lie
+    in group k // n (channels [g*m, g*m + m)), so every group keeps exactly ``n`` distinct channels.
+    Returns "" or the first offence."""
+    k = torch.arange(index.shape[-1])
+    lo = (k // n * m).expand_as(index)
+    idx = index.long()
+    bad = (idx < lo) | (idx >= lo + m)
+    if k.numel() > 1:
+        step = idx[..., 1:] <= idx[..., :-1]
+        bad[..., 1:] |= step & (k[1:] % n != 0)
+    if bool(bad.any()):
+        at = bad.nonzero()[0].tolist()
+        return (f"index {int(idx[tuple(at)])} at {tuple(at)} breaks {n}:{m} (entry {at[-1]} must be a distinct "
+                f"channel of group {at[-1] // n}, ascending)")
+    return ""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from ... import sparse_cpu
-from . import Backend, _cpu, register_backend
+from . import Backend, _cpu, check_nm_index, check_shape, register_backend
 
 
 class ElementNM(Backend):
@@ -42,6 +42,16 @@ class ElementNM(Backend):
             layer._kernel_cache[key] = packed
         return sparse_cpu.nm_conv2d(x, packed, layer.out_channels, layer.kernel_size, layer.padding, layer.dilation,
                                     layer.relu)
+
+    def check(self, layer, branch, buffers) -> str:
+        r = layer.ratios[branch]
+        shape = (layer.out_channels, layer.kernel_size[0] * layer.kernel_size[1], layer.in_channels // r.m * r.n)
+        return (check_shape("values", buffers["values"], shape, torch.float32)
+                or check_shape("index", buffers["index"], shape, torch.int16)
+                or check_nm_index(buffers["index"], r.n, r.m))
+
+    def kept(self, layer, buffers) -> torch.Tensor:
+        return self.dense_weight(layer, {"values": torch.ones_like(buffers["values"]), "index": buffers["index"]}) > 0
 
     def dense_weight(self, layer, buffers) -> torch.Tensor:
         return sparse_cpu.decompress(buffers["values"], buffers["index"], layer.in_channels, layer.kernel_size)

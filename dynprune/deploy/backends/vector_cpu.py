@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ... import sparse_cpu
-from . import Backend, _cpu, register_backend
+from . import Backend, _cpu, check_nm_index, check_shape, register_backend
 
 
 class VectorNM(Backend):
@@ -45,6 +45,18 @@ class VectorNM(Backend):
             hit = layer._kernel_cache[branch] = (packed, isa)
         return sparse_cpu.vec_conv2d(x, hit[0], layer.out_channels, layer.kernel_size, layer.padding, layer.dilation,
                                      layer.relu, hit[1])
+
+    def check(self, layer, branch, buffers) -> str:
+        r, v = layer.ratios[branch], layer.pattern.v
+        blocks, taps = -(-layer.out_channels // v), layer.kernel_size[0] * layer.kernel_size[1]
+        k = layer.in_channels // r.m * r.n
+        return (check_shape("vvalues", buffers["vvalues"], (blocks, taps, k, v), torch.float32)
+                or check_shape("vindex", buffers["vindex"], (blocks, taps, k), torch.int32)
+                or check_nm_index(buffers["vindex"], r.n, r.m))
+
+    def kept(self, layer, buffers) -> torch.Tensor:
+        ones = {"vvalues": torch.ones_like(buffers["vvalues"]), "vindex": buffers["vindex"]}
+        return self.dense_weight(layer, ones) > 0
 
     def dense_weight(self, layer, buffers) -> torch.Tensor:
         return sparse_cpu.decompress_vector(buffers["vvalues"], buffers["vindex"], layer.out_channels,
