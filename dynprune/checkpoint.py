@@ -107,7 +107,14 @@ def load_file(path: str | os.PathLike) -> Any:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError,
             IndexError, KeyError, TypeError, AttributeError) as err:
-        first = (str(err).splitlines() or [""])[0][:200]
+        text = str(err)
+        if isinstance(err, pickle.UnpicklingError):  # torch's advice to load unsafely is not ours to give
+            said = [ln.strip() for ln in text.replace("WeightsUnpickler error:", "\n").splitlines()]
+            said = [ln for ln in said if ln and not ln.startswith(("Weights only load failed", "Check the doc",
+                                                                   "Please file an issue"))]
+            text = "it holds more than tensors and plain containers; nothing in it was run" + (
+                f": {said[0]}" if said else "")
+        first = (text.strip().splitlines() or [""])[0][:200]
         raise ValueError(f"cannot read checkpoint {str(path)!r} ({path.stat().st_size} bytes): truncated, corrupt "
                          f"or not a torch weights file ({type(err).__name__}{': ' + first if first else ''})") from err
     verify(obj, path)

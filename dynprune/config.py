@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .nm import NMPattern, NMRatio, parse_ratios
-from .plan import RatioPlan, coerce_branches, is_plan_like
+from .plan import RatioPlan, coerce_branches, is_plan_like, parse_text
 
 __all__ = ["TrainConfig", "OptimConfig", "DataConfig", "ValidationConfig", "load_config", "check_device", "shipped_configs", "resolve_paths", "Component", "StageConfig", "JointStageConfig", "DistillConfig", "SearchConfig",
            "PnGTask", "PnGConfig"]
@@ -341,7 +340,7 @@ def apply_override(data: dict, dotted: str) -> None:
     """Apply one ``key.sub=value`` override (value parsed as YAML) to a config mapping in place.
 
     Raises:
-        ValueError: no ``=`` or an empty key.
+        ValueError: no ``=``, an empty key, or a value that is not valid YAML.
     """
     key, sep, raw = dotted.partition("=")
     if not sep or not key.strip():
@@ -352,7 +351,7 @@ def apply_override(data: dict, dotted: str) -> None:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise ValueError(f"override {dotted!r}: {p!r} is not a mapping")
-    node[leaf] = yaml.safe_load(raw)
+    node[leaf] = parse_text(raw, f"override {dotted!r}: the value")
 
 
 _PATH_KEYS = ("root", "weights", "path", "file")
@@ -461,10 +460,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None, sets:
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist; example configs ship with dynprune in "
                                 f"{shipped_configs()}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"config {str(path)!r} is not valid YAML: {err}") from err
+    data = parse_text(path.read_text(), f"config {str(path)!r}") or {}
     if not isinstance(data, dict):
         raise ValueError(f"config {str(path)!r} must be a mapping, got {type(data).__name__}")
     data = _expand_all(data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -91,6 +92,21 @@ def _pixels(im: Image.Image, path: Path) -> np.ndarray:
     return out
 
 
+def max_pixels() -> int:
+    """The most pixels an image may have to be read: ``DYNPRUNE_MAX_PIXELS``, else 178,956,970 (PIL's
+    decompression-bomb guard, 2^28 / 1.5: e.g. 16384 x 10922).
+
+    Raises:
+        ValueError: ``DYNPRUNE_MAX_PIXELS`` is not a positive integer.
+    """
+    raw = os.environ.get("DYNPRUNE_MAX_PIXELS", "").strip()
+    if not raw:
+        return 178_956_970
+    if not raw.isdigit() or int(raw) <= 0:
+        raise ValueError(f"DYNPRUNE_MAX_PIXELS={raw!r} must be a positive integer (a pixel count)")
+    return int(raw)
+
+
 def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
     """Read an image as float32 (C, H, W) in [0, 1] (8/16/32-bit integer, 1-bit, float, palette; see
     :func:`_pixels` for each type's range; palette images give their colours).
@@ -99,17 +115,26 @@ def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
         channels: None keeps the file's channels; 1 or 3 converts.
     Raises:
         FileNotFoundError: missing file. ValueError: unreadable/corrupt image, non-finite or out-of-range
-        float pixels, negative integer pixels, an unsupported pixel type (each names the file).
+        float pixels, negative integer pixels, an unsupported pixel type, more pixels than ``max_pixels()``
+        (each names the file).
     """
     path = Path(path)
+    limit, guard = max_pixels(), Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # PIL's own guard, replaced by the check below (before decoding)
     try:
         with Image.open(path) as im:
+            if im.width * im.height > limit:
+                raise ValueError(f"image {str(path)!r} has {im.width * im.height} pixels ({im.width}x{im.height}), more "
+                                 f"than the limit of {limit} (a guard against decompression bombs): set "
+                                 f"DYNPRUNE_MAX_PIXELS to a larger count to read it")
             im.load()
             arr = _pixels(im, path)
     except FileNotFoundError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"cannot read image {str(path)!r}: {err}") from err
+    finally:
+        Image.MAX_IMAGE_PIXELS = guard
     t = torch.from_numpy(arr)
     t = t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)
     return to_channels(t.contiguous(), channels, str(path)) if channels else t
@@ -149,7 +174,7 @@ def read_folder(root: str | Path, channels: int | None = None, compact_8bit: boo
     if bad:
         warnings.warn(f"skipped {len(bad)} unreadable image(s) in {str(root)!r}: {'; '.join(bad)}", stacklevel=2)
     if not images:
-        raise ValueError(f"image folder {str(root)!r} holds no readable image ({len(bad)} corrupt)")
+        raise ValueError(f"image folder {str(root)!r} holds no readable image: {'; '.join(bad)}")
     return files, images
 
 

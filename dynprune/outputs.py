@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Callable, Iterable, Sequence
 
-__all__ = ["write_output", "write_text", "claim_run_dir", "Replaced", "FolderLock", "lock_output_file", "LOCK_NAME", "checkpoint_note", "check_output_dir", "check_output_file", "check_name_collisions", "RunLog"]
+__all__ = ["write_output", "write_text", "check_writable", "claim_run_dir", "Replaced", "FolderLock", "lock_output_file", "LOCK_NAME", "checkpoint_note", "check_output_dir", "check_output_file", "check_name_collisions", "RunLog"]
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -78,6 +78,31 @@ def write_output(path: str | Path, write: Callable[[IO[bytes]], None], replace: 
     return path
 
 
+def check_writable(folder: str | Path, what: str = "output folder") -> Path:
+    """Check, before any work, that files can be created in ``folder``: the folders it lacks are made for
+    the check and removed again, so a command refused later leaves nothing behind.
+
+    Raises:
+        ValueError: it cannot be created or written (a file on its path, a read-only or missing location).
+    """
+    folder = Path(folder)
+    made = [p for p in (folder, *folder.parents) if not p.exists() and not p.is_symlink()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".dynprune-write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        raise ValueError(f"cannot write the {what} {str(folder)!r}: {err.strerror or err}") from None
+    finally:
+        for p in made:  # deepest first
+            try:
+                p.rmdir()
+            except OSError:
+                break
+    return folder
+
+
 def write_text(path: str | Path, text: str, replace: bool = True, root: str | Path | None = None) -> Path:
     """:func:`write_output` of UTF-8 ``text``."""
     return write_output(path, lambda f: f.write(text.encode()), replace, root)
@@ -100,7 +125,7 @@ def claim_run_dir(out: str | Path, patterns: Sequence[str], resume: bool, overwr
         raise ValueError(f"{what} folder {str(out)!r} is a file")
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other: continue the run, or replace it")
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out, f"{what} folder").mkdir(parents=True, exist_ok=True)
     FolderLock.acquire(out / LOCK_NAME, f"{what} folder {str(out)!r}")
     found = sorted(p for p in out.iterdir()
                    if p.is_file() and any(fnmatch.fnmatchcase(p.name, pat) for pat in patterns))
@@ -193,7 +218,7 @@ def lock_output_file(out: str | Path) -> Path:
         ValueError: another process writes the same output (its id named).
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(out.parent, "folder of the output").mkdir(parents=True, exist_ok=True)
     lock = out.parent / f".{out.name}.lock"
     FolderLock.acquire(lock, f"output {str(out)!r}")
     return lock
@@ -262,7 +287,7 @@ def check_output_dir(out: str | Path, inputs: Iterable[str | Path | None], marke
     if out.is_dir() and any(out.iterdir()) and not overwrite and not (marker and (out / marker).exists()):
         raise ValueError(f"output folder {str(out)!r} already holds files that are not dynprune's output"
                          f"{f' (no {marker})' if marker else ''}: choose an empty folder or pass --overwrite")
-    return out
+    return check_writable(out)
 
 
 def check_output_file(out: str | Path, inputs: Iterable[str | Path | None], overwrite: bool = False) -> Path:
@@ -279,6 +304,7 @@ def check_output_file(out: str | Path, inputs: Iterable[str | Path | None], over
             raise ValueError(f"output {str(out)!r} is an input of this command; choose another file name")
     if out.exists() and not overwrite:
         raise ValueError(f"output {str(out)!r} exists: pass --overwrite to replace it, or choose another name")
+    check_writable(out.parent, "folder of the output")
     return out
 
 

@@ -20,6 +20,20 @@ __all__ = ["RatioPlan", "PlanLike", "is_plan_like"]
 _SUFFIXES = (".yaml", ".yml", ".json")
 
 
+def parse_text(text: str, what: str, json_: bool = False) -> Any:
+    """``text`` parsed as YAML (or JSON); ``what`` names it in the error.
+
+    Raises:
+        ValueError: not valid YAML/JSON (``what`` and the parser's position named).
+    """
+    import yaml
+
+    try:
+        return json.loads(text) if json_ else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        raise ValueError(f"{what} is not valid {'JSON' if json_ else 'YAML'}: {' '.join(str(err).split())}") from None
+
+
 @dataclass
 class RatioPlan:
     """Per-layer N:M ratios.
@@ -93,13 +107,7 @@ class RatioPlan:
             raise ValueError(f"plan file {str(p)!r}: expected a {'/'.join(_SUFFIXES)} file")
         if not p.is_file():
             raise FileNotFoundError(f"plan file {str(p)!r} does not exist")
-        text = p.read_text()
-        if p.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
+        data = parse_text(p.read_text(), f"plan file {str(p)!r}", json_=p.suffix.lower() == ".json")
         if not isinstance(data, Mapping):
             raise ValueError(f"plan file {str(p)!r} holds {type(data).__name__}, not a mapping of layers to ratios")
         return cls.coerce(data, name=p.stem)

@@ -213,10 +213,12 @@ def probe_tiling(model: nn.Module, channels: int, scale: int = 1, max_probe: int
                 radius, edge = _gradient_extent(model, channels, side, scale)
             side *= 2
         side //= 2
-        with torch.no_grad():
-            x = torch.rand(1, channels, side + 1, side + 1, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():  # compare where neither output sees a border (a margin of the radius)
+            margin = side // 4 if edge else radius + 2
+            n = side if edge else max(64, 2 * margin + 16)
+            x = torch.rand(1, channels, n + 1, n + 1, generator=torch.Generator().manual_seed(1))
             a, b = model(x[..., :-1, :-1]), model(x[..., 1:, 1:])
-            m = scale * (min(radius, side // 4) + 2)  # compare where neither output sees a border
+            m = scale * margin
             inner_a, inner_b = a[..., m + scale:-m, m + scale:-m], b[..., m:-m - scale, m:-m - scale]
             tol = 1e-4 * max(1.0, float(a.abs().max()))
             equivariant = bool(inner_a.numel() and (inner_a - inner_b).abs().max() <= tol)

@@ -389,3 +389,55 @@ def test_dependencies_are_ranges_and_a_license_ships():
     assert any(d.startswith("torch>=") for d in project["dependencies"])
     assert not [d for d in project["dependencies"] if d.startswith("torch-pruning")]  # the package does not use it
     assert project["license-files"] == ["LICENSE"] and "MIT License" in (root / "LICENSE").read_text()
+
+
+# ---- hostile files: one error line each -------------------------------------------------------------------
+def test_an_image_over_the_pixel_limit_is_one_error_line(trained, noisy, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DYNPRUNE_MAX_PIXELS", "1000")  # the 48 x 64 test images have 3072
+    line = refused(["restore", str(trained / "run/last.pt"), str(noisy), str(tmp_path / "o")], capsys, "restore")
+    assert "camera.png' has 3072 pixels (64x48), more than the limit of 1000" in line and "DYNPRUNE_MAX_PIXELS" in line
+    monkeypatch.setenv("DYNPRUNE_MAX_PIXELS", "many")
+    assert "DYNPRUNE_MAX_PIXELS='many' must be a positive integer" in refused(
+        ["restore", str(trained / "run/last.pt"), str(noisy), str(tmp_path / "o")], capsys, "restore")
+
+
+def test_invalid_yaml_in_an_override_or_a_plan_file_is_one_error_line(tmp_path, capsys):
+    cfg = write_config(tmp_path / "cfg.yaml")
+    line = refused(["train", cfg, "--set", "stages.base.epochs=[1,"], capsys, "train")
+    assert "override 'stages.base.epochs=[1,': the value is not valid YAML: while parsing a flow node" in line
+    (tmp_path / "plan.yaml").write_text("dncnn.2: [1:4\n")
+    line = refused(["train", cfg, "--set", f"convert.ratios=[{tmp_path / 'plan.yaml'}, '4:4']"], capsys, "train")
+    assert "plan.yaml' is not valid YAML: while parsing a flow sequence" in line
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint at all", None])
+def test_a_foreign_file_named_like_the_run_checkpoint_is_refused_and_kept(tmp_path, capsys, content):
+    import torch
+
+    cfg = write_config(tmp_path / "cfg.yaml")
+    last = tmp_path / "run" / "last.pt"
+    last.parent.mkdir()
+    if content is None:
+        torch.save({"state_dict": {"w": torch.zeros(2)}}, last)  # someone else's torch file
+    else:
+        last.write_bytes(content)
+    before = last.read_bytes()
+    line = refused(["train", cfg, "--resume"], capsys, "train")
+    assert "last.pt" in line and ("not a dynprune training checkpoint" in line or "not a torch weights file" in line)
+    assert "weights_only" not in line
+    assert last.read_bytes() == before
+
+
+def test_every_command_checks_it_can_write_before_the_work(trained, noisy, tmp_path, capsys):
+    (tmp_path / "afile").write_text("a file where a folder is needed")
+    blocked = tmp_path / "afile" / "sub"
+    ckpt = str(trained / "run/last.pt")
+    cfg = write_config(tmp_path / "cfg.yaml")
+    for argv, cmd in ((["train", cfg, "--set", f"out_dir={blocked / 'run'}"], "train"), (["deploy", ckpt, str(blocked / "d.pt")], "deploy"),
+                      (["restore", ckpt, str(noisy), str(blocked)], "restore"),
+                      (["eval", ckpt, "--data", str(noisy), "--sigma", "25", "--out", str(blocked)], "eval"),
+                      (["calibrate", ckpt, "--data", str(noisy), "--sigma", "25", "--budget", "0.5", "--out",
+                        str(blocked / "c.pt")], "calibrate")):
+        line = refused(argv, capsys, cmd)
+        assert "cannot write the " in line and "afile/sub" in line and "Not a directory" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "cfg.yaml", "in"]  # "in": the noisy inputs

@@ -112,3 +112,13 @@ def test_restore_runs_an_inexact_model_whole_unless_asked_and_then_states_the_di
     exact = _Routed(create("models", "dncnn", depth=4, width=8))
     assert _plan_tiles(_restore_args(64), exact, images)[:2] == (64, 4)
     assert _plan_tiles(_restore_args(200), exact, images)[:2] == (200, None)  # nothing to tile: no probe
+
+
+def test_the_released_dncnn_b_tiles_exactly_with_its_radius_of_20():
+    from pathlib import Path
+
+    model = dynprune.load(Path(__file__).parents[1] / "docs/checkpoints/cp_dncnn_b.pt")  # trained BatchNorm, 3 branches
+    for ratio in model.ratios:
+        with dynprune.use_branch(str(ratio)):
+            probe = probe_tiling(model.restorer, 1)
+        assert (probe.radius, probe.exact) == (20, True), (ratio, probe)
