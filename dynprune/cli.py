@@ -34,24 +34,40 @@ def _pairs_condition(pairs, label: str = "real pairs"):
     return Condition(label, degraded={name: degraded for name, degraded, _ in pairs})
 
 
-def _dense_reference(cfg, ckpt_path: Path, explicit: str | None):
-    """The dense model to compare against: --dense FILE, the run's base.pt, or the config's weights."""
+def _dense_reference(cfg, ckpt_path: Path, explicit: str | None, anchors: dict | None):
+    """(model, path, why missing): the dense model to compare against: ``--dense FILE``, the run's
+    ``base.pt``, or the config's weights found from here (:func:`dynprune.config.locate_input`; ``anchors``
+    from the checkpoint). When the config names weights that cannot be found, a warning says so and how
+    to give them; the reason is returned for the report.
+
+    Raises:
+        FileNotFoundError: ``--dense`` names no file.
+    """
     from .checkpoint import load_file
+    from .config import locate_input
     from .registry import create
 
-    candidates = [explicit] if explicit else [str(ckpt_path.parent / "base.pt"), cfg.model.weights]
-    for path in candidates:
-        if not path or not Path(path).is_file():
-            if explicit:
-                raise FileNotFoundError(f"dense reference {explicit!r} does not exist")
-            continue
-        obj = load_file(path)
-        if isinstance(obj, dict) and "arch" in obj and "model" in obj:
-            model = create("models", obj.get("name", cfg.model.name), **obj["arch"])
-            model.load_state_dict(obj["model"])
-            return model, path
-        return create("models", cfg.model.name, weights=path, **cfg.model.kwargs), path
-    return None, None
+    if explicit and not Path(explicit).is_file():
+        raise FileNotFoundError(f"dense reference {explicit!r} does not exist")
+    beside = ckpt_path.parent / "base.pt"
+    path = explicit or (str(beside) if beside.is_file() else None)
+    if path is None:
+        found = locate_input(cfg.model.weights, anchors)
+        if found is None:
+            if not cfg.model.weights:
+                return None, None, "the run trained from scratch and has no base.pt beside its checkpoint"
+            why = (f"the dense weights {cfg.model.weights!r} that the checkpoint's config names are not found from "
+                   f"here{' (nor from its training folder ' + repr(anchors['workdir']) + ')' if anchors else ''}")
+            log.warning("no dense reference: %s; the dense row is left out (pass --dense FILE, or set "
+                        "DYNPRUNE_DATA to the data root)", why)
+            return None, None, why
+        path = str(found)
+    obj = load_file(path)
+    if isinstance(obj, dict) and "arch" in obj and "model" in obj:
+        model = create("models", obj.get("name", cfg.model.name), **obj["arch"])
+        model.load_state_dict(obj["model"])
+        return model, path, None
+    return create("models", cfg.model.name, weights=path, **cfg.model.kwargs), path, None
 
 
 def _read_images(folder, model):
@@ -184,7 +200,7 @@ def cmd_deploy(args) -> int:
     backend = args.backend.split(",") if "," in args.backend else args.backend
     dep = deploy(model, backend, max_density=args.max_density, max_density_vector=args.max_density_vector,
                  min_out_channels=args.min_out_channels)
-    save_deployed(dep, out, cfg.model_dump(mode="json"), ckpt.get("arch", {}))
+    save_deployed(dep, out, cfg.model_dump(mode="json"), ckpt.get("arch", {}), run=ckpt.get("run"))
     print(dep.deploy_report)
     print(f"deployed model written to {out} (load with dynprune.load, or pass it to restore/eval)")
     return 0
@@ -236,6 +252,7 @@ def cmd_png(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from .checkpoint import load_file
     from .config import check_device
     from .evaluate import evaluate, print_summary, write_report
     from .outputs import check_output_dir
@@ -249,7 +266,8 @@ def cmd_eval(args) -> int:
     ckpt = Path(args.checkpoint)
     model, cfg, audit_model = _load_for_inference(ckpt, args.backend)
     _set_classify_tile(model, args.classify_tile)
-    dense, dense_path = _dense_reference(cfg, ckpt, args.dense)
+    anchors = load_file(ckpt).get("run")  # where the run's relative inputs were (None in older files)
+    dense, dense_path, dense_missing = _dense_reference(cfg, ckpt, args.dense, anchors)
     result = None
     if args.data:
         files, imgs = _read_images(args.data, model)
@@ -268,7 +286,8 @@ def cmd_eval(args) -> int:
             result = res
         else:
             result["conditions"].update(res["conditions"])
-    result.update(checkpoint=str(ckpt), data=str(args.data), pairs=args.pairs, dense_reference=dense_path, seed=args.seed)
+    result.update(checkpoint=str(ckpt), data=str(args.data), pairs=args.pairs, dense_reference=dense_path, seed=args.seed,
+                  **({"dense_missing": dense_missing} if dense_missing else {}))
     published = get_host().entry("models", cfg.model.name).paper
     paper = {k: v for k, v in published.items() if k in result["conditions"] or k == "paper"} or None
     out = write_report(result, args.out, f"{ckpt} on {args.data or args.pairs}", paper)

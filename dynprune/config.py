@@ -386,6 +386,36 @@ def expand_data_root(value: str) -> str:
     return value
 
 
+def input_anchors() -> dict:
+    """What a checkpoint records so that its config's relative input paths can be found from elsewhere
+    (:func:`locate_input`): ``workdir`` (the working folder they are relative to) and ``data_root``
+    (``$DYNPRUNE_DATA`` resolved, or None)."""
+    import os
+
+    root = os.environ.get(DATA_VAR)
+    return {"workdir": os.getcwd(), "data_root": str(Path(root).resolve()) if root else None}
+
+
+def locate_input(path: str | None, anchors: dict | None) -> Path | None:
+    """Find an input file that a checkpoint's config names (e.g. the dense weights) from where we run now:
+    ``path`` as it is; relative to the training run's working folder; or, when it lay under the data root
+    then, under ``$DYNPRUNE_DATA`` now. ``anchors``: :func:`input_anchors` as the checkpoint stored them
+    (None for older checkpoints). Returns the existing file, or None."""
+    import os
+
+    if not path:
+        return None
+    p = Path(path)
+    tries = [p]
+    if anchors and anchors.get("workdir") and not p.is_absolute():
+        p = Path(anchors["workdir"]) / p
+        tries.append(p)
+    root, now = (anchors or {}).get("data_root"), os.environ.get(DATA_VAR)
+    if root and now and p.resolve().is_relative_to(root):
+        tries.append(Path(now) / p.resolve().relative_to(root))
+    return next((t for t in tries if t.is_file()), None)
+
+
 def _expand_all(node):
     """Every string of a config mapping (at any depth, under any key: ``paired_folder``'s ``degraded`` too)
     with the data root expanded (:func:`expand_data_root`)."""

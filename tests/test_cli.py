@@ -1,5 +1,6 @@
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -267,3 +268,41 @@ def test_configs_name_their_data_by_the_data_root(tmp_path, monkeypatch, capsys)
     assert main(["train", str(shipped_configs() / "dncnn_b.yaml"), "--data-root", str(tmp_path / "d2"),
                  "--out-dir", str(tmp_path / "run")]) == 2  # the data root is read; the data is not there
     assert "d2/denoise/Train400' does not exist" in capsys.readouterr().err
+
+
+def test_eval_finds_the_dense_reference_from_any_folder_or_says_it_is_missing(tmp_path, monkeypatch, capsys):
+    """The config stores the dense weights relative to the training folder; eval run elsewhere finds them
+    through the checkpoint's recorded working folder, and warns (and records why) when they are gone."""
+    import json
+    import shutil
+
+    from dynprune.imageio import write_image
+    from dynprune.methods.classpruning import Trainer
+    from dynprune.plugins.datasets import load_skimage
+
+    from .conftest import teacher_files
+
+    train_dir = tmp_path / "train"
+    weights = teacher_files(train_dir / "w")[0]["weights"]
+    monkeypatch.chdir(train_dir)
+    cfg = tiny_config("run", model={"name": "dncnn",
+                                    "weights": str(Path(weights).relative_to(train_dir))})
+    Trainer(cfg).fit()
+    (train_dir / "run" / "base.pt").unlink()  # only the config's weights are left to compare against
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    write_image(load_skimage(["camera"])[0][:, :40, :40], elsewhere / "img" / "camera.png")
+    argv = ["eval", str(train_dir / "run" / "last.pt"), "--data", "img", "--sigma", "25", "--out"]
+    assert main([*argv, "found"]) == 0
+    report = json.loads((elsewhere / "found" / "report.json").read_text())
+    assert Path(report["dense_reference"]).resolve() == Path(weights).resolve()
+    assert "dense" in report["conditions"]["sigma=25"]["models"]
+    shutil.rmtree(train_dir / "w")
+    capsys.readouterr()
+    assert main([*argv, "missing"]) == 0
+    report = json.loads((elsewhere / "missing" / "report.json").read_text())
+    assert report["dense_reference"] is None and "w/teacher0.pt' that the checkpoint's config names are not " \
+        "found from here" in report["dense_missing"]
+    err = capsys.readouterr().err
+    assert "no dense reference" in err and "pass --dense FILE" in err

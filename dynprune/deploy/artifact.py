@@ -16,11 +16,12 @@ __all__ = ["save_deployed", "load_deployed", "is_deployed_file", "DEPLOY_FORMAT"
 DEPLOY_FORMAT = "dynprune.deployed/1"
 
 
-def save_deployed(model: nn.Module, path: str | Path, config: dict, arch: dict) -> Path:
-    """Write a deployed ClassPruning model as ``{"format", "config", "arch", "deploy", "model"}``: its
-    state_dict (packed branches included), the training config, the architecture and the deploy options
-    (with every layer's backend per branch, so loading on another machine packs the same buffers); loads
-    with ``weights_only=True``.
+def save_deployed(model: nn.Module, path: str | Path, config: dict, arch: dict, run: dict | None = None) -> Path:
+    """Write a deployed ClassPruning model as ``{"format", "config", "arch", "deploy", "model", "run"}``: its
+    state_dict (packed branches included), the training config, the architecture, the deploy options
+    (with every layer's backend per branch, so loading on another machine packs the same buffers) and the
+    training checkpoint's ``run`` record (where its relative input paths were, for ``eval``'s dense
+    reference); loads with ``weights_only=True``.
 
     Raises:
         ValueError: ``model`` was not made by :func:`~dynprune.deploy`.
@@ -30,7 +31,7 @@ def save_deployed(model: nn.Module, path: str | Path, config: dict, arch: dict) 
         raise ValueError(f"{type(model).__name__} was not made by dynprune.deploy()")
     opts = {k: (list(v) if isinstance(v, tuple) else v) for k, v in opts.items()}
     return save_atomic({"format": DEPLOY_FORMAT, "config": config, "arch": arch, "deploy": opts,
-                        "model": model.state_dict()}, path)
+                        "model": model.state_dict(), "run": run}, path)
 
 
 def is_deployed_file(obj: Any) -> bool:

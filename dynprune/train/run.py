@@ -40,7 +40,7 @@ import yaml
 from torch import nn
 
 from ..checkpoint import load_file, save_atomic
-from ..config import StageConfig, check_device
+from ..config import StageConfig, check_device, input_anchors
 from ..outputs import LOCK_NAME, FolderLock, checkpoint_note, claim_run_dir, write_text
 from ..progress import progress
 from ..registry import get_host
@@ -339,7 +339,7 @@ class Run:
         ckpt["config"] = self.cfg.model_dump(mode="json")
         ckpt["run"] = {"phases": [p.name for p in phases], "index": self.index, "step": self.step,
                        "totals": self.totals, "stopped": self.stopped,
-                       "opt_phase": self.opt_phase if state else None}
+                       "opt_phase": self.opt_phase if state else None, **input_anchors()}
         ckpt["best"] = self.best
         if state:
             ckpt["optimizer"] = optimizer.state_dict() if optimizer is not None else self.opt_state
