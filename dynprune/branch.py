@@ -18,8 +18,12 @@ _ACTIVE: contextvars.ContextVar[BranchLike | None] = contextvars.ContextVar("dyn
 
 
 @contextlib.contextmanager
-def use_branch(branch: BranchLike) -> Iterator[BranchLike]:
+def use_branch(branch: BranchLike, model: torch.nn.Module | None = None) -> Iterator[BranchLike]:
     """Run every dynamic layer inside the block on ``branch``.
+
+    ``model``: optional; when given, it must hold dynamic layers and ``branch`` must be one of its
+    branches, checked at once (without it a mistake shows only when a layer runs, or not at all for a
+    model that was never converted).
 
     ``branch`` is an index into the model's branches (sparsest first; negative counts from the
     densest), a ratio such as ``"2:4"``, or the name of a plan branch (:mod:`dynprune.plan`). The choice lives in a :mod:`contextvars` variable, so
@@ -28,11 +32,18 @@ def use_branch(branch: BranchLike) -> Iterator[BranchLike]:
 
     Raises:
         TypeError: ``branch`` is not an int, a string or an NMRatio.
-        ValueError: an empty string.
+        ValueError: an empty string; ``model`` holds no dynamic layer, or ``branch`` is not among its branches.
+        IndexError: ``model`` given and an index out of its range.
     """
     if isinstance(branch, bool) or not isinstance(branch, (int, str, NMRatio)):
         raise TypeError(f"branch must be an index, a ratio like '2:4' or a plan name, got {branch!r}")
     branch = branch_key(branch)
+    if model is not None:
+        labels = next((m.nm_labels for m in model.modules() if hasattr(m, "nm_labels")), None)
+        if labels is None:
+            raise ValueError(f"use_branch: {type(model).__name__} holds no dynamic N:M layer, so every branch runs the "
+                             f"same dense model; call dynprune.convert() first")
+        resolve_branch(branch, labels)
     token = _ACTIVE.set(branch)
     try:
         yield branch

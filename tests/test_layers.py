@@ -213,3 +213,16 @@ def test_kernel_and_torch_paths_train_alike(mode, mask_path):
         assert (g[~mask] == 0).all()
     else:
         assert (g[~mask] != 0).any()
+
+
+def test_use_branch_with_a_model_checks_it_at_once():
+    with pytest.raises(ValueError, match="use_branch: Sequential holds no dynamic N:M layer.*dynprune.convert"):
+        with dp.use_branch("1:4", nn.Sequential(nn.Conv2d(8, 8, 3))):
+            pass
+    net = _small()
+    with pytest.raises(ValueError, match="3:4"):
+        with dp.use_branch("3:4", net):
+            pass
+    x = torch.randn(1, 8, 8, 8)
+    with torch.no_grad(), dp.use_branch("1:4", net):
+        assert torch.equal(net(x), dp.export_branch(net, "1:4")(x))
