@@ -3,6 +3,7 @@ demo does (:func:`dynprune.demo.check_result`): how docs/results.md compared the
 
     python benchmarks/demo_recipes.py NAME '{"convert.mask_grad": "masked"}'      # writes /tmp/demo_recipes/NAME
     python benchmarks/demo_recipes.py NAME '{}'                                     # the demo's own recipe
+    python benchmarks/demo_recipes.py NAME '{"lw_floor": 1.0}' --quick              # on the --quick schedule
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from dynprune.registry import create
 
 
 def main() -> None:
-    name, sets = sys.argv[1], json.loads(sys.argv[2])
+    name, sets, quick = sys.argv[1], json.loads(sys.argv[2]), "--quick" in sys.argv[3:]
     out = f"/tmp/demo_recipes/{name}"
-    data = demo_config(out).model_dump(mode="json")
+    data = demo_config(out, quick).model_dump(mode="json")
     for key, value in sets.items():  # dotted keys, e.g. convert.mask_grad
         node = data
         *parents, leaf = key.split(".")
