@@ -28,30 +28,44 @@ DIGEST_KEY = "sha256"
 _NOTICED: set[str] = set()
 
 
-def _feed(h, obj: Any) -> None:
-    """Feed ``obj`` into the hash ``h`` deterministically (mappings in key order)."""
+_NUMPY_DTYPES = {torch.float64, torch.float32, torch.float16, torch.int64, torch.int32, torch.int16, torch.int8,
+                 torch.uint8, torch.bool}
+_CHUNK = 1 << 16  # tensors at least this large are hashed in place, smaller pieces joined first
+
+
+def _feed(h, obj: Any, parts: list) -> None:
+    """Feed ``obj`` into the hash ``h`` deterministically (mappings in key order): the byte stream is a
+    type tag, shape and dtype per tensor and its raw bytes; small pieces collect in ``parts`` and are hashed
+    joined (the same stream, fewer calls)."""
     if isinstance(obj, torch.Tensor):
         t = obj if obj.device.type == "cpu" and obj.is_contiguous() else obj.detach().cpu().contiguous()
-        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        parts.append(f"T{t.dtype}{tuple(t.shape)}".encode())
         if t.numel():
-            h.update(t.detach().view(-1).view(torch.uint8).numpy())  # the buffer itself, no copy
+            a = t.detach().numpy() if t.dtype in _NUMPY_DTYPES else t.detach().view(-1).view(torch.uint8).numpy()
+            if a.nbytes >= _CHUNK:  # the buffer itself, no copy
+                h.update(b"".join(parts))
+                parts.clear()
+                h.update(a)
+            else:
+                parts.append(a.tobytes())
     elif isinstance(obj, dict):
-        h.update(b"D%d" % len(obj))
+        parts.append(b"D%d" % len(obj))
         for k in obj:
-            h.update(repr(k).encode())
-            _feed(h, obj[k])
+            parts.append(repr(k).encode())
+            _feed(h, obj[k], parts)
     elif isinstance(obj, (list, tuple)):
-        h.update(b"L%d" % len(obj))
+        parts.append(b"L%d" % len(obj))
         for v in obj:
-            _feed(h, v)
+            _feed(h, v, parts)
     else:
-        h.update(repr(obj).encode())
+        parts.append(repr(obj).encode())
 
 
 def digest(obj: dict) -> str:
     """The SHA-256 hex digest of a mapping's content, its ``"sha256"`` entry left out (module doc)."""
-    h = hashlib.sha256()
-    _feed(h, {k: v for k, v in obj.items() if k != DIGEST_KEY})
+    h, parts = hashlib.sha256(), []
+    _feed(h, {k: v for k, v in obj.items() if k != DIGEST_KEY}, parts)
+    h.update(b"".join(parts))
     return h.hexdigest()
 
 
