@@ -275,6 +275,9 @@ class TrainConfig(_Strict):
     seed: int = Field(0, ge=0, lt=2**32)  # seeds torch and numpy generators (numpy takes < 2**32)
     device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "mps"; checked against this machine by check_device
     threads: int | None = Field(None, ge=1)
+    # training arithmetic: torch.autocast in bf16 or fp16 (fp16 with a GradScaler, CUDA only); weights,
+    # optimizer state and checkpoints stay float32
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     out_dir: str = "runs/default"
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(25, ge=1)  # steps between rows of log.jsonl (and TensorBoard scalars)
@@ -295,6 +298,13 @@ class TrainConfig(_Strict):
     @classmethod
     def _device(cls, v: str) -> str:
         return check_device(v, available=False)
+
+    @model_validator(mode="after")
+    def _precision_fits(self) -> "TrainConfig":
+        if self.precision == "fp16" and not self.device.startswith("cuda"):
+            raise ValueError(f"precision fp16 needs a CUDA device (its loss scaling is for GPU half precision), "
+                             f"and device is {self.device!r}: use precision bf16 on this device, or fp32")
+        return self
 
     @model_validator(mode="after")
     def _floor_fits(self) -> "TrainConfig":

@@ -23,27 +23,37 @@ class Shared(nn.Module):
         return x
 
 
-def _step(uses=1, micro=1, scaler=False, decay=0.1, lr=0.5, branches=(0,)):
+def _step(uses=1, micro=1, scaler=False, decay=0.1, lr=0.5, branches=(0,), bf16=False, skip=False):
+    """One SGD update (after a step the GradScaler skips, with ``skip``); ``bf16``: the forward under CPU
+    bf16 autocast. Returns (weight before, weight after)."""
     torch.manual_seed(0)
     net = dp.convert(Shared(uses), ["1:4", "2:4", "4:4"], srste_decay=decay)
     w0 = net.conv.dense_weight.detach().clone()
     opt = torch.optim.SGD(net.parameters(), lr=lr)
     gs = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16) if scaler else None
     xs = torch.randn(micro, 2, 8, 6, 6)
-    for x in xs:
-        for b in branches:
-            with dp.use_branch(b):
-                loss = net(x).square().mean() / micro
-            (gs.scale(loss) if gs else loss).backward()
-    if gs:
-        gs.step(opt)
-        gs.update()
-    else:
-        opt.step()
+    for attempt in range(2 if skip else 1):
+        opt.zero_grad(set_to_none=True)
+        for x in xs:
+            for b in branches:
+                with dp.use_branch(b), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                    loss = net(x).square().mean() / micro
+                (gs.scale(loss) if gs else loss).backward()
+        if skip and attempt == 0:
+            net.conv.dense_weight.grad.view(-1)[0] = float("inf")  # an overflow: the scaler skips this update
+        if gs:
+            gs.step(opt)
+            gs.update()
+        else:
+            opt.step()
+        if skip and attempt == 0:
+            assert torch.equal(net.conv.dense_weight, w0)  # skipped: no update, and no decay either
     return w0, net.conv.dense_weight.detach()
 
 
-@pytest.mark.parametrize("case", [dict(uses=3), dict(micro=4), dict(scaler=True), dict(uses=2, micro=3, scaler=True)])
+@pytest.mark.parametrize("case", [dict(uses=3), dict(micro=4), dict(scaler=True), dict(uses=2, micro=3, scaler=True),
+                                  dict(bf16=True), dict(uses=2, bf16=True, scaler=True),
+                                  dict(scaler=True, skip=True), dict(uses=2, micro=2, scaler=True, skip=True)])
 def test_decay_once_per_update(case):
     w0, with_decay = _step(**case)
     _, without = _step(**case, decay=0.0)

@@ -54,8 +54,10 @@ __all__ = ["Phase", "Method", "Run", "config_differences", "RUN_ONLY", "SCHEDULE
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.resolved.yaml"
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
 # Config fields that do not change what a run computes (dotted; a resumed run may change them).
-RUN_ONLY = ("threads", "device", "checkpoint_every", "out_dir", "log_every", "tensorboard", "data",
+RUN_ONLY = ("threads", "device", "precision", "checkpoint_every", "out_dir", "log_every", "tensorboard", "data",
             "validation.every", "validation.metric", "validation.mode", "search.checkpoint_every")
 # Schedule lengths (fnmatch): a resumed run may change them within the rule of the module doc.
 SCHEDULE_KEYS = ("stages.*.epochs", "png.grow.epochs", "png.finetune.epochs", "search.steps")
@@ -213,6 +215,7 @@ class Run:
         self.totals: dict[str, int] = {}   # steps each finished phase ran
         self.opt_state: dict | None = None
         self.opt_phase: str | None = None  # the phase opt_state belongs to
+        self._scaler_state: dict | None = None  # fp16's GradScaler (loss scale, growth tracker)
         self.best: dict | None = None
         self.stopped: list[str] = []       # phases that ended early (after_update said so): never extended
         self._sched_state: dict | None = None
@@ -288,6 +291,7 @@ class Run:
         self.opt_state = ckpt.get("optimizer") if opt_phase is not None and opt_phase == current else None
         self.opt_phase = current if self.opt_state is not None else None
         self._sched_state = ckpt.get("scheduler") if self.opt_state is not None else None
+        self._scaler_state = ckpt.get("scaler")
         self.best = ckpt.get("best")
         self._ema_state = ckpt.get("ema")
         if self.ema is not None and self._ema_state is not None:
@@ -330,7 +334,7 @@ class Run:
 
     # ---- checkpoints ------------------------------------------------------------------------
     def save(self, method: Method, phases: list[Phase], path: Path | None = None, optimizer=None,
-             scheduler=None, state: bool = True) -> None:
+             scheduler=None, state: bool = True, scaler=None) -> None:
         """Write a checkpoint atomically (``path`` default the run's); ``state`` False leaves out the
         optimizer, scheduler and EMA (a model file such as ``best.pt``). In-memory runs write nothing."""
         if self.out is None:
@@ -342,6 +346,7 @@ class Run:
                        "opt_phase": self.opt_phase if state else None, **input_anchors()}
         ckpt["best"] = self.best
         if state:
+            ckpt["scaler"] = scaler.state_dict() if scaler is not None else self._scaler_state
             ckpt["optimizer"] = optimizer.state_dict() if optimizer is not None else self.opt_state
             ckpt["scheduler"] = scheduler.state_dict() if scheduler is not None else (
                 None if optimizer is not None else self._sched_state)
@@ -392,6 +397,11 @@ class Run:
                 sched.load_state_dict(self._sched_state)
             elif sched is not None:  # a checkpoint without scheduler state: the closed form at this step
                 sched.at(self.step)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        if scaler.is_enabled() and self._scaler_state:  # fp16 only: the loss scale reached
+            scaler.load_state_dict(self._scaler_state)
+        autocast = (torch.autocast(self.device.type, dtype=_AUTOCAST[cfg.precision])
+                    if cfg.precision in _AUTOCAST else nullcontext())
         self.opt_phase, self.opt_state, self._sched_state = ph.name, None, None
         if ph.start is not None:
             ph.start()
@@ -407,17 +417,20 @@ class Run:
                                          f"{self._kept()}")
             batch = _to(batch, self.device, non_blocking=self.device.type == "cuda")
             lr = opt.param_groups[0]["lr"]
-            loss, parts = ph.loss(batch)
+            with autocast:
+                loss, parts = ph.loss(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {loss.item()} at {ph.desc}, step {step}; "
                                          f"{self._kept()}")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)  # hooks, clipping and SR-STE's decay see true gradients (no-op unless fp16)
             if ph.before_update is not None:
                 ph.before_update()
             if cfg.optim.clip_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(flat, cfg.optim.clip_grad_norm)
-            opt.step()
+            scaler.step(opt)  # skips the update (and the decay) when fp16 gradients overflowed
+            scaler.update()
             if sched is not None:
                 sched.step()
             if self.ema is not None and ph.ema:
@@ -434,13 +447,15 @@ class Run:
                 self._validate(method, phases, ph, offset + step)
             if (step + 1) % every == 0 or stop:
                 self.step = step + 1
-                self.save(method, phases, optimizer=opt, scheduler=sched)
+                self.save(method, phases, optimizer=opt, scheduler=sched,
+                          scaler=scaler if scaler.is_enabled() else None)
             if stop:
                 self.stopped.append(ph.name)
                 break
         bar.close()
         self.step = step + 1
         self.opt_state, self._sched_state = opt.state_dict(), sched.state_dict() if sched is not None else None
+        self._scaler_state = scaler.state_dict() if scaler.is_enabled() else None
 
     def _kept(self) -> str:
         return checkpoint_note(self.out, self.path.name) if self.out is not None else "an in-memory run keeps nothing"

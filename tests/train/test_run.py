@@ -179,3 +179,24 @@ def test_a_path_spelled_otherwise_is_the_same_run(tmp_path, monkeypatch):
     assert config_differences(old, {"dataset": {"kwargs": {"root": str(tmp_path / "data")}}, "seed": 1}) == []
     assert config_differences(old, {"dataset": {"kwargs": {"root": "other"}}, "seed": 1}) == [
         "dataset.kwargs.root: 'data' -> 'other'"]
+
+
+def test_bf16_autocast_trains_close_to_fp32_and_resumes_bit_identically(tmp_path, killed_at):
+    """precision: bf16 runs every stage's forward under CPU autocast: losses within 10% of the fp32
+    run (not equal: the arithmetic changed), weights float32, and a killed run resumes bit-identically."""
+    torch.set_num_threads(1)
+    Trainer(tiny_config(tmp_path / "fp32", log_every=1)).fit()
+    ref = Trainer(tiny_config(tmp_path / "bf16", log_every=1, precision="bf16")).fit().state_dict()
+    fp32, bf16 = _losses(tmp_path / "fp32"), _losses(tmp_path / "bf16")
+    for stage in GOLDEN:
+        assert bf16[stage] == pytest.approx(fp32[stage], rel=0.1), stage  # bf16 keeps 8 bits of mantissa
+    assert bf16 != fp32 and all(v.dtype != torch.bfloat16 for v in ref.values())
+    with killed_at(2, 3):
+        Trainer(tiny_config(tmp_path / "run", precision="bf16")).fit()
+    resumed = Trainer(tiny_config(tmp_path / "run", precision="bf16"), resume=True).fit().state_dict()
+    assert all(torch.equal(resumed[k], ref[k]) for k in ref)
+
+
+def test_fp16_needs_a_gpu(tmp_path):
+    with pytest.raises(ValueError, match="precision fp16 needs a CUDA device.*use precision bf16"):
+        tiny_config(tmp_path, precision="fp16")
