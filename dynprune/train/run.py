@@ -410,6 +410,8 @@ class Run:
         bar = progress(range(self.step, ph.steps), ph.desc, total=ph.steps, initial=self.step)
         every = ph.checkpoint_every or self.checkpoint_every
         offset = self.global_step(phases) - self.step
+        sync_every_step = self.device.type == "cpu"  # reading a CPU flag costs nothing
+        bad, first = None, self.step  # non-finite losses since step `first`, kept on the device
         for step, batch in zip(bar, loader):
             self.step = step
             if not _finite(batch):
@@ -419,9 +421,9 @@ class Run:
             lr = opt.param_groups[0]["lr"]
             with autocast:
                 loss, parts = ph.loss(batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at {ph.desc}, step {step}; "
-                                         f"{self._kept()}")
+            bad = ~torch.isfinite(loss.detach()) if bad is None else bad | ~torch.isfinite(loss.detach())
+            if sync_every_step:  # on a GPU the flag is read (a host sync) only where the run logs or saves
+                self._check_finite(bad, loss, ph, first, step)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(opt)  # hooks, clipping and SR-STE's decay see true gradients (no-op unless fp16)
@@ -437,15 +439,20 @@ class Run:
                 self.ema.update()
             stop = bool(ph.after_update(step)) if ph.after_update is not None else False
             last = stop or step == ph.steps - 1
-            value = loss.item()
-            bar.set_postfix(loss=f"{value:.4g}", lr=f"{lr:.2g}")
+            saving = (step + 1) % every == 0 or stop
+            validating = ph.validate and self._validator is not None and cfg.validation.every and \
+                ((step + 1) % cfg.validation.every == 0 or last)
+            if step % cfg.log_every == 0 or last or saving or validating:
+                self._check_finite(bad, loss, ph, first, step)
+                first, bad = step + 1, None
             if step % cfg.log_every == 0 or last:
+                value = loss.item()
+                bar.set_postfix(loss=f"{value:.4g}", lr=f"{lr:.2g}")
                 self.log.append({**ph.log, "step": step, "lr": lr, "loss": value, **parts}, ph.name, offset + step)
-            if ph.validate and self._validator is not None and cfg.validation.every and \
-                    ((step + 1) % cfg.validation.every == 0 or last):
+            if validating:
                 self.step = step + 1
                 self._validate(method, phases, ph, offset + step)
-            if (step + 1) % every == 0 or stop:
+            if saving:
                 self.step = step + 1
                 self.save(method, phases, optimizer=opt, scheduler=sched,
                           scaler=scaler if scaler.is_enabled() else None)
@@ -456,6 +463,17 @@ class Run:
         self.step = step + 1
         self.opt_state, self._sched_state = opt.state_dict(), sched.state_dict() if sched is not None else None
         self._scaler_state = scaler.state_dict() if scaler.is_enabled() else None
+
+    def _check_finite(self, bad, loss, ph: Phase, first: int, step: int) -> None:
+        """Raise if a loss since step ``first`` was not finite (before anything is logged or saved).
+
+        Raises:
+            FloatingPointError: the phase and the steps named, and the last checkpoint kept.
+        """
+        if bad is not None and bool(bad):
+            where = f"step {step}" if first >= step else f"one of steps {first}-{step}"
+            raise FloatingPointError(f"non-finite loss ({loss.item()} at step {step}) at {ph.desc}, {where}; "
+                                     f"{self._kept()}")
 
     def _kept(self) -> str:
         return checkpoint_note(self.out, self.path.name) if self.out is not None else "an in-memory run keeps nothing"
