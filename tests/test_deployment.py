@@ -1,5 +1,6 @@
 """dynprune.deploy: the deployed model equals the dynamic one on every branch; reports; artifacts; errors."""
 
+import copy
 import warnings
 
 import pytest
@@ -361,3 +362,9 @@ def test_a_checkpoint_with_a_crafted_pinned_order_is_refused(tmp_path):
     with pytest.raises(ValueError, match=f"is damaged or crafted: layer restorer.{name}: pinned N:M order: rank group .* "
                                          "is not a permutation of 0..3"):
         load_trained(tmp_path / "ckpt.pt")
+
+
+def test_deploy_refuses_a_model_off_the_cpu(dncnn):
+    meta = copy.deepcopy(dncnn).to("meta")  # any non-CPU device: the check reads where the tensors live
+    with pytest.raises(ValueError, match="packs for the CPU kernels, and this model is on meta: deploy model.cpu()"):
+        dp.deploy(meta)

@@ -189,7 +189,8 @@ def deploy(model: nn.Module, backend: str | Sequence[str] = "cpu", *, max_densit
         ``channels_last`` they are put in channels_last memory once at the entry.
     Raises:
         ValueError: a backend that is not registered (the registered ones are named), options out of range,
-            or a model that holds no dynamic N:M layer (never converted).
+            a model with tensors off the CPU (the CPU kernels' packing; what to do is named), or a model that
+            holds no dynamic N:M layer (never converted).
     """
     allowed = _allowed(backend)
     if not 0 <= max_density <= 1 or not 0 <= max_density_vector <= 1 or min_out_channels < 1:
@@ -197,6 +198,11 @@ def deploy(model: nn.Module, backend: str | Sequence[str] = "cpu", *, max_densit
                          f"{max_density_vector} (need 0..1), min_out_channels={min_out_channels} (need >= 1)")
     if not isinstance(model, nn.Module):
         raise TypeError(f"deploy() needs an nn.Module, got {type(model).__name__}")
+    where = next((t.device for t in [*model.parameters(), *model.buffers()] if t.device.type != "cpu"), None)
+    if where is not None:
+        raise ValueError(f"deploy() packs for the CPU kernels, and this model is on {where}: deploy model.cpu() "
+                         f"(a copy; keep the dynamic model on {where.type} for GPU inference, where "
+                         f"dynprune.export_branch gives a plain model per branch)")
     net = model.restorer if isinstance(model, ClassPruning) else model
     ratios = model_ratios(net)   # ValueError for a model that was never converted
     pattern = next(layer for _, layer in dynamic_layers(net)).nm_pattern
