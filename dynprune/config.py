@@ -278,6 +278,9 @@ class TrainConfig(_Strict):
     # training arithmetic: torch.autocast in bf16 or fp16 (fp16 with a GradScaler, CUDA only); weights,
     # optimizer state and checkpoints stay float32
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # under torchrun: BatchNorm (per branch) normalizes with the statistics of the global batch, so N ranks
+    # train what one process does with the same global batch (dynprune.train.distributed)
+    sync_norms: bool = True
     out_dir: str = "runs/default"
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(25, ge=1)  # steps between rows of log.jsonl (and TensorBoard scalars)

@@ -26,11 +26,20 @@ import tempfile
 from pathlib import Path
 from typing import IO, Callable, Iterable, Sequence
 
-__all__ = ["write_output", "write_text", "check_writable", "claim_run_dir", "Replaced", "FolderLock", "lock_output_file", "LOCK_NAME", "checkpoint_note", "check_output_dir", "check_output_file", "check_name_collisions", "RunLog"]
+__all__ = ["write_output", "write_text", "set_writer", "check_writable", "claim_run_dir", "Replaced", "FolderLock", "lock_output_file", "LOCK_NAME", "checkpoint_note", "check_output_dir", "check_output_file", "check_name_collisions", "RunLog"]
 
 
 def _same(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
+
+
+_WRITER = [True]
+
+
+def set_writer(writes: bool) -> None:
+    """Whether this process writes files (:func:`write_output`): a run under torchrun sets it False on every
+    rank but 0, so methods' own files (``base.pt``, plans, ``validation.json``) are written once."""
+    _WRITER[0] = bool(writes)
 
 
 def write_output(path: str | Path, write: Callable[[IO[bytes]], None], replace: bool = True,
@@ -49,6 +58,8 @@ def write_output(path: str | Path, write: Callable[[IO[bytes]], None], replace: 
         is intact).
     """
     path = Path(path)
+    if not _WRITER[0]:
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     if root is not None and not path.parent.resolve().is_relative_to(Path(root).resolve()):
         raise ValueError(f"output {str(path)!r} would be written to {str(path.parent.resolve())!r}, outside the output "

@@ -60,7 +60,7 @@ class _Lines:
             yield item
             self.n += 1
             now = time.perf_counter()
-            if self.n % self.every == 0 or self.n == self.total or now - self.last >= MAX_SILENCE_S:
+            if self.every and (self.n % self.every == 0 or self.n == self.total or now - self.last >= MAX_SILENCE_S):
                 self.last = now
                 self._line()
 
@@ -69,9 +69,10 @@ class _Lines:
 
 
 def progress(iterable: Iterable, desc: str, total: int | None = None, initial: int = 0, mininterval: float = 2.0,
-             every: int | None = None):
+             every: int | None = None, quiet: bool = False):
     """``iterable`` wrapped with progress reporting (a tqdm bar, or log lines off a terminal; module doc).
     ``every``: a log line every this many items (default ``DYNPRUNE_LOG_EVERY``; 1 for per-image progress).
+    ``quiet``: report nothing (the ranks but 0 of a distributed run).
 
     Raises:
         ValueError: ``DYNPRUNE_LOG_EVERY`` or ``DYNPRUNE_PROGRESS`` set to something invalid.
@@ -81,6 +82,8 @@ def progress(iterable: Iterable, desc: str, total: int | None = None, initial: i
         raise ValueError(f"DYNPRUNE_PROGRESS={mode!r}: expected 'auto', 'bar' or 'lines'")
     if total is None and hasattr(iterable, "__len__"):
         total = initial + len(iterable)  # type: ignore[arg-type]
+    if quiet:
+        return _Lines(iterable, desc, total, initial, 0)
     if mode == "bar" or (mode == "auto" and sys.stderr.isatty()):
         from tqdm import tqdm
 

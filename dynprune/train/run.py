@@ -41,9 +41,11 @@ from torch import nn
 
 from ..checkpoint import load_file, save_atomic
 from ..config import StageConfig, check_device, input_anchors
+from .. import outputs
 from ..outputs import LOCK_NAME, FolderLock, checkpoint_note, claim_run_dir, write_text
 from ..progress import progress
 from ..registry import get_host
+from . import distributed
 from .data import batch_loader
 from .logger import RunLogger
 from .optim import EMA, build_optimizer
@@ -61,6 +63,29 @@ RUN_ONLY = ("threads", "device", "precision", "checkpoint_every", "out_dir", "lo
             "validation.every", "validation.metric", "validation.mode", "search.checkpoint_every")
 # Schedule lengths (fnmatch): a resumed run may change them within the rule of the module doc.
 SCHEDULE_KEYS = ("stages.*.epochs", "png.grow.epochs", "png.finetune.epochs", "search.steps")
+
+
+def _on_rank_zero(fn: Callable[[], Any]) -> Any:
+    """``fn()`` on rank 0 (everywhere outside a process group); its error, if any, is raised on every rank
+    (the others would otherwise wait forever at the first all-reduce)."""
+    result, error = None, None
+    try:
+        result = fn()
+    except (ValueError, OSError) as err:
+        error = str(err)
+    errors = [e for e in distributed.gather_objects(error) if e]
+    if errors:
+        raise ValueError(errors[0]) if error is None else ValueError(error)
+    return result
+
+
+def _same_config_on_every_rank(cfg) -> None:
+    """Raise on every rank if the ranks were started with different configs (the differences named)."""
+    dumps = distributed.gather_objects(cfg.model_dump(mode="json"))
+    for rank, other in enumerate(dumps[1:], 1):
+        diff = config_differences(dumps[0], other, ignore=())
+        if diff:
+            raise ValueError(f"rank {rank} was started with another config than rank 0: {'; '.join(diff)}")
 
 
 def _matches(key: str, patterns: Sequence[str]) -> bool:
@@ -196,16 +221,21 @@ class Run:
                  checkpoint: str = "last.pt", log_name: str = "log.jsonl", checkpoint_every: int | None = None,
                  ignore: Sequence[str] = (), folder: bool = True):
         self.cfg, self.ignore = cfg, tuple(ignore)
-        check_device(cfg.device)
-        self.device = torch.device(cfg.device)
-        self.out, self._replaced = (claim_run_dir(cfg.out_dir, tuple(files) + ("best.pt", CONFIG_FILE), resume,
-                                                  overwrite, what) if folder else (None, None))
-        if folder:  # the folder's lock is this run's until it ends (or the process does)
+        self.rank, self.world, device = distributed.setup(cfg.device)
+        check_device(device)
+        self.device = torch.device(device)
+        _same_config_on_every_rank(cfg)
+        writer = folder and self.rank == 0  # under torchrun, rank 0 alone claims and writes the run folder
+        claimed = _on_rank_zero(lambda: claim_run_dir(cfg.out_dir, tuple(files) + ("best.pt", CONFIG_FILE), resume,
+                                                      overwrite, what) if writer else (None, None))
+        self.out, self._replaced = claimed if writer else (Path(cfg.out_dir) if folder else None, None)
+        if writer:  # the folder's lock is this run's until it ends (or the process does)
             weakref.finalize(self, FolderLock.release, self.out / LOCK_NAME)
+        outputs.set_writer(self.rank == 0)
         self._overwrite = overwrite
         self.path = self.out / checkpoint if folder else None
         self.resuming = folder and resume and self.path.is_file()
-        self.log = RunLogger(self.out / log_name if folder else None, cfg.tensorboard)
+        self.log = RunLogger(self.out / log_name if writer else None, cfg.tensorboard)
         self.checkpoint_every = checkpoint_every or cfg.checkpoint_every
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -337,7 +367,7 @@ class Run:
              scheduler=None, state: bool = True, scaler=None) -> None:
         """Write a checkpoint atomically (``path`` default the run's); ``state`` False leaves out the
         optimizer, scheduler and EMA (a model file such as ``best.pt``). In-memory runs write nothing."""
-        if self.out is None:
+        if self.out is None or self.rank:
             return
         ckpt = method.checkpoint()
         ckpt["config"] = self.cfg.model_dump(mode="json")
@@ -407,7 +437,7 @@ class Run:
             ph.start()
         loader = batch_loader(ph.batches, self.step, ph.steps, cfg.data.workers, cfg.data.prefetch,
                               pin_memory=self.device.type == "cuda")
-        bar = progress(range(self.step, ph.steps), ph.desc, total=ph.steps, initial=self.step)
+        bar = progress(range(self.step, ph.steps), ph.desc, total=ph.steps, initial=self.step, quiet=self.rank > 0)
         every = ph.checkpoint_every or self.checkpoint_every
         offset = self.global_step(phases) - self.step
         sync_every_step = self.device.type == "cpu"  # reading a CPU flag costs nothing
@@ -417,15 +447,17 @@ class Run:
             if not _finite(batch):
                 raise FloatingPointError(f"non-finite values in the training batch at {ph.desc}, step {step}; "
                                          f"{self._kept()}")
-            batch = _to(batch, self.device, non_blocking=self.device.type == "cuda")
+            batch = _to(distributed.shard(batch, self.rank, self.world), self.device,
+                        non_blocking=self.device.type == "cuda")
             lr = opt.param_groups[0]["lr"]
-            with autocast:
+            with autocast, distributed.synced_batch_norm(cfg.sync_norms):
                 loss, parts = ph.loss(batch)
             bad = ~torch.isfinite(loss.detach()) if bad is None else bad | ~torch.isfinite(loss.detach())
             if sync_every_step:  # on a GPU the flag is read (a host sync) only where the run logs or saves
                 self._check_finite(bad, loss, ph, first, step)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            distributed.average_gradients(flat)  # the global batch's gradient (a no-op in one process)
             scaler.unscale_(opt)  # hooks, clipping and SR-STE's decay see true gradients (no-op unless fp16)
             if ph.before_update is not None:
                 ph.before_update()
@@ -446,10 +478,10 @@ class Run:
                 self._check_finite(bad, loss, ph, first, step)
                 first, bad = step + 1, None
             if step % cfg.log_every == 0 or last:
-                value = loss.item()
+                value = distributed.mean_over_ranks(loss).item()
                 bar.set_postfix(loss=f"{value:.4g}", lr=f"{lr:.2g}")
                 self.log.append({**ph.log, "step": step, "lr": lr, "loss": value, **parts}, ph.name, offset + step)
-            if validating:
+            if validating and self.rank == 0:  # the other ranks go on to the next step's all-reduce and wait
                 self.step = step + 1
                 self._validate(method, phases, ph, offset + step)
             if saving:

@@ -1,0 +1,125 @@
+"""Data parallelism: 2 gloo ranks x batch 8 compute what 1 process x batch 16 does (variable BatchNorm
+statistics per branch, gradients, masks), and the run loop under torchrun trains the same model."""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import dynprune as dp
+from dynprune.train.distributed import average_gradients, shard, synced_batch_norm
+
+
+def _net():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                        nn.BatchNorm2d(8))
+    return dp.convert(net, ["1:4", "2:4", "4:4"])
+
+
+def _step(net, x):
+    """Every branch on x (train mode), one backward; returns outputs, grads and BatchNorm state."""
+    outs = []
+    for b in range(3):
+        with dp.use_branch(b):
+            outs.append(net(x))
+    loss = sum(o.square().mean() for o in outs)
+    loss.backward()
+    return outs
+
+
+def _rank(rank, world, init, out):
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    net = _net().train()
+    x = torch.randn(16, 3, 10, 10, generator=torch.Generator().manual_seed(1))
+    with synced_batch_norm():
+        outs = _step(net, shard(x, rank, world))
+    average_gradients([p for p in net.parameters()])
+    masks = [m.branch_mask(0) for _, m in dp.layers.dynamic_layers(net)]
+    if rank == 0:
+        torch.save({"outs": [o.detach() for o in outs], "grads": {k: p.grad for k, p in net.named_parameters()},
+                    "state": net.state_dict(), "masks": masks}, out)
+    dist.destroy_process_group()
+
+
+def test_two_ranks_of_eight_equal_one_process_of_sixteen(tmp_path):
+    net = _net().train()
+    x = torch.randn(16, 3, 10, 10, generator=torch.Generator().manual_seed(1))
+    outs = _step(net, x)
+    mp.spawn(_rank, args=(2, f"file://{tmp_path / 'init'}", tmp_path / "rank0.pt"), nprocs=2)
+    got = torch.load(tmp_path / "rank0.pt")
+    for o, g in zip(outs, got["outs"]):  # rank 0 holds the first 8 images of each branch's output
+        torch.testing.assert_close(g, o[:8].detach(), rtol=1e-5, atol=1e-5)
+    for k, p in net.named_parameters():
+        torch.testing.assert_close(got["grads"][k], p.grad, rtol=1e-4, atol=1e-6, msg=k)
+    state = net.state_dict()  # per-branch running statistics of the variable BatchNorm
+    assert any("aux_norms.0.running_mean" in k for k in state)
+    for k, v in state.items():
+        torch.testing.assert_close(got["state"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+    for a, b in zip(got["masks"], (m.branch_mask(0) for _, m in dp.layers.dynamic_layers(net))):
+        assert torch.equal(a, b)
+
+
+def test_a_batch_the_ranks_cannot_split_is_refused():
+    with pytest.raises(ValueError, match="a batch of 6 cannot be split over 4 ranks"):
+        shard((torch.zeros(6, 1), torch.zeros(6)), 1, 4)
+    assert shard(torch.arange(6), 1, 3).tolist() == [2, 3]
+
+
+def _torchrun(tmp_path, cfg_path, nproc, *extra):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DYNPRUNE_PROGRESS": "lines"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
+           "dynprune", "train", str(cfg_path), *extra]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_torchrun_two_ranks_train_what_one_process_does(tmp_path):
+    """ClassPruning's stages under `torchrun --nproc_per_node 2 -m dynprune train`: the losses of the
+    stages whose loss is a mean over images match one process on the same global batch (the joint stage's
+    L_E, the entropy of the batch's routing, is computed per rank and is not compared); rank 0 alone
+    writes the run folder."""
+    import yaml
+
+    from dynprune.outputs import RunLog
+
+    from ..conftest import tiny_config
+
+    for name, nproc in (("one", 1), ("two", 2)):
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(yaml.safe_dump(tiny_config(tmp_path / name, log_every=1, threads=1).model_dump(mode="json")))
+        done = _torchrun(tmp_path, cfg, nproc)
+        assert done.returncode == 0, done.stderr[-3000:]
+    rows = {name: [r for r in RunLog(tmp_path / name / "log.jsonl").rows() if "loss" in r] for name in ("one", "two")}
+    for a, b in zip(rows["one"], rows["two"]):
+        assert (a["stage"], a["step"]) == (b["stage"], b["step"])
+        if a["stage"] != "joint":
+            assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6), (a, b)
+    assert len(rows["one"]) == len(rows["two"]) == 20
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+def test_ranks_with_different_configs_are_refused(tmp_path):
+    import yaml
+
+    from ..conftest import tiny_config
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(tmp_path / "run", threads=1).model_dump(mode="json")))
+    script = tmp_path / "run_rank.py"  # rank 1 changes the seed
+    script.write_text("import os, sys\nfrom dynprune.cli import main\n"
+                      "extra = ['--set', 'seed=7'] if os.environ['RANK'] == '1' else []\n"
+                      f"sys.exit(main(['train', {str(cfg)!r}, *extra]))\n")
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script)], cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "rank 1 was started with another config than rank 0: seed: 1 -> 7" in done.stderr
