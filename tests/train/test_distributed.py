@@ -123,3 +123,39 @@ def test_ranks_with_different_configs_are_refused(tmp_path):
                            str(script)], cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "rank 1 was started with another config than rank 0: seed: 1 -> 7" in done.stderr
+
+
+def _user_loop(rank, world, init, out):
+    """The loop of docs/concepts.md ("dynprune inside your own distributed loop")."""
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    net = dp.convert(nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1)),
+                     ["1:4", "2:4", "4:4"], srste_decay=0.01)
+    model = nn.parallel.DistributedDataParallel(net)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(3):
+        x = torch.randn(8, 4, 6, 6, generator=torch.Generator().manual_seed(step))[rank * 8 // world:][:8 // world]
+        with dp.use_branch(step % 3):  # one forward and one backward per update, as DDP expects
+            loss = model(x).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()  # SR-STE's decay enters here, once, on the averaged gradient
+    if rank == 0:
+        torch.save(net.state_dict(), out)
+    dist.destroy_process_group()
+
+
+def test_a_converted_model_trains_inside_the_users_ddp_loop(tmp_path):
+    mp.spawn(_user_loop, args=(1, f"file://{tmp_path / 'one'}", tmp_path / "one.pt"), nprocs=1)
+    mp.spawn(_user_loop, args=(2, f"file://{tmp_path / 'two'}", tmp_path / "two.pt"), nprocs=2)
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert not torch.equal(one["0.weight"], _fresh()["0.weight"])  # it trained
+
+
+def _fresh():
+    torch.manual_seed(0)
+    return dp.convert(nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1)),
+                      ["1:4", "2:4", "4:4"], srste_decay=0.01).state_dict()
