@@ -326,7 +326,8 @@ class Run:
         self._ema_state = ckpt.get("ema")
         if self.ema is not None and self._ema_state is not None:
             self.ema.load_state_dict(self._ema_state)
-        self.log.jsonl.rewind(lambda row: self._row_held(row, phases))
+        if self.log.jsonl is not None:  # rank 0's
+            self.log.jsonl.rewind(lambda row: self._row_held(row, phases))
         self.log.purge_step = self.global_step(phases)
         where = names[self.index] if self.index < len(names) else "the end"
         log.info("resumed from %s at %s, step %d", self.path, where, self.step)

@@ -159,3 +159,24 @@ def _fresh():
     torch.manual_seed(0)
     return dp.convert(nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1)),
                       ["1:4", "2:4", "4:4"], srste_decay=0.01).state_dict()
+
+
+def test_a_run_resumes_on_another_number_of_processes(tmp_path):
+    """The checkpoint does not depend on the world size: a 2-rank run is extended in 1 process, and a
+    1-process run is extended on 2 ranks."""
+    import yaml
+
+    from dynprune.outputs import RunLog
+
+    from ..conftest import tiny_config
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(tmp_path / "run", threads=1).model_dump(mode="json")))
+    done = _torchrun(tmp_path, cfg, 2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for nproc in (1, 2):  # extended in 1 process, then that extension extended again on 2 ranks
+        done = _torchrun(tmp_path, cfg, nproc, "--resume", "--set", f"stages.joint.epochs={nproc + 1}")
+        assert done.returncode == 0, done.stderr[-3000:]
+        joint = [r["step"] for r in RunLog(tmp_path / "run" / "log.jsonl").rows() if r.get("stage") == "joint"
+                 and "loss" in r]
+        assert max(joint) == 5 * (nproc + 1) - 1
