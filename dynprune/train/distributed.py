@@ -21,7 +21,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-__all__ = ["setup", "rank_world", "shard", "average_gradients", "synced_batch_norm", "gather_objects", "mean_over_ranks"]
+__all__ = ["setup", "rank_world", "shard", "average_gradients", "synced_batch_norm", "gather_objects", "any_rank",
+           "mean_over_ranks"]
 
 
 def setup(device: str) -> tuple[int, int, str]:
@@ -169,6 +170,16 @@ def gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * world
     dist.all_gather_object(out, obj)
     return out
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank (``flag`` itself outside a process group)."""
+    _, world = rank_world()
+    if world == 1:
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:

@@ -503,9 +503,11 @@ class Run:
         Raises:
             FloatingPointError: the phase and the steps named, and the last checkpoint kept.
         """
-        if bad is not None and bool(bad):
+        if distributed.any_rank(bad is not None and bool(bad)):  # every rank stops together
             where = f"step {step}" if first >= step else f"one of steps {first}-{step}"
-            raise FloatingPointError(f"non-finite loss ({loss.item()} at step {step}) at {ph.desc}, {where}; "
+            value = loss.item()
+            who = "" if self.world == 1 else f" on rank {self.rank}" if not math.isfinite(value) else " on another rank"
+            raise FloatingPointError(f"non-finite loss ({value} at step {step}{who}) at {ph.desc}, {where}; "
                                      f"{self._kept()}")
 
     def _kept(self) -> str:
