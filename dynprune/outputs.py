@@ -34,6 +34,8 @@ def _same(a: Path, b: Path) -> bool:
 
 
 _WRITER = [True]
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def set_writer(writes: bool) -> None:
@@ -69,6 +71,7 @@ def write_output(path: str | Path, write: Callable[[IO[bytes]], None], replace: 
     except OSError as err:
         raise ValueError(f"cannot write {str(path)!r}: {err.strerror}") from err
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # the permissions a plain open() would give (mkstemp's are 0600)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

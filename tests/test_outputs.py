@@ -137,3 +137,11 @@ def test_restore_never_writes_through_a_link_in_its_output_folder(trained, tmp_p
     (out / "side_by_side").symlink_to(inputs)
     assert main(["restore", str(trained / "run/last.pt"), str(inputs), str(out), "--clean", str(inputs)]) == 2
     assert sorted(p.name for p in inputs.iterdir()) == ["camera.png", "coins.png"]
+
+
+def test_outputs_get_the_permissions_of_a_plain_open(tmp_path):
+    from dynprune.outputs import write_text
+
+    (tmp_path / "plain.txt").write_text("x")
+    write_text(tmp_path / "ours.txt", "x")
+    assert (tmp_path / "ours.txt").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode
