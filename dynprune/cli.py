@@ -149,19 +149,20 @@ def _set_classify_tile(model, tile) -> None:
     model.classify_tile.fill_(tile)
 
 
-def _load_for_inference(path, backend: str):
+def _load_for_inference(path, backend: str, obj=None):
     """(model, config, audit_model) from a training checkpoint or a deployed artifact.
 
     ``backend="cpu"`` deploys a training checkpoint on the N:M CPU kernel; a deployed artifact is used
     as it is. ``audit_model`` is the dynamic (converted) model of the same architecture: MACs depend on
-    the architecture and the routing only, and fvcore cannot trace the compiled kernel.
+    the architecture and the routing only, and fvcore cannot trace the compiled kernel. ``obj``: the file's
+    content when the caller has read it already (it is not read again).
     """
     from .checkpoint import load_file
     from .config import TrainConfig
     from .deploy import deploy, is_deployed_file, load_deployed
     from .models import build_model, load_trained
 
-    obj = load_file(path)
+    obj = load_file(path) if obj is None else obj
     if is_deployed_file(obj):
         from .sparse_cpu import tune_allocator
 
@@ -264,10 +265,11 @@ def cmd_eval(args) -> int:
     check_output_dir(args.out, [args.data, *(args.pairs or [])], marker="report.json", overwrite=args.overwrite)
     check_device(args.device)
     ckpt = Path(args.checkpoint)
-    model, cfg, audit_model = _load_for_inference(ckpt, args.backend)
+    obj = load_file(ckpt)
+    model, cfg, audit_model = _load_for_inference(ckpt, args.backend, obj)
     _set_classify_tile(model, args.classify_tile)
-    anchors = load_file(ckpt).get("run")  # where the run's relative inputs were (None in older files)
-    dense, dense_path, dense_missing = _dense_reference(cfg, ckpt, args.dense, anchors)
+    # obj["run"]: where the run's relative inputs were (absent in older files)
+    dense, dense_path, dense_missing = _dense_reference(cfg, ckpt, args.dense, obj.get("run"))
     result = None
     if args.data:
         files, imgs = _read_images(args.data, model)
@@ -356,11 +358,8 @@ def cmd_restore(args) -> int:
         print(f"budget {100 * args.budget:g}% of dense MACs over these {len(imgs)} images: penalty {info['penalty']:.4g}, "
               f"{100 * info['argmax_cost']:.1f}% -> {100 * info['calibrated_cost']:.1f}%, routing "
               + " / ".join(f"{r}: {n}" for r, n in zip(ratios, info["calibrated_routing"])))
-    before = {p.relative_to(out) for p in out.rglob("*")}  # an earlier restore's files: replaced; new ones exclusive
+    before = set(out.rglob("*"))  # an earlier restore's files are replaced; new outputs are created exclusively
     rows = [["image", "branch", "macs", "dense_macs", "macs_fraction", "ms", "psnr_in", "psnr_out"]]
-
-    def write(path, save):
-        save(path, replace=path.relative_to(out) in before, root=out)
 
     with torch.inference_mode():
         for path, img in progress(list(zip(files, imgs)), "restore", every=1):
@@ -371,13 +370,14 @@ def cmd_restore(args) -> int:
             b = int(branch[0])
             rep = audit(audit_model, x)  # traced for the first sizes, then predicted (audit's reuse)
             macs = rep.branches[b].effective_macs + rep.classifier_macs
-            write(out / (path.stem + ".png"), lambda p, **kw: write_image(y[0], p, **kw))
+            target = out / (path.stem + ".png")
+            write_image(y[0], target, replace=target in before, root=out)
             scores = ["", ""]
             if path.stem in clean:
                 ref = clean[path.stem]
                 scores = [f"{psnr(img, ref):.2f}", f"{psnr(y[0], ref):.2f}"]
-                write(out / "side_by_side" / f"{path.stem}.png",
-                      lambda p, **kw: write_image(torch.cat([img, y[0].clamp(0, 1), ref], dim=-1), p, **kw))
+                target = out / "side_by_side" / f"{path.stem}.png"
+                write_image(torch.cat([img, y[0].clamp(0, 1), ref], dim=-1), target, replace=target in before, root=out)
             rows.append([path.name, ratios[b], macs, rep.dense_macs, f"{macs / rep.dense_macs:.4f}", f"{ms:.1f}",
                          *scores])
             table = io.StringIO()

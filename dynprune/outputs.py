@@ -33,7 +33,7 @@ def _same(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-_WRITER = [True]
+_writer = True  # set_writer
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -41,7 +41,8 @@ os.umask(_UMASK)
 def set_writer(writes: bool) -> None:
     """Whether this process writes files (:func:`write_output`): a run under torchrun sets it False on every
     rank but 0, so methods' own files (``base.pt``, plans, ``validation.json``) are written once."""
-    _WRITER[0] = bool(writes)
+    global _writer
+    _writer = bool(writes)
 
 
 def write_output(path: str | Path, write: Callable[[IO[bytes]], None], replace: bool = True,
@@ -60,7 +61,7 @@ def write_output(path: str | Path, write: Callable[[IO[bytes]], None], replace: 
         is intact).
     """
     path = Path(path)
-    if not _WRITER[0]:
+    if not _writer:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     if root is not None and not path.parent.resolve().is_relative_to(Path(root).resolve()):

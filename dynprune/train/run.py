@@ -75,7 +75,7 @@ def _on_rank_zero(fn: Callable[[], Any]) -> Any:
         error = str(err)
     errors = [e for e in distributed.gather_objects(error) if e]
     if errors:
-        raise ValueError(errors[0]) if error is None else ValueError(error)
+        raise ValueError(error or errors[0])
     return result
 
 
