@@ -6,7 +6,8 @@ the config's network and data (default DnCNN-B on Train400, batch 32), ``--steps
 settings interleaved over ``--rounds`` rounds, medians. Workers 0 builds each batch in the training process,
 between steps, which is exactly the work the hand-written loop did before dynprune.train; workers 2 builds
 them in two processes while the step runs. The batches are the same (tests/train/test_data.py).
-``--precision fp32 bf16`` adds the training arithmetic as a dimension (bf16: torch.autocast on the CPU).
+``--precision fp32 bf16`` adds the training arithmetic as a dimension (bf16: torch.autocast on the CPU), and
+``--memory-format nchw nhwc`` the batches' memory layout (nhwc: config ``channels_last``).
 
 Part ``memory``: writes ``--images`` synthetic 8-bit RGB images of 2040 x 1356 (DIV2K's size; smooth noise, so
 PNG keeps them small on disk) into ``--folder`` once, then, in a fresh process each, builds the training
@@ -63,11 +64,12 @@ def throughput(args) -> None:
 
     run_mod.batch_loader = timed_loader
     stage = STAGES.index("restoration")
-    variants = [(w, p) for p in args.precision for w in args.workers]
+    variants = [(w, p, f) for f in args.memory_format for p in args.precision for w in args.workers]
     results: dict[tuple, list[tuple[float, float]]] = {v: [] for v in variants}
     for r in range(args.rounds):
-        for w, p in variants:
-            sets = [f"out_dir=/tmp/dynprune_loop_bench/w{w}{p}", f"data.workers={w}", f"precision={p}",
+        for w, p, f in variants:
+            sets = [f"out_dir=/tmp/dynprune_loop_bench/w{w}{p}{f}", f"data.workers={w}", f"precision={p}",
+                    f"channels_last={f == 'nhwc'}",
                     "tensorboard=false", "validation.every=0", f"threads={args.threads}",
                     f"stages.restoration.steps_per_epoch={args.steps}", "stages.restoration.epochs=1",
                     "checkpoint_every=100000"]
@@ -79,18 +81,18 @@ def throughput(args) -> None:
             tr.run.fit(tr, until=stage + 1)
             wall = time.perf_counter() - t0
             steady = waits[1:]  # the first batch of a fresh loader also waits for its workers to start
-            results[(w, p)].append((args.steps / wall, sum(steady) / max(wall, 1e-9)))
-            print(f"round {r}: workers {w}, {p}: {args.steps / wall:.3f} steps/s, waiting for batches "
+            results[(w, p, f)].append((args.steps / wall, sum(steady) / max(wall, 1e-9)))
+            print(f"round {r}: workers {w}, {p}, {f}: {args.steps / wall:.3f} steps/s, waiting for batches "
                   f"{100 * sum(steady) / wall:.1f}% of the time", flush=True)
     print(f"\nCPU: {cpu_name()}, {args.threads} thread(s), torch {torch.__version__}; config {args.config}, "
           f"stage 3 (restoration), {args.steps} steps x {args.rounds} rounds, medians")
-    print("| DataLoader workers | precision | steps/s | vs the first row | time waiting for the batch |")
-    print("|---:|---|---:|---:|---:|")
+    print("| DataLoader workers | precision | memory format | steps/s | vs the first row | time waiting for the batch |")
+    print("|---:|---|---|---:|---:|---:|")
     base = statistics.median(s for s, _ in results[variants[0]])
-    for w, p in variants:
-        sps = statistics.median(s for s, _ in results[(w, p)])
-        wait = statistics.median(f for _, f in results[(w, p)])
-        print(f"| {w} | {p} | {sps:.3f} | {sps / base:.2f}x | {100 * wait:.1f}% |")
+    for v in variants:
+        sps = statistics.median(s for s, _ in results[v])
+        wait = statistics.median(f for _, f in results[v])
+        print(f"| {v[0]} | {v[1]} | {v[2]} | {sps:.3f} | {sps / base:.2f}x | {100 * wait:.1f}% |")
 
 
 def synthesize(folder: Path, n: int) -> None:
@@ -156,6 +158,8 @@ def main():
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     ap.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"],
                     help="training arithmetic of each variant (bf16: CPU autocast)")
+    ap.add_argument("--memory-format", nargs="+", choices=["nchw", "nhwc"], default=["nchw"],
+                    help="the batches' memory layout (nhwc: config channels_last)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--folder", default="/tmp/dynprune_div2k_synth")
     ap.add_argument("--images", type=int, default=800)

@@ -281,6 +281,9 @@ class TrainConfig(_Strict):
     # under torchrun: BatchNorm (per branch) normalizes with the statistics of the global batch, so N ranks
     # train what one process does with the same global batch (dynprune.train.distributed)
     sync_norms: bool = True
+    # training batches in channels-last memory (NHWC), so convolutions run their NHWC kernels (cuDNN's with
+    # tensor cores under bf16/fp16); the arithmetic is the same up to float order
+    channels_last: bool = False
     out_dir: str = "runs/default"
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(25, ge=1)  # steps between rows of log.jsonl (and TensorBoard scalars)
@@ -293,6 +296,10 @@ class TrainConfig(_Strict):
     lw_floor: float = Field(0.0, ge=0, le=1)
     # which branches get the floor: "all", or "denser" (the image's branch and the denser ones only)
     lw_floor_to: Literal["all", "denser"] = "all"
+    # stages 2-3 (restoration, joint): every branch's BatchNorm normalizes with its running statistics (the
+    # dense network's, copied at conversion) in training too, so what trains is what runs in eval mode; the
+    # per-branch affine parameters still train (layers.freeze_norm_stats). false: batch statistics (the paper)
+    frozen_bn: bool = False
     distill: DistillConfig = DistillConfig()
     search: SearchConfig = SearchConfig()
     png: PnGConfig = PnGConfig()

@@ -12,6 +12,7 @@ import copy
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import mask_cpu, srste
@@ -21,7 +22,7 @@ from .nm import (ELEMENT, MaskGrad, NMPattern, NMRatio, apply_mask, covered, exp
 
 __all__ = ["DynamicNMMixin", "VariableNormMixin", "make_dynamic", "make_variable_norm", "dynamic_layers",
            "variable_norms", "is_dynamic", "restore_base", "sync_variable_norms", "pin_order", "pinned_order",
-           "pin_from_state", "check_pinned"]
+           "pin_from_state", "check_pinned", "freeze_norm_stats"]
 
 _CLASSES: dict[tuple[type, type], type] = {}
 
@@ -208,17 +209,24 @@ class VariableNormMixin(_Picklable):
     timm's ``SplitBatchNorm2d``), branch i < L-1 uses ``aux_norms[i]``. Loading a state_dict that
     lacks the ``aux_norms`` keys (an unconverted checkpoint) initializes them from the main ones.
     ClassPruning section 3.3 "variable BatchNorm"; Yu et al. 2019 (slimmable networks).
+
+    ``nm_frozen_stats`` (:func:`freeze_norm_stats`): a BatchNorm then normalizes with its running statistics in
+    training mode too (and does not update them), as in eval mode; its affine parameters still train.
     """
 
     _dynprune_prefix = "Variable"
+    _dynprune_transient = ("nm_frozen_stats",)
     nm_ratios: tuple
     aux_norms: nn.ModuleList
+    nm_frozen_stats = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         i = resolve_branch(current_branch(), self.nm_ratios)
-        if i == len(self.nm_ratios) - 1:
-            return super().forward(x)
-        return self.aux_norms[i](x)
+        last = i == len(self.nm_ratios) - 1
+        norm = self if last else self.aux_norms[i]
+        if self.nm_frozen_stats and norm.training and getattr(norm, "running_var", None) is not None:
+            return F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
+        return super().forward(x) if last else norm(x)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -230,6 +238,23 @@ class VariableNormMixin(_Picklable):
                     state_dict[aux_prefix + k[len(prefix):]] = state_dict[k]
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+
+
+def freeze_norm_stats(model: nn.Module, frozen: bool = True) -> int:
+    """Frozen BatchNorm statistics in every variable BatchNorm of ``model`` (``frozen`` False: batch statistics
+    again). Frozen, each branch normalizes with its running statistics in training mode as in eval mode, so
+    what trains is exactly what runs (torchvision's ``FrozenBatchNorm2d`` does this for detection fine-tuning);
+    the per-branch affine parameters still train. A network that is fine-tuned into nested sparse branches
+    from dense weights keeps the dense statistics (copied into every branch at conversion); with batch
+    statistics, the branches' eval-mode errors compound with depth (docs/results.md, "The embedded default").
+    Norms without running statistics (InstanceNorm, GroupNorm) are left as they are. Returns the number of
+    variable BatchNorms set. Not saved in checkpoints: a training run sets it from its config."""
+    count = 0
+    for _, norm in variable_norms(model):
+        if getattr(norm, "running_var", None) is not None:
+            norm.nm_frozen_stats = bool(frozen)
+            count += 1
+    return count
 
 
 def make_dynamic(layer: nn.Module, ratios: tuple[NMRatio, ...], axis: int, mask_grad: MaskGrad = "sr-ste",

@@ -319,6 +319,22 @@ def test_bad_devices(device, message, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("argv", [["restore", "{ckpt}", "{noisy}", "{out}"],
+                                  ["eval", "{ckpt}", "--data", "{noisy}", "--out", "{out}"],
+                                  ["demo", "--out", "{out}"]])
+def test_inference_and_demo_devices_are_checked_first(argv, trained, noisy, tmp_path, capsys):
+    """--device on restore, eval and demo: a device this machine lacks is refused before any work, and a
+    deployed model (the N:M CPU kernel) cannot be sent to a GPU."""
+    fill = dict(ckpt=str(trained / "run/last.pt"), noisy=str(noisy), out=str(tmp_path / "o"))
+    argv = [a.format(**fill) for a in argv]
+    line = refused([*argv, "--device", "cuda:7"], capsys, argv[0])
+    assert "device 'cuda:7' is not available here" in line
+    assert not (tmp_path / "o" / "full").exists()
+    if argv[0] != "demo":
+        line = refused([*argv, "--device", "cuda", "--backend", "cpu"], capsys, argv[0])
+        assert "--backend cpu deploys the model, which runs on the N:M CPU kernel only" in line
+
+
 def test_eval_output_that_is_a_file_is_refused_first(trained, tmp_path, capsys):
     (tmp_path / "report").write_text("")
     line = refused(["eval", str(trained / "run/last.pt"), "--data", str(trained / "clean"), "--out",

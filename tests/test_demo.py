@@ -1,4 +1,4 @@
-"""The demo's self-check (the full `dynprune demo` exits 1 when the check fails; `--quick` reports it)."""
+"""The demo's self-check (`dynprune demo` and `--quick` exit 1 when the check fails; .ci/run runs `--quick`)."""
 
 from dynprune.demo import check_result
 
@@ -36,7 +36,7 @@ def test_a_stale_demo_folder_is_refused_and_overwrite_trains_afresh(tmp_path, mo
 
     Trainer(tiny_config(tmp_path / "quick", seed=2)).fit()  # the "older" run
     old = (tmp_path / "quick" / "last.pt").stat().st_mtime_ns
-    monkeypatch.setattr(demo, "demo_config", lambda out, quick: tiny_config(out))
+    monkeypatch.setattr(demo, "demo_config", lambda out, quick, device: tiny_config(out))
 
     class Trained(Exception):
         pass
@@ -51,3 +51,11 @@ def test_a_stale_demo_folder_is_refused_and_overwrite_trains_afresh(tmp_path, mo
     with pytest.raises(Trained):
         main(["demo", "--quick", "--overwrite", "--out", str(tmp_path)])
     assert (tmp_path / "quick" / "last.pt").stat().st_mtime_ns != old
+
+
+def test_quick_runs_are_checked_with_a_wider_monotone_tolerance():
+    from dynprune.demo import QUICK_TOLERANCE_DB
+
+    rows = {"sigma=50": (15.03, (20.0, 22.9, 22.2))}  # 4:4 0.7 dB below 2:4
+    assert check_result(_result(rows), QUICK_TOLERANCE_DB) == []
+    assert check_result(_result(rows)) == ["sigma=50: branch 4:4 gives 22.20 dB, more than 0.5 dB below branch 2:4's 22.90 dB"]

@@ -226,3 +226,30 @@ def test_use_branch_with_a_model_checks_it_at_once():
     x = torch.randn(1, 8, 8, 8)
     with torch.no_grad(), dp.use_branch("1:4", net):
         assert torch.equal(net(x), dp.export_branch(net, "1:4")(x))
+
+
+def test_frozen_norm_stats_train_what_eval_runs():
+    """freeze_norm_stats: in training mode each branch normalizes with its own running statistics (eval mode's
+    output exactly, statistics not updated) while the affine parameters get gradients; unfrozen, batch
+    statistics again."""
+    from dynprune.layers import freeze_norm_stats
+
+    torch.manual_seed(0)
+    net = dp.convert(nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                   nn.Conv2d(8, 4, 3, padding=1)))
+    norm = net[1]
+    norm.running_mean.uniform_(-1, 1), norm.aux_norms[0].running_var.uniform_(0.5, 2)
+    x = torch.randn(4, 4, 6, 6)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    assert freeze_norm_stats(net) == 1
+    for branch in ("1:4", "4:4"):
+        with dp.use_branch(branch):
+            train = net.train()(x)
+            train.square().mean().backward()
+            with torch.no_grad():
+                assert torch.equal(train.detach(), net.eval()(x))
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in state.items())  # nothing updated
+    assert norm.weight.grad.abs().sum() > 0 and norm.aux_norms[0].weight.grad.abs().sum() > 0
+    assert freeze_norm_stats(net, False) == 1
+    with dp.use_branch("1:4"):
+        assert not torch.allclose(net.train()(x), net.eval()(x))

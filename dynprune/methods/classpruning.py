@@ -5,9 +5,10 @@ pretrained weights; stage 1 trains the classifier alone with cross-entropy on ps
 and trains the restoration branches with L_W; stage 3 trains everything with L_F. Every batch is a pure
 function of (seed, stage, step), so a resumed run continues exactly where the checkpoint left it.
 
-Two additions to the paper's recipe, both off by default: ``lw_floor`` (every branch keeps a minimum L_W weight on
-every image, so no branch forgets the other levels) and ``distill`` (every branch also learns the output of frozen
-dense teachers: the starting network, or one per degradation level).
+Three additions to the paper's recipe, all off by default: ``lw_floor`` (every branch keeps a minimum L_W weight on
+every image, so no branch forgets the other levels), ``distill`` (every branch also learns the output of frozen
+dense teachers: the starting network, or one per degradation level) and ``frozen_bn`` (stages 2-3 normalize with
+the running statistics, so the trained network is the one evaluated).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ..checkpoint import load_file, save_atomic
 from ..classpruning import ClassPruning
 from ..config import TrainConfig
 from ..convert import export_branch
-from ..layers import pin_from_state, sync_variable_norms
+from ..layers import freeze_norm_stats, pin_from_state, sync_variable_norms
 from ..models import build_model
 from ..registry import create
 from ..train import Phase, Run, StepBatches
@@ -187,6 +188,8 @@ class Trainer:
                 params=lambda i=i: self._params(i),
                 batches=StepBatches(self.dataset, self.degrade, self.cfg.seed, i, sc.batch_size, spe, self.labeler),
                 loss=lambda batch, i=i, sc=sc: self._loss(i, *batch, sc), log={"stage": name},
+                start=lambda name=name: freeze_norm_stats(self.model.restorer,
+                                                          self.cfg.frozen_bn and name in ("restoration", "joint")),
                 end=self._save_base if name == "base" else None,
                 validate=name in ("restoration", "joint"), ema=name != "classifier"))
         return out
@@ -269,5 +272,6 @@ class Trainer:
     def fit(self) -> ClassPruning:
         """Run the remaining stages; returns the trained model (eval mode)."""
         self.run.fit(self)
+        freeze_norm_stats(self.model.restorer, False)  # the returned model trains further as any other
         self.model.eval()
         return self.model

@@ -16,8 +16,8 @@ stages, PnG's grow and fine-tune per task, SLS's search) and keeps its own model
   stretches, :mod:`dynprune.train.schedule`), resuming at the first phase that has steps left; a phase
   cannot shrink below the steps it ran, and a finished phase cannot grow once a later one has run.
 
-Checkpoints hold the method's entries (``Method.checkpoint``) plus ``config``, ``run`` (position and the
-steps each finished phase ran), ``optimizer`` and ``scheduler`` (of the phase in progress, or the last one
+Checkpoints hold the method's entries (``Method.checkpoint``) plus ``config``, ``run`` (position, the
+steps each finished phase ran, and ``processes``: the world size that wrote it, for the record), ``optimizer`` and ``scheduler`` (of the phase in progress, or the last one
 finished, so that an extended phase keeps its Adam moments), ``ema`` and ``best``.
 """
 
@@ -59,7 +59,7 @@ CONFIG_FILE = "config.resolved.yaml"
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Config fields that do not change what a run computes (dotted; a resumed run may change them).
-RUN_ONLY = ("threads", "device", "precision", "checkpoint_every", "out_dir", "log_every", "tensorboard", "data",
+RUN_ONLY = ("threads", "device", "precision", "channels_last", "checkpoint_every", "out_dir", "log_every", "tensorboard", "data",
             "validation.every", "validation.metric", "validation.mode", "search.checkpoint_every")
 # Schedule lengths (fnmatch): a resumed run may change them within the rule of the module doc.
 SCHEDULE_KEYS = ("stages.*.epochs", "png.grow.epochs", "png.finetune.epochs", "search.steps")
@@ -182,11 +182,15 @@ class Method(Protocol):
         """(phase index, step) of a checkpoint written before the shared run loop (no ``run`` entry)."""
 
 
-def _to(batch, device: torch.device, non_blocking: bool):
+def _to(batch, device: torch.device, non_blocking: bool, channels_last: bool = False):
+    """``batch`` (a tensor, or tuples/lists of them) on ``device``; 4-d float tensors in channels-last memory
+    when asked (other entries, e.g. int64 labels, as they are)."""
     if isinstance(batch, torch.Tensor):
+        if channels_last and batch.dim() == 4 and batch.is_floating_point():
+            return batch.to(device, non_blocking=non_blocking, memory_format=torch.channels_last)
         return batch.to(device, non_blocking=non_blocking)
     if isinstance(batch, (tuple, list)):
-        return type(batch)(_to(b, device, non_blocking) for b in batch)
+        return type(batch)(_to(b, device, non_blocking, channels_last) for b in batch)
     return batch
 
 
@@ -374,7 +378,7 @@ class Run:
         ckpt["config"] = self.cfg.model_dump(mode="json")
         ckpt["run"] = {"phases": [p.name for p in phases], "index": self.index, "step": self.step,
                        "totals": self.totals, "stopped": self.stopped,
-                       "opt_phase": self.opt_phase if state else None, **input_anchors()}
+                       "opt_phase": self.opt_phase if state else None, "processes": self.world, **input_anchors()}
         ckpt["best"] = self.best
         if state:
             ckpt["scaler"] = scaler.state_dict() if scaler is not None else self._scaler_state
@@ -449,7 +453,7 @@ class Run:
                 raise FloatingPointError(f"non-finite values in the training batch at {ph.desc}, step {step}; "
                                          f"{self._kept()}")
             batch = _to(distributed.shard(batch, self.rank, self.world), self.device,
-                        non_blocking=self.device.type == "cuda")
+                        non_blocking=self.device.type == "cuda", channels_last=cfg.channels_last)
             lr = opt.param_groups[0]["lr"]
             with autocast, distributed.synced_batch_norm(cfg.sync_norms):
                 loss, parts = ph.loss(batch)

@@ -70,13 +70,13 @@ def test_a_batch_the_ranks_cannot_split_is_refused():
     assert shard(torch.arange(6), 1, 3).tolist() == [2, 3]
 
 
-def _torchrun(tmp_path, cfg_path, nproc, *extra):
+def _torchrun(tmp_path, cfg_path, nproc, *extra, command="train"):
     import subprocess
     import sys
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DYNPRUNE_PROGRESS": "lines"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
-           "dynprune", "train", str(cfg_path), *extra]
+           "dynprune", command, str(cfg_path), *extra]
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -102,6 +102,40 @@ def test_torchrun_two_ranks_train_what_one_process_does(tmp_path):
         if a["stage"] != "joint":
             assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6), (a, b)
     assert len(rows["one"]) == len(rows["two"]) == 20
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+@pytest.mark.parametrize("command", ["search", "png"])
+def test_torchrun_two_ranks_search_and_png_as_one_process(command, tmp_path):
+    """`torchrun --nproc_per_node 2 -m dynprune search|png`: every logged loss of SLS's search and of PnG's
+    phases equals one process's on the same global batch; rank 0 alone writes the run folder."""
+    import yaml
+
+    from dynprune.checkpoint import load_file
+    from dynprune.outputs import RunLog
+
+    from ..methods.test_png import png_config
+    from ..methods.test_sls import _cfg as search_config
+
+    for name, nproc in (("one", 1), ("two", 2)):
+        if command == "search":
+            cfg = search_config(tmp_path / name, 20, anneal_every=5, checkpoint_every=10)
+        else:
+            cfg = png_config(tmp_path / name)
+        data = cfg.model_dump(mode="json")
+        data.update(log_every=1, threads=1)
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(data))
+        done = _torchrun(tmp_path, tmp_path / f"{name}.yaml", nproc, command=command)
+        assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = "search.pt" if command == "search" else "last.pt"
+    assert [load_file(tmp_path / name / ckpt)["run"]["processes"] for name in ("one", "two")] == [1, 2]
+    log = "search_log.jsonl" if command == "search" else "log.jsonl"
+    rows = {name: [r for r in RunLog(tmp_path / name / log).rows() if "loss" in r] for name in ("one", "two")}
+    assert len(rows["one"]) == len(rows["two"]) >= 5
+    for a, b in zip(rows["one"], rows["two"]):
+        assert {k: v for k, v in a.items() if not isinstance(v, float)} == \
+            {k: v for k, v in b.items() if not isinstance(v, float)}
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6), (a, b)
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
 
 

@@ -200,3 +200,24 @@ def test_bf16_autocast_trains_close_to_fp32_and_resumes_bit_identically(tmp_path
 def test_fp16_needs_a_gpu(tmp_path):
     with pytest.raises(ValueError, match="precision fp16 needs a CUDA device.*use precision bf16"):
         tiny_config(tmp_path, precision="fp16")
+
+
+def test_channels_last_trains_the_same_model(tmp_path, monkeypatch):
+    """channels_last: the training steps' convolutions see NHWC batches (4 stages x 5 steps, at least one each;
+    audits and validation keep their own inputs) and train the same losses as the default memory format, up to
+    float order."""
+    torch.set_num_threads(1)
+    seen = []
+    conv2d = torch.nn.functional.conv2d
+
+    def spy(x, *a, **k):
+        seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return conv2d(x, *a, **k)
+
+    Trainer(tiny_config(tmp_path / "nchw", log_every=1)).fit()
+    monkeypatch.setattr(torch.nn.functional, "conv2d", spy)
+    Trainer(tiny_config(tmp_path / "nhwc", log_every=1, channels_last=True)).fit()
+    assert sum(seen) >= 20
+    got = _losses(tmp_path / "nhwc")
+    for stage, losses in _losses(tmp_path / "nchw").items():
+        assert got[stage] == pytest.approx(losses, rel=1e-4, abs=1e-6), stage
