@@ -129,7 +129,7 @@ def test_demo_keys_its_run_folder_on_its_settings(tmp_path, monkeypatch):
     for quick in (True, False):
         with pytest.raises(Stop):
             run_demo(str(tmp_path), quick=quick)
-    assert seen == [(str(tmp_path / "quick"), 90), (str(tmp_path / "full"), 900)]
+    assert seen == [(str(tmp_path / "quick"), 300), (str(tmp_path / "full"), 900)]
 
 
 # ---- inputs validated at the door -------------------------------------------------------------------
