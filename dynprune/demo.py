@@ -28,8 +28,9 @@ QUICK_TOLERANCE_DB = 1.0
 
 
 def demo_config(out_dir: str, quick: bool = False, device: str = "cpu"):
-    """The demo's :class:`TrainConfig` on ``device``. ``quick``: about a third of the steps (a fifth of stage 1's
-    classifier steps), the dense base trained at twice the learning rate so that it is a denoiser after 300."""
+    """The demo's :class:`TrainConfig` on ``device``: 900 / 200 / 500 / 80 steps of the base, classifier,
+    restoration and joint stages; ``quick``: 300 / 40 / 150 / 10, the base at twice the learning rate (it is
+    then a denoiser after 300 steps)."""
     from .config import TrainConfig
 
     def stage(steps, quick_steps, bs, lr0, lr1, quick_lr0=None):
@@ -42,8 +43,8 @@ def demo_config(out_dir: str, quick: bool = False, device: str = "cpu"):
         # the plugin's default photographs exclude the two test photographs (camera, coins)
         "degradation": {"name": "gaussian_noise", "kwargs": {"sigmas": [15, 25, 50]}},
         "lw_floor": 0.2, "frozen_bn": True,
-        "stages": {"base": stage(900, 300, 32, 1e-3, 1e-5, quick_lr0=2e-3), "classifier": stage(200, 40, 32, 1e-3, 1e-6),
-                   "restoration": stage(500, 150, 24, 3e-4, 1e-6),
+        "stages": {"base": stage(900, 300, 32, 1e-3, 1e-5, quick_lr0=2e-3),
+                   "classifier": stage(200, 40, 32, 1e-3, 1e-6), "restoration": stage(500, 150, 24, 3e-4, 1e-6),
                    "joint": {**stage(80, 10, 16, 1e-5, 1e-7), "loss_weights": [1.0, 1e-3, 1.5e-3]}},
         "out_dir": out_dir, "threads": None, "checkpoint_every": 100, "device": device})
 
