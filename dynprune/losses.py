@@ -95,13 +95,14 @@ def cost_loss(probs: torch.Tensor, costs: torch.Tensor) -> torch.Tensor:
 
 def final_loss(probs, outputs, target, costs, loss: PerSampleLoss,
                weights: Sequence[float] = (1.0, 0.1, 0.1), floor: float = 0.0,
-               floor_to: str = "all") -> tuple[torch.Tensor, dict[str, float]]:
+               floor_to: str = "all") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L_F = w1 L_W + w2 L_E + w3 L_C (eq. 7; L_W with ``floor`` / ``floor_to``, see
-    :func:`weighted_reconstruction`). Returns (L_F, {"L_W", "L_E", "L_C"} as floats)."""
+    :func:`weighted_reconstruction`). Returns (L_F, {"L_W", "L_E", "L_C"} as detached 0-dim tensors: reading
+    them is a host sync on a GPU, which the run loop does at logging steps only)."""
     lw = weighted_reconstruction(probs, outputs, target, loss, floor, floor_to)
     le, lc = entropy_loss(probs), cost_loss(probs, costs)
     total = weights[0] * lw + weights[1] * le + weights[2] * lc
-    return total, {"L_W": lw.item(), "L_E": le.item(), "L_C": lc.item()}
+    return total, {"L_W": lw.detach(), "L_E": le.detach(), "L_C": lc.detach()}
 
 
 def classifier_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -60,6 +60,7 @@ def test_entropy_and_cost():
     c = torch.tensor([0.25, 0.5, 1.0])
     assert L.cost_loss(p, c).item() == pytest.approx(((0.25 + 0.5 + 1.0) / 3 + 0.25) / 2)
     total, parts = L.final_loss(p, [torch.zeros(2, 1, 1, 1)] * 3, torch.ones(2, 1, 1, 1), c, l1, (1.0, 0.5, 2.0))
+    parts = {k: v.item() for k, v in parts.items()}  # detached 0-dim tensors: no host sync until logged
     assert total.item() == pytest.approx(parts["L_W"] + 0.5 * parts["L_E"] + 2.0 * parts["L_C"], rel=1e-6)
     assert parts["L_W"] == pytest.approx(1.0)
 

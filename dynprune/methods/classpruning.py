@@ -211,7 +211,7 @@ class Trainer:
             model.classifier.train()
             model.restorer.eval()
             logits = model.classifier(degraded)
-            acc = (logits.argmax(1) == labels).float().mean().item()
+            acc = (logits.argmax(1) == labels).float().mean()
             return L.classifier_loss(logits, labels), {"acc": acc}
         if STAGES[stage] == "restoration":
             model.classifier.eval()
@@ -221,12 +221,12 @@ class Trainer:
             outputs = each_branch(lambda i: model.restorer(degraded), model.num_branches)
             lw = L.weighted_reconstruction(probs, outputs, clean, self._sample_loss(degraded, level),
                                             self.cfg.lw_floor, self.cfg.lw_floor_to)
-            return lw, {"L_W": lw.item()}
+            return lw, {"L_W": lw.detach()}
         model.train()
         out = model(degraded)
         total, parts = L.final_loss(out.probs, out.outputs, clean, self.costs, self._sample_loss(degraded, level),
                                     sc.loss_weights, self.cfg.lw_floor, self.cfg.lw_floor_to)
-        parts["hist"] = torch.bincount(out.probs.argmax(1), minlength=model.num_branches).tolist()
+        parts["hist"] = torch.bincount(out.probs.argmax(1), minlength=model.num_branches)
         return total, parts
 
     def validate(self) -> dict:

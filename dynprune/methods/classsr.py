@@ -74,19 +74,19 @@ def train_sr(net: nn.Module, lr: torch.Tensor, hr: torch.Tensor, steps: int, bat
     Raises:
         ValueError: empty data or mismatched counts.
     """
-    tail: list[float] = []
+    tail: list[torch.Tensor] = []
 
     def loss(batch):
         x, y = batch
         value = (net(x) - y).abs().mean()
-        tail[:] = (tail + [value.item()])[-50:]
+        tail[:] = (tail + [value.detach()])[-50:]  # read once at the end, not per step (a host sync on a GPU)
         return value, {}
 
     _train(Phase(name="sr", desc=desc, steps=steps, schedule=StageConfig(lr_start=lr_start, lr_end=lr_end),
                  params=net.parameters, batches=SubImageBatches(lr, hr, batch, seed, augment=True), loss=loss,
                  start=net.train), seed)
     net.eval()
-    return sum(tail) / max(len(tail), 1)
+    return float(sum(tail) / len(tail)) if tail else 0.0
 
 
 def train_classsr_classifier(model: nn.Module, lr: torch.Tensor, hr: torch.Tensor, steps: int, batch: int = 32,

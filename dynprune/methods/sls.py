@@ -230,7 +230,7 @@ class Search:
         if not torch.isfinite(task):
             return task, {}
         frac = _fraction(self.gates, self.macs, self.total, hard=False)
-        return task + self.state.coeff * frac, {"task": task.item(), "coeff": self.state.coeff}
+        return task + self.state.coeff * frac, {"task": task.detach(), "coeff": self.state.coeff}
 
     @torch.no_grad()
     def _after_update(self, step: int) -> bool:

@@ -8,7 +8,8 @@ the restorer once per branch before one backward). BatchNorm in training mode, v
 per-branch copies included, normalizes with the statistics of the global batch (:func:`synced_batch_norm`:
 an all-reduce of per-channel sums and squared sums; ``SyncBatchNorm`` is CUDA-only and would merge the
 branches' statistics into one set), so 2 ranks x batch 8 compute what 1 rank x batch 16 does, to float
-rounding. Rank 0 alone writes checkpoints, logs and progress. gloo on CPU, NCCL on CUDA.
+rounding. Rank 0 alone writes checkpoints, logs and progress; the values it logs are the global batch's
+(:func:`over_ranks`, at logging steps only). gloo on CPU, NCCL on CUDA.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 __all__ = ["setup", "rank_world", "shard", "average_gradients", "synced_batch_norm", "gather_objects", "any_rank",
-           "mean_over_ranks"]
+           "mean_over_ranks", "over_ranks"]
 
 
 def setup(device: str) -> tuple[int, int, str]:
@@ -190,3 +191,19 @@ def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     v = value.detach().clone()
     dist.all_reduce(v)
     return v / world
+
+
+def over_ranks(values: dict) -> dict:
+    """A step's logged values for the global batch: floating tensors averaged over the ranks (per-rank means
+    of equal shards), integer tensors summed (counts, e.g. a routing histogram), anything else as it is.
+    Every rank must call it at the same steps, with the same keys (one all-reduce per tensor)."""
+    if rank_world()[1] == 1:
+        return values
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, torch.Tensor):
+            v = mean_over_ranks(v) if v.is_floating_point() else v.detach().clone()
+            if not v.is_floating_point():
+                dist.all_reduce(v)
+        out[k] = v
+    return out

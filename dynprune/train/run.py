@@ -182,6 +182,12 @@ class Method(Protocol):
         """(phase index, step) of a checkpoint written before the shared run loop (no ``run`` entry)."""
 
 
+def _on_host(parts: dict) -> dict:
+    """A phase's logged values as Python numbers: 0-dim tensors as floats (ints for integer tensors), others as
+    lists. Phases return tensors so that the host reads them (a sync on a GPU) only at logging steps."""
+    return {k: (v.item() if v.dim() == 0 else v.tolist()) if isinstance(v, torch.Tensor) else v for k, v in parts.items()}
+
+
 def _to(batch, device: torch.device, non_blocking: bool, channels_last: bool = False):
     """``batch`` (a tensor, or tuples/lists of them) on ``device``; 4-d float tensors in channels-last memory
     when asked (other entries, e.g. int64 labels, as they are)."""
@@ -225,6 +231,7 @@ class Run:
                  checkpoint: str = "last.pt", log_name: str = "log.jsonl", checkpoint_every: int | None = None,
                  ignore: Sequence[str] = (), folder: bool = True):
         self.cfg, self.ignore = cfg, tuple(ignore)
+        check_device(cfg.device)  # before the process group: NCCL without a GPU fails there, unclearly
         self.rank, self.world, device = distributed.setup(cfg.device)
         check_device(device)
         self.device = torch.device(device)
@@ -485,6 +492,7 @@ class Run:
             if step % cfg.log_every == 0 or last:
                 value = distributed.mean_over_ranks(loss).item()
                 bar.set_postfix(loss=f"{value:.4g}", lr=f"{lr:.2g}")
+                parts = _on_host(distributed.over_ranks(parts))  # the global batch's, as the loss
                 self.log.append({**ph.log, "step": step, "lr": lr, "loss": value, **parts}, ph.name, offset + step)
             if validating and self.rank == 0:  # the other ranks go on to the next step's all-reduce and wait
                 self.step = step + 1

@@ -70,6 +70,13 @@ def test_a_batch_the_ranks_cannot_split_is_refused():
     assert shard(torch.arange(6), 1, 3).tolist() == [2, 3]
 
 
+def _same_row(a: dict, b: dict) -> None:
+    """Two log rows with the same keys, floats equal to 1e-4 relative, everything else exactly."""
+    assert a.keys() == b.keys(), (a, b)
+    for k, v in a.items():
+        assert (b[k] == pytest.approx(v, rel=1e-4, abs=1e-6)) if isinstance(v, float) else b[k] == v, (k, a, b)
+
+
 def _torchrun(tmp_path, cfg_path, nproc, *extra, command="train"):
     import subprocess
     import sys
@@ -81,10 +88,10 @@ def _torchrun(tmp_path, cfg_path, nproc, *extra, command="train"):
 
 
 def test_torchrun_two_ranks_train_what_one_process_does(tmp_path):
-    """ClassPruning's stages under `torchrun --nproc_per_node 2 -m dynprune train`: the losses of the
-    stages whose loss is a mean over images match one process on the same global batch (the joint stage's
-    L_E, the entropy of the batch's routing, is computed per rank and is not compared); rank 0 alone
-    writes the run folder."""
+    """ClassPruning's stages under `torchrun --nproc_per_node 2 -m dynprune train`: every logged value of the
+    stages whose loss is a mean over images matches one process on the same global batch, and the joint
+    stage's routing histogram and L_W too (its L_E, the entropy of a batch's routing, is computed per rank
+    and is not compared); rank 0 alone writes the run folder."""
     import yaml
 
     from dynprune.outputs import RunLog
@@ -99,8 +106,10 @@ def test_torchrun_two_ranks_train_what_one_process_does(tmp_path):
     rows = {name: [r for r in RunLog(tmp_path / name / "log.jsonl").rows() if "loss" in r] for name in ("one", "two")}
     for a, b in zip(rows["one"], rows["two"]):
         assert (a["stage"], a["step"]) == (b["stage"], b["step"])
-        if a["stage"] != "joint":
-            assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6), (a, b)
+        if a["stage"] == "joint":  # the routing histogram is summed over the ranks: the global batch's
+            assert b["hist"] == a["hist"] and b["L_W"] == pytest.approx(a["L_W"], rel=1e-4, abs=1e-6), (a, b)
+        else:  # every logged value (loss, L_W, the classifier's accuracy) is the global batch's
+            _same_row(a, b)
     assert len(rows["one"]) == len(rows["two"]) == 20
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
 
@@ -133,9 +142,7 @@ def test_torchrun_two_ranks_search_and_png_as_one_process(command, tmp_path):
     rows = {name: [r for r in RunLog(tmp_path / name / log).rows() if "loss" in r] for name in ("one", "two")}
     assert len(rows["one"]) == len(rows["two"]) >= 5
     for a, b in zip(rows["one"], rows["two"]):
-        assert {k: v for k, v in a.items() if not isinstance(v, float)} == \
-            {k: v for k, v in b.items() if not isinstance(v, float)}
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6), (a, b)
+        _same_row(a, b)  # every logged value: the global batch's
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
 
 
@@ -214,3 +221,18 @@ def test_a_run_resumes_on_another_number_of_processes(tmp_path):
         joint = [r["step"] for r in RunLog(tmp_path / "run" / "log.jsonl").rows() if r.get("stage") == "joint"
                  and "loss" in r]
         assert max(joint) == 5 * (nproc + 1) - 1
+
+
+def test_a_gpu_run_under_torchrun_without_a_gpu_names_the_device(tmp_path, monkeypatch):
+    """device: cuda under torchrun would pick NCCL; without a GPU the device is refused first, by name,
+    before any process group (no rendezvous variables needed to see the message)."""
+    from dynprune.methods.classpruning import Trainer
+
+    from ..conftest import tiny_config
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"device 'cuda' is not available here \(0 CUDA device\(s\)\)"):
+        Trainer(tiny_config(tmp_path, device="cuda"))
+    assert not dist.is_initialized()
