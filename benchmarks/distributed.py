@@ -31,15 +31,9 @@ from pathlib import Path
 import yaml
 
 from dynprune.outputs import RunLog
+from dynprune.sparse_cpu import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def _write(cfg: dict, path: Path) -> Path:
