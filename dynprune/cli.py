@@ -611,7 +611,11 @@ def main(argv=None) -> int:
 
         os.environ[DATA_VAR] = str(Path(args.data_root).resolve())
     try:
-        return args.fn(args)
+        status = args.fn(args)
+        from .train.distributed import shutdown
+
+        shutdown()  # a torchrun rank leaves its process group after its last collective
+        return status
     except _USER_ERRORS as err:
         if args.verbose:
             raise

@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 __all__ = ["setup", "rank_world", "shard", "average_gradients", "synced_batch_norm", "gather_objects", "any_rank",
-           "mean_over_ranks", "over_ranks"]
+           "mean_over_ranks", "over_ranks", "shutdown"]
 
 
 def setup(device: str) -> tuple[int, int, str]:
@@ -46,6 +46,16 @@ def setup(device: str) -> tuple[int, int, str]:
         device = f"cuda:{local}"
         torch.cuda.set_device(local)
     return rank, world, device
+
+
+def shutdown() -> None:
+    """Leave the process group (if this process joined one): a barrier, then ``destroy_process_group``, as
+    PyTorch asks at the end of a distributed program; without it a gloo rank can abort at interpreter exit
+    while its worker threads still hold work. Call it on every rank after the last collective, on success
+    only (after an error, exiting lets torchrun stop the other ranks)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def rank_world() -> tuple[int, int]:

@@ -184,6 +184,10 @@ def _user_loop(rank, world, init, out):
         opt.step()  # SR-STE's decay enters here, once, on the averaged gradient
     if rank == 0:
         torch.save(net.state_dict(), out)
+    # DDP's reducer holds gloo work: let every rank finish, and free it, before the group goes (else a rank's
+    # exit can abort in gloo's threads at interpreter shutdown: "terminate called without an active exception")
+    dist.barrier()
+    del model, opt
     dist.destroy_process_group()
 
 
