@@ -361,7 +361,8 @@ def cmd_restore(args) -> int:
         from .budget import calibrate_budget
 
         with torch.inference_mode():
-            info = calibrate_budget(model, (im.unsqueeze(0) for im in imgs), args.budget, audit_model, fill=args.fill)
+            info = calibrate_budget(model, (im.unsqueeze(0).to(args.device) for im in imgs), args.budget, audit_model,
+                                    fill=args.fill)
         print(f"budget {100 * args.budget:g}% of dense MACs over these {len(imgs)} images: penalty {info['penalty']:.4g}, "
               f"{100 * info['argmax_cost']:.1f}% -> {100 * info['calibrated_cost']:.1f}%, routing "
               + " / ".join(f"{r}: {n}" for r, n in zip(ratios, info["calibrated_routing"])))

@@ -224,7 +224,7 @@ class VariableNormMixin(_Picklable):
         i = resolve_branch(current_branch(), self.nm_ratios)
         last = i == len(self.nm_ratios) - 1
         norm = self if last else self.aux_norms[i]
-        if self.nm_frozen_stats and norm.training and getattr(norm, "running_var", None) is not None:
+        if self.nm_frozen_stats and norm.training:  # set only on BatchNorms (running statistics)
             return F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
         return super().forward(x) if last else norm(x)
 

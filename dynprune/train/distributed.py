@@ -211,9 +211,10 @@ def over_ranks(values: dict) -> dict:
         return values
     out = {}
     for k, v in values.items():
-        if isinstance(v, torch.Tensor):
-            v = mean_over_ranks(v) if v.is_floating_point() else v.detach().clone()
-            if not v.is_floating_point():
-                dist.all_reduce(v)
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            v = mean_over_ranks(v)
+        elif isinstance(v, torch.Tensor):
+            v = v.detach().clone()
+            dist.all_reduce(v)
         out[k] = v
     return out

@@ -17,8 +17,9 @@ stages, PnG's grow and fine-tune per task, SLS's search) and keeps its own model
   cannot shrink below the steps it ran, and a finished phase cannot grow once a later one has run.
 
 Checkpoints hold the method's entries (``Method.checkpoint``) plus ``config``, ``run`` (position, the
-steps each finished phase ran, and ``processes``: the world size that wrote it, for the record), ``optimizer`` and ``scheduler`` (of the phase in progress, or the last one
-finished, so that an extended phase keeps its Adam moments), ``ema`` and ``best``.
+steps each finished phase ran, and ``processes``: the world size that wrote it, for the record),
+``optimizer`` and ``scheduler`` (of the phase in progress, or the last one finished, so that an extended
+phase keeps its Adam moments), ``ema`` and ``best``.
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ CONFIG_FILE = "config.resolved.yaml"
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Config fields that do not change what a run computes (dotted; a resumed run may change them).
-RUN_ONLY = ("threads", "device", "precision", "channels_last", "checkpoint_every", "out_dir", "log_every", "tensorboard", "data",
-            "validation.every", "validation.metric", "validation.mode", "search.checkpoint_every")
+RUN_ONLY = ("threads", "device", "precision", "channels_last", "checkpoint_every", "out_dir", "log_every",
+            "tensorboard", "data", "validation.every", "validation.metric", "validation.mode", "search.checkpoint_every")
 # Schedule lengths (fnmatch): a resumed run may change them within the rule of the module doc.
 SCHEDULE_KEYS = ("stages.*.epochs", "png.grow.epochs", "png.finetune.epochs", "search.steps")
 
@@ -185,7 +186,8 @@ class Method(Protocol):
 def _on_host(parts: dict) -> dict:
     """A phase's logged values as Python numbers: 0-dim tensors as floats (ints for integer tensors), others as
     lists. Phases return tensors so that the host reads them (a sync on a GPU) only at logging steps."""
-    return {k: (v.item() if v.dim() == 0 else v.tolist()) if isinstance(v, torch.Tensor) else v for k, v in parts.items()}
+    return {k: (v.item() if v.dim() == 0 else v.tolist()) if isinstance(v, torch.Tensor) else v
+            for k, v in parts.items()}
 
 
 def _to(batch, device: torch.device, non_blocking: bool, channels_last: bool = False):
