@@ -199,6 +199,20 @@ def _say_deployed(model) -> None:
           f"kernel per branch: {counts}", file=sys.stderr)
 
 
+def _calibration(args, cfg, model):
+    """int8 calibration inputs: ``--calibration`` (else the run's training folder) degraded at every level."""
+    from .config import expand_data_root
+    from .deploy.calibration import calibration_images
+    from .registry import create
+
+    folder = args.calibration or expand_data_root(str(cfg.dataset.kwargs.get("root", "")))
+    if not folder or not Path(folder).is_dir():
+        raise ValueError(f"--precision int8 needs calibration images: --calibration FOLDER of clean images (the "
+                         f"run's dataset folder {folder or '(none: its dataset names no root)'} is not a folder here)")
+    deg = create("degradations", cfg.degradation.name, **cfg.degradation.kwargs)
+    return calibration_images(folder, deg, count=args.calibration_count, channels=model.in_channels)
+
+
 def cmd_deploy(args) -> int:
     from .deploy import deploy, save_deployed
     from .models import load_trained
@@ -208,8 +222,9 @@ def cmd_deploy(args) -> int:
     out = check_output_file(args.out, [args.checkpoint], args.overwrite)
     model, cfg, ckpt = load_trained(args.checkpoint)
     backend = args.backend.split(",") if "," in args.backend else args.backend
-    dep = deploy(model, backend, max_density=args.max_density, max_density_vector=args.max_density_vector,
-                 min_out_channels=args.min_out_channels)
+    images = _calibration(args, cfg, model) if args.precision == "int8" else None
+    dep = deploy(model, backend, precision=args.precision, calibration=images, max_density=args.max_density,
+                 max_density_vector=args.max_density_vector, min_out_channels=args.min_out_channels)
     save_deployed(dep, out, cfg.model_dump(mode="json"), ckpt.get("arch", {}), run=ckpt.get("run"))
     print(dep.deploy_report)
     print(f"deployed model written to {out} (load with dynprune.load, or pass it to restore/eval)")
@@ -546,6 +561,12 @@ def build_parser() -> argparse.ArgumentParser:
     dp_.add_argument("--max-density-vector", type=float, default=0.75,
                      help="vector-pattern branches denser than N/M run on oneDNN (default 0.75)")
     dp_.add_argument("--min-out-channels", type=int, default=16, help="layers with fewer outputs run on oneDNN")
+    dp_.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
+                     help="int8: uint8 x int8 kernels (AVX-512 VNNI), calibrated per branch (default fp32)")
+    dp_.add_argument("--calibration", default=None, metavar="FOLDER",
+                     help="int8: clean images, degraded at every level of the run's degradation (default: the "
+                          "run's dataset folder)")
+    dp_.add_argument("--calibration-count", type=int, default=8, help="int8: images taken from it (default 8)")
     _overwrite(dp_, "OUT")
     dp_.set_defaults(fn=cmd_deploy)
     d = sub.add_parser("demo", help="train briefly on scikit-image's photos and print PSNR and MACs saved")

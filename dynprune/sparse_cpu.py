@@ -36,18 +36,18 @@ from .nm import VECTOR_SIZES
 from .outputs import write_text
 
 __all__ = ["kernel", "kernel_status", "build_dir", "vector_isa", "cpu_name", "lanes", "tune_allocator", "compress",
-           "decompress", "pack_for_kernel", "nm_conv2d", "compress_vector", "decompress_vector", "vec_conv2d",
+           "decompress", "pack_for_kernel", "nm_conv2d", "compress_vector", "decompress_vector", "vec_conv2d", "has_int8_kernel", "warn_int8_fallback", "vec_qconv2d",
            "SUPPORTED_M"]
 
 _CSRC = Path(__file__).with_name("csrc")
-_SOURCES = ("nm_conv.cpp", "nm_conv_avx512.cpp", "nm_conv_avx2.cpp")
-_HEADERS = ("nm_conv.h", "nm_conv_impl.h", "vec_conv_impl.h")
+_SOURCES = ("nm_conv.cpp", "nm_conv_avx512.cpp", "nm_conv_avx2.cpp", "nm_conv_vnni.cpp")
+_HEADERS = ("nm_conv.h", "nm_conv_impl.h", "vec_conv_impl.h", "vec_qconv_impl.h")
 SUPPORTED_M = (2, 4, 8)   # M must divide the SIMD chunk (8 lanes on AVX2, 16 on AVX-512)
 _ISA_NAMES = {"avx512": 512, "avx2": 256, "none": 0}
 _status: dict[str, object] = {}
 
 
-_NAME, _CFLAGS = "dynprune_nm_conv", ("-O3",)
+_NAME, _CFLAGS = "dynprune_nm_conv", ("-O3", "-ffp-contract=off")
 
 
 def build_dir() -> Path:
@@ -301,6 +301,44 @@ def vec_conv2d(x: torch.Tensor, packed: tuple[torch.Tensor, torch.Tensor, torch.
     values, index, bias = packed
     return ext.vec_conv2d(x, values, index, bias, cout, kernel_size[0], kernel_size[1], padding[0], padding[1],
                           dilation[0], dilation[1], relu, min(isa or active, active))
+
+
+def has_int8_kernel() -> bool:
+    """Whether the int8 kernel runs here: the extension built and the CPU has AVX-512 VNNI and VBMI."""
+    ext = _build()[0]
+    return ext is not None and bool(ext.cpu_has_vnni()) and os.environ.get("DYNPRUNE_ISA", "") in ("", "avx512")
+
+
+def warn_int8_fallback() -> None:
+    """Warn once per process where the int8 kernel cannot run (its layers then run the exact reference path)."""
+    if not has_int8_kernel() and not _status.get("warned_int8"):
+        _status["warned_int8"] = True
+        ext, _, reason = _build()
+        why = reason if ext is None else ("DYNPRUNE_ISA=" + os.environ["DYNPRUNE_ISA"] if os.environ.get("DYNPRUNE_ISA")
+                                          else "this CPU lacks AVX-512 VNNI or VBMI")
+        warnings.warn(f"dynprune: int8 CPU kernel unavailable ({why}); int8 layers run the reference arithmetic "
+                      f"instead (the same outputs, slower)", RuntimeWarning, stacklevel=3)
+
+
+def vec_qconv2d(x: torch.Tensor, packed, cout: int, kernel_size: tuple[int, int], padding: tuple[int, int],
+                dilation: tuple[int, int], zin: int, zout: int | None, relu: bool) -> torch.Tensor:
+    """Run the int8 vector-pattern kernel (arithmetic: :func:`dynprune.quant.qconv_reference`, bit-exact).
+
+    Args:
+        x: (B, Cin, H, W) uint8 CPU tensor with zero point ``zin``, channels_last memory (else one copy).
+        packed: a :class:`dynprune.quant.QConvPacked`. zout: the output's zero point, or None for float32 output.
+    Returns:
+        (B, cout, Ho, Wo) uint8 (``zout`` given) or float32, channels_last memory.
+    Raises:
+        RuntimeError: the kernel cannot run here (:func:`has_int8_kernel`), or shapes that do not match.
+    """
+    if not has_int8_kernel():
+        raise RuntimeError("the int8 CPU kernel needs the built extension and AVX-512 VNNI + VBMI "
+                           f"({kernel_status()['reason'] or 'this CPU lacks them'})")
+    p = packed
+    return _build()[0].vec_qconv2d(x, p.values, p.gidx, p.acc0, p.scale, p.shift, cout, kernel_size[0],
+                                   kernel_size[1], padding[0], padding[1], dilation[0], dilation[1], int(zin),
+                                   0 if zout is None else int(zout), relu, zout is not None)
 
 
 _PROBES: dict[str, int] = {}

@@ -252,3 +252,27 @@ def mask_path(request, monkeypatch):
     yield request.param
     monkeypatch.delenv("DYNPRUNE_MASK_KERNEL", raising=False)
     mask_cpu._library.cache_clear()
+
+
+@pytest.fixture
+def no_kernel_int8(monkeypatch):
+    """``with no_kernel_int8(): ...`` runs its block as on a CPU without the int8 kernel (DYNPRUNE_ISA=avx2: the
+    fp32 kernels still run); the int8 fallback warns again inside it. Skips where the int8 kernel never runs."""
+    from contextlib import contextmanager
+
+    from dynprune import sparse_cpu
+
+    if not sparse_cpu.has_int8_kernel():
+        pytest.skip("the int8 kernel does not run here (needs AVX-512 VNNI + VBMI): nothing to compare with")
+
+    @contextmanager
+    def without():
+        monkeypatch.setenv("DYNPRUNE_ISA", "avx2")
+        _reset_kernel()
+        try:
+            yield
+        finally:
+            monkeypatch.delenv("DYNPRUNE_ISA")
+            _reset_kernel()
+
+    return without

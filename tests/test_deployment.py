@@ -121,7 +121,7 @@ def test_deploy_errors(dncnn):
     plain = dp.create_model("dncnn", depth=3, width=8)
     with pytest.raises(ValueError, match="holds no dynamic N:M layer"):
         dp.deploy(plain)
-    with pytest.raises(ValueError, match=r"unknown deploy backend 'cuda': use 'cpu' \(every registered backend\) or one of \['vector_cpu', 'nm_cpu', 'onednn'\]"):
+    with pytest.raises(ValueError, match=r"unknown deploy backend 'cuda': use 'cpu' \(every registered backend\) or one of \['int8_cpu', 'vector_cpu', 'nm_cpu', 'onednn'\]"):
         dp.deploy(dncnn, backend="cuda")
     with pytest.raises(ValueError, match="max_density=2"):
         dp.deploy(dncnn, max_density=2)
@@ -368,3 +368,100 @@ def test_deploy_refuses_a_model_off_the_cpu(dncnn):
     meta = copy.deepcopy(dncnn).to("meta")  # any non-CPU device: the check reads where the tensors live
     with pytest.raises(ValueError, match="packs for the CPU kernels, and this model is on meta: deploy model.cpu()"):
         dp.deploy(meta)
+
+
+# --- int8 (issue 37) ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def dncnn_int8():
+    """A vector16 DnCNN (width 32) deployed at fp32 and at int8, calibrated on noisy smooth images."""
+    torch.manual_seed(0)
+    base = dp.create_model("dncnn", depth=6, width=32).eval()
+    _randomize_bn(base)
+    net = dp.convert(base, pattern="vector16").eval()
+    g = torch.Generator().manual_seed(1)
+    clean = torch.nn.functional.avg_pool2d(torch.rand(6, 1, 40, 40, generator=g), 5, 1, 2)
+    cal = torch.cat([clean + s / 255 * torch.randn(clean.shape, generator=g) for s in (15, 25, 50)])
+    return net, dp.deploy(net), dp.deploy(net, precision="int8", calibration=cal), cal
+
+
+def test_int8_deploy_runs_every_branch_of_the_wide_layers_in_int8(dncnn_int8):
+    net, fp32, int8, cal = dncnn_int8
+    rep = int8.deploy_report
+    assert rep.options["precision"] == "int8"
+    wide = [lp for lp in rep.layers if lp.shape[:2] == (32, 32)]
+    assert len(wide) == 4 and all(lp.paths == ["int8_cpu"] * 3 for lp in wide)
+    last = [lp for lp in rep.layers if lp.shape[0] == 1]
+    assert last and last[0].paths == ["onednn"] * 3 and "int8_cpu: 1 output channels" in last[0].reasons[0]
+    # calibrated per branch: past the first (its input comes from the unconverted first layer), every int8
+    # layer's input range differs between branches
+    assert set(rep.calibration) == {lp.name for lp in wide}
+    ranges = [rep.calibration[lp.name] for lp in wide]
+    assert len(set(ranges[0])) == 1 and all(len(set(rng)) == 3 for rng in ranges[1:])
+    x = cal[:4]
+    with torch.no_grad():
+        for i in range(3):
+            with dp.use_branch(i):
+                want, got = fp32(x), int8(x)
+            err = (got - want).pow(2).mean().sqrt() / want.pow(2).mean().sqrt()
+            assert 0 < err < 0.02, (i, float(err))     # int8, not fp32, and within 34 dB of it
+
+
+def test_int8_layers_chain_in_uint8_and_the_last_writes_float(dncnn_int8):
+    _, _, int8, _ = dncnn_int8
+    layers = [m for m in int8.modules() if isinstance(m, SparseConv2d) and "int8_cpu" in m.paths]
+    acts = [m.branch_buffers(0)["q8act"].tolist() for m in layers]
+    assert all(a[2] > 0 for a in acts[:-1]) and acts[-1][2] == 0       # uint8 out, then float out
+    for a, b in zip(acts, acts[1:]):
+        assert a[2:] == b[:2]                    # written at the next layer's input quantization
+    seen = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: seen.append(o.dtype)) for m in layers]
+    with torch.no_grad():
+        int8(torch.rand(1, 1, 16, 16))
+    for h in hooks:
+        h.remove()
+    assert seen == [torch.uint8] * (len(layers) - 1) + [torch.float32]
+
+
+def test_int8_deploy_errors(dncnn_int8):
+    net, _, _, cal = dncnn_int8
+    with pytest.raises(ValueError, match=r"unknown deploy precision 'int4': use one of \['fp32', 'int8'\]"):
+        dp.deploy(net, precision="int4")
+    with pytest.raises(ValueError, match="needs calibration images"):
+        dp.deploy(net, precision="int8")
+    with pytest.raises(ValueError, match=r"calibration images have 3 channels, the model takes 1"):
+        dp.deploy(net, precision="int8", calibration=torch.rand(2, 3, 16, 16))
+    bad = cal[:2].clone()
+    bad[0, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="calibration images must be finite"):
+        dp.deploy(net, precision="int8", calibration=bad)
+
+
+def test_int8_artifact_roundtrip_and_the_reference_path_without_the_kernel(tmp_path, no_kernel_int8):
+    from dynprune.models import build_model
+
+    from .conftest import tiny_config
+
+    cfg = tiny_config(tmp_path / "run")
+    cfg.model.kwargs["width"] = 16
+    cfg.convert.pattern = "vector16"
+    model = build_model(cfg).eval()
+    cal = torch.rand(6, 1, 24, 24)
+    dep = dp.deploy(model, precision="int8", calibration=cal)
+    assert any("int8_cpu" in lp.paths for lp in dep.deploy_report.layers)
+    path = save_deployed(dep, tmp_path / "int8.pt", cfg.model_dump(mode="json"), model.restorer.arch)
+    assert torch.load(path, weights_only=True)["deploy"]["precision"] == "int8"
+    x = torch.rand(3, 1, 21, 19)
+    with torch.no_grad():
+        want = dep(x)
+        assert torch.equal(load_deployed(path)(x), want)
+        with no_kernel_int8():
+            with pytest.warns(RuntimeWarning, match="int8 CPU kernel unavailable.*reference arithmetic"):
+                ref = load_deployed(path)
+            assert torch.equal(ref(x), want)     # the kernel is bit-exact, so the outputs are identical
+    obj = load_file(path)
+    key = next(k for k in obj["model"] if k.endswith("q8act_0"))
+    obj["model"][key] = torch.tensor([-1.0, 0.0, 0.0, 0.0])     # a crafted scale
+    save_atomic(obj, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="q8act is not a finite calibration"):
+        load_deployed(tmp_path / "bad.pt")

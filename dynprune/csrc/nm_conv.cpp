@@ -10,6 +10,14 @@
 
 namespace {
 
+// Whether the CPU runs the int8 kernel's instructions: AVX-512 VNNI dot products and VBMI byte permutes.
+bool cpu_has_vnni() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+         __builtin_cpu_supports("avx512vbmi");
+}
+
 // 512 when the CPU runs AVX-512F, 256 for AVX2 + FMA, 0 otherwise.
 int64_t cpu_isa() {
   __builtin_cpu_init();
@@ -125,11 +133,82 @@ torch::Tensor vec_conv2d(const torch::Tensor& x, const torch::Tensor& values, co
   return y;
 }
 
+// The int8 vector-pattern convolution (vec_qconv_impl.h): x (n, cin, h, w) uint8 channels last with zero point zin,
+// values (blocks, taps, K/4, V, 4) int8, gidx (taps, cb) uint8, acc0/scale/shift (blocks * V). Returns uint8
+// (zero point zout) when out_u8, else float32, (n, cout, ho, wo) channels last.
+torch::Tensor vec_qconv2d(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& gidx,
+                          const torch::Tensor& acc0, const torch::Tensor& scale, const torch::Tensor& shift,
+                          int64_t cout, int64_t kh, int64_t kw, int64_t pad_h, int64_t pad_w, int64_t dil_h,
+                          int64_t dil_w, int64_t zin, int64_t zout, bool relu, bool out_u8) {
+  TORCH_CHECK(cpu_has_vnni(), "vec_qconv2d: this CPU lacks AVX-512 VNNI/VBMI");
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kByte && x.device().is_cpu(),
+              "vec_qconv2d: expected a 4-D uint8 CPU input, got ", x.sizes(), " ", x.scalar_type());
+  const auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t n = x.size(0), cin = x.size(1), h = x.size(2), w = x.size(3);
+  TORCH_CHECK(values.dim() == 5 && values.scalar_type() == at::kChar && values.is_contiguous() && values.size(4) == 4,
+              "vec_qconv2d: values must be contiguous int8 (blocks, taps, K/4, V, 4), got ", values.sizes());
+  const int64_t blocks = values.size(0), K = values.size(2) * 4, V = values.size(3);
+  TORCH_CHECK(V == 8 || V == 16 || V == 32, "vec_qconv2d: V must be 8, 16 or 32, got ", V);
+  TORCH_CHECK(kh >= 1 && kh <= 16 && kw >= 1, "vec_qconv2d: kernel height must be 1..16, got ", kh);
+  TORCH_CHECK(values.size(1) == kh * kw && blocks == (cout + V - 1) / V && K >= 4,
+              "vec_qconv2d: values ", values.sizes(), " do not fit cout=", cout, " and a ", kh, "x", kw, " kernel");
+  const int64_t cb = (blocks * K + 63) / 64 * 64;
+  TORCH_CHECK(gidx.scalar_type() == at::kByte && gidx.is_contiguous() && gidx.dim() == 2 && gidx.size(0) == kh * kw &&
+                  gidx.size(1) == cb, "vec_qconv2d: gidx must be contiguous uint8 (", kh * kw, ", ", cb, ")");
+  TORCH_CHECK(cin <= 256 && (gidx.numel() == 0 || gidx.max().item<uint8_t>() < cin),
+              "vec_qconv2d: input-channel indices must lie in [0, ", cin, ") and cin <= 256");
+  for (const auto* t : {&acc0, &scale, &shift})
+    TORCH_CHECK(t->is_contiguous() && t->numel() == blocks * V, "vec_qconv2d: acc0/scale/shift must hold ", blocks * V);
+  TORCH_CHECK(acc0.scalar_type() == at::kInt && scale.scalar_type() == at::kFloat && shift.scalar_type() == at::kFloat,
+              "vec_qconv2d: acc0 int32, scale and shift float32");
+  TORCH_CHECK(zin >= 0 && zin <= 255 && zout >= 0 && zout <= 255, "vec_qconv2d: zero points must lie in 0..255");
+  const int64_t ho = h + 2 * pad_h - dil_h * (kh - 1), wo = w + 2 * pad_w - dil_w * (kw - 1);
+  TORCH_CHECK(ho > 0 && wo > 0, "vec_qconv2d: input ", h, "x", w, " is smaller than the kernel's extent");
+  auto y = at::empty({n, cout, ho, wo}, x.options().dtype(out_u8 ? at::kByte : at::kFloat)
+                                          .memory_format(at::MemoryFormat::ChannelsLast));
+  dynprune::VecQConvParams p;
+  p.x = xc.data_ptr<uint8_t>();
+  p.y = y.data_ptr();
+  p.values = values.data_ptr<int8_t>();
+  p.gidx = gidx.data_ptr<uint8_t>();
+  p.acc0 = acc0.data_ptr<int32_t>();
+  p.scale = scale.data_ptr<float>();
+  p.shift = shift.data_ptr<float>();
+  p.n = n; p.h = h; p.w = w; p.cin = cin; p.ho = ho; p.wo = wo; p.cout = cout;
+  p.kh = int(kh); p.kw = int(kw); p.pad_h = int(pad_h); p.pad_w = int(pad_w);
+  p.dil_h = int(dil_h); p.dil_w = int(dil_w);
+  p.V = int(V); p.K = int(K); p.cb = int(cb); p.zin = int(zin); p.zout = int(zout); p.relu = relu; p.out_u8 = out_u8;
+  split_rows(n * ho, [&](int64_t begin, int64_t end) { dynprune::vec_qconv_rows_vnni(p, begin, end); });
+  return y;
+}
+
+// uint8 quantization of a float32 tensor (any shape, memory format kept): clamp(round(x * inv_scale) + zero, 0, 255).
+torch::Tensor quantize_u8(const torch::Tensor& x, double inv_scale, int64_t zero) {
+  TORCH_CHECK(cpu_has_vnni(), "quantize_u8: this CPU lacks AVX-512 VNNI/VBMI");
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu(), "quantize_u8: expected a float32 CPU tensor");
+  TORCH_CHECK(zero >= 0 && zero <= 255, "quantize_u8: zero point must lie in 0..255");
+  const auto fmt = x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast) ? at::MemoryFormat::ChannelsLast
+                                                                                    : at::MemoryFormat::Contiguous;
+  const auto xc = x.contiguous(fmt);
+  auto y = at::empty(x.sizes(), x.options().dtype(at::kByte).memory_format(fmt));
+  const int64_t n = x.numel(), items = std::max<int64_t>(1, n / 65536);
+  const float* src = xc.data_ptr<float>();
+  uint8_t* dst = y.data_ptr<uint8_t>();
+  split_rows(items, [&](int64_t begin, int64_t end) {
+    const int64_t a = begin * n / items, b = end * n / items;
+    dynprune::quantize_u8_vnni(src + a, dst + a, b - a, float(inv_scale), int(zero));
+  });
+  return y;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_isa", &cpu_isa, "SIMD width the CPU runs: 512 (AVX-512F), 256 (AVX2+FMA) or 0");
   m.def("num_workers", &num_workers, "threads a call over that many output rows uses");
   m.def("nm_conv2d", &nm_conv2d, "direct N:M sparse conv2d: stride 1, groups 1, fp32 channels last");
+  m.def("cpu_has_vnni", &cpu_has_vnni, "whether the CPU runs the int8 kernel (AVX-512 VNNI and VBMI)");
+  m.def("quantize_u8", &quantize_u8, "uint8 quantization of a float32 tensor (rounded half to even)");
+  m.def("vec_qconv2d", &vec_qconv2d, "int8 vector-pattern N:M conv2d: u8 x s8, requantized, channels last");
   m.def("vec_conv2d", &vec_conv2d, "direct vector-pattern N:M conv2d: stride 1, groups 1, fp32 channels last");
 }

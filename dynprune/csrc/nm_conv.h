@@ -39,10 +39,29 @@ struct VecConvParams {
   bool relu;
 };
 
+// One call of the int8 vector-pattern convolution (dynprune/sparse_cpu.py, pack_vector_int8; arithmetic in
+// vec_qconv_impl.h): u8 activations (zero point zin) x s8 weights, s32 accumulators, per-channel requantization.
+struct VecQConvParams {
+  const uint8_t* x;       // (n, h, w, cin) u8
+  void* y;                // (n, ho, wo, cout): u8 when out_u8, else float
+  const int8_t* values;   // (blocks, taps, K / 4, V, 4): per group of 4 kept entries, 4 weights per output channel
+  const uint8_t* gidx;    // (taps, cb): input channel of each compacted byte (blocks * K used, cb a multiple of 64)
+  const int32_t* acc0;    // (blocks * V) initial accumulators (-zin * sum of the channel's weights)
+  const float* scale;     // (blocks * V) requantization multipliers
+  const float* shift;     // (blocks * V) requantization offsets
+  int64_t n, h, w, cin, ho, wo, cout;
+  int kh, kw, pad_h, pad_w, dil_h, dil_w;  // kh <= 16
+  int V, K, cb;            // K a multiple of 4
+  int zin, zout;
+  bool relu, out_u8;
+};
+
 // Work items are output rows (batch index, output row), item = b * ho + oy; [begin, end).
 void nm_conv_rows_avx512(const NMConvParams& p, int64_t begin, int64_t end);
 void nm_conv_rows_avx2(const NMConvParams& p, int64_t begin, int64_t end);
 void vec_conv_rows_avx512(const VecConvParams& p, int64_t begin, int64_t end);
 void vec_conv_rows_avx2(const VecConvParams& p, int64_t begin, int64_t end);
+void vec_qconv_rows_vnni(const VecQConvParams& p, int64_t begin, int64_t end);
+void quantize_u8_vnni(const float* x, uint8_t* y, int64_t n, float inv_scale, int zero);
 
 }  // namespace dynprune

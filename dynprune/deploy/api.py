@@ -15,10 +15,11 @@ from ..classpruning import ClassPruning
 from ..convert import model_ratios
 from ..layers import DynamicNMMixin, dynamic_layers
 from .backends import backend_names, choose, get_backend
+from .calibration import calibrate_int8
 from .fold import foldable
 from .layer import LayerPlan, SparseConv2d
 
-__all__ = ["deploy", "DeployReport"]
+__all__ = ["deploy", "DeployReport", "PRECISIONS"]
 
 
 @dataclass
@@ -30,6 +31,7 @@ class DeployReport:
     options: dict[str, Any]
     kernel: dict[str, Any]
     layers: list[LayerPlan] = field(default_factory=list)
+    calibration: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
     def sparse_layers(self, branch: int) -> list[str]:
         """Names of the layers that run on a sparse kernel (any sparse backend) for branch index ``branch``."""
@@ -156,7 +158,11 @@ def _allowed(backend: str | Sequence[str]) -> tuple[str, ...]:
     return names
 
 
-def deploy(model: nn.Module, backend: str | Sequence[str] = "cpu", *, max_density: float = 0.25,
+PRECISIONS = ("fp32", "int8")
+
+
+def deploy(model: nn.Module, backend: str | Sequence[str] = "cpu", *, precision: str = "fp32",
+           calibration: torch.Tensor | None = None, max_density: float = 0.25,
            max_density_vector: float = 0.75, min_out_channels: int = 16, fuse: bool = True,
            channels_last: bool = True, paths: dict[str, list[str]] | None = None) -> nn.Module:
     """An inference copy of ``model`` whose sparse branches run on the CPU kernels.
@@ -183,15 +189,53 @@ def deploy(model: nn.Module, backend: str | Sequence[str] = "cpu", *, max_densit
             between layers). ``False`` keeps NCHW for models whose other layers are slow in channels_last
             (e.g. InstanceNorm: GCANet); the kernel layers then copy their input and output once each.
         paths: {layer name: backend per branch} overriding the rule (a saved artifact's choice).
+        precision: ``"fp32"`` or ``"int8"``. At int8 every layer the int8 kernel takes (``int8_cpu``: stride 1,
+            16 to 256 input channels; the others, e.g. a network's first and last layers, stay fp32) runs every
+            branch in int8: weights per output channel, activations per tensor *and per branch* (like variable
+            BatchNorm's statistics), calibrated on ``calibration``; consecutive int8 layers pass uint8 directly.
+        calibration: for int8, (N, C, H, W) float32 degraded images in [0, 1] at every level the model routes
+            (each branch is calibrated on all of them: :func:`calibrate`).
     Returns:
         A deep copy in eval mode, of the same class as ``model``, with ``deploy_report`` (a
         :class:`DeployReport`) and ``deploy_options``. Inputs must be (B, C, H, W) float32; with
         ``channels_last`` they are put in channels_last memory once at the entry.
     Raises:
-        ValueError: a backend that is not registered (the registered ones are named), options out of range,
+        ValueError: a backend that is not registered (the registered ones are named), a precision other than
+            ``PRECISIONS``, int8 without calibration images or with images of the wrong shape or non-finite
+            values, options out of range,
             a model with tensors off the CPU (the CPU kernels' packing; what to do is named), or a model that
             holds no dynamic N:M layer (never converted).
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown deploy precision {precision!r}: use one of {list(PRECISIONS)}")
+    if precision == "int8":
+        _check_calibration(calibration, _in_channels(model))
+    return _deploy(model, backend, precision=precision, calibration=calibration, max_density=max_density,
+                   max_density_vector=max_density_vector, min_out_channels=min_out_channels, fuse=fuse,
+                   channels_last=channels_last, paths=paths)
+
+
+def _check_calibration(images, in_channels: int) -> None:
+    if images is None:
+        raise ValueError("deploy(precision='int8') needs calibration images: calibration=a (N, C, H, W) float32 "
+                         "tensor of degraded inputs in [0, 1] at every level the model routes (8-32 images)")
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] < 1:
+        raise ValueError(f"calibration must be a (N, {in_channels}, H, W) float tensor, got "
+                         f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+    if images.shape[1] != in_channels:
+        raise ValueError(f"calibration images have {images.shape[1]} channels, the model takes {in_channels} "
+                         f"(shape {tuple(images.shape)})")
+    if not images.is_floating_point() or not bool(torch.isfinite(images).all()):
+        raise ValueError("calibration images must be finite floating-point values (pixels in [0, 1]); "
+                         f"got dtype {images.dtype} with non-finite or non-float values")
+
+
+def _deploy(model: nn.Module, backend: str | Sequence[str] = "cpu", *, precision: str = "fp32",
+            calibration: torch.Tensor | None = None, max_density: float = 0.25, max_density_vector: float = 0.75,
+            min_out_channels: int = 16, fuse: bool = True, channels_last: bool = True,
+            paths: dict[str, list[str]] | None = None) -> nn.Module:
+    """:func:`deploy` without the calibration check: an artifact's int8 layers get their scales from its file
+    (:func:`~dynprune.deploy.load_deployed`)."""
     allowed = _allowed(backend)
     if not 0 <= max_density <= 1 or not 0 <= max_density_vector <= 1 or min_out_channels < 1:
         raise ValueError(f"deploy options out of range: max_density={max_density}, max_density_vector="
@@ -209,7 +253,7 @@ def deploy(model: nn.Module, backend: str | Sequence[str] = "cpu", *, max_densit
     opts = {"backend": backend if isinstance(backend, str) else list(backend), "backends": allowed,
             "max_density": float(max_density), "max_density_vector": float(max_density_vector),
             "min_out_channels": int(min_out_channels), "fuse": bool(fuse), "channels_last": bool(channels_last),
-            "pattern": str(pattern)}
+            "pattern": str(pattern), "precision": precision}
     out = copy.deepcopy(model).eval()
     out_net = out.restorer if isinstance(out, ClassPruning) else out
     report = DeployReport(opts["backend"] if isinstance(opts["backend"], str) else ",".join(allowed),
@@ -217,6 +261,10 @@ def deploy(model: nn.Module, backend: str | Sequence[str] = "cpu", *, max_densit
     _deploy_net(out_net, opts, report, dict(paths or {}))
     if report.kernel["available"] is False and any(report.sparse_layers(i) for i in range(len(ratios))):
         sparse_cpu.kernel()  # the one warning naming the reason
+    if any("int8_cpu" in lp.paths for lp in report.layers):
+        sparse_cpu.warn_int8_fallback()
+    if precision == "int8":
+        report.calibration = calibrate_int8(out_net, net, calibration) if calibration is not None else {}
     if channels_last:
         out.to(memory_format=torch.channels_last)
     hook = _input_hook(_in_channels(model), channels_last)

@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from ..checkpoint import check_finite, load_file, save_atomic
-from .api import deploy
+from .api import PRECISIONS, _deploy
 from .layer import SparseConv2d
 
 __all__ = ["save_deployed", "load_deployed", "is_deployed_file", "DEPLOY_FORMAT"]
@@ -67,7 +67,10 @@ def load_deployed(path: str | Path, obj: dict | None = None) -> nn.Module:
     check_finite(obj["model"], f"deployed model {str(path)!r}")
     backend = dep.pop("backend", "cpu")
     dep.pop("backends", None)
-    model = deploy(build_model(cfg, arch=obj.get("arch", {})), backend, **dep)
+    if dep.get("precision", "fp32") not in PRECISIONS:
+        raise ValueError(f"deployed model {str(path)!r} has precision {dep['precision']!r}, not one of "
+                         f"{list(PRECISIONS)}")
+    model = _deploy(build_model(cfg, arch=obj.get("arch", {})), backend, **dep)
     try:
         model.load_state_dict(obj["model"])
     except RuntimeError as err:

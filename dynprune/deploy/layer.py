@@ -131,8 +131,4 @@ class SparseConv2d(nn.Module):
         if backend.status()[0]:
             y = backend.run(self, i, x, buffers)
             return y if self.channels_last or not backend.sparse else y.contiguous()
-        if i not in self._dense:  # fallback without the kernel: the same kept weights, run densely
-            fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-            self._dense[i] = backend.dense_weight(self, buffers).contiguous(memory_format=fmt)
-        y = F.conv2d(x, self._dense[i], buffers["bias"], self.stride, self.padding, self.dilation, self.groups)
-        return F.relu(y, inplace=True) if self.relu else y
+        return backend.fallback(self, i, x, buffers)

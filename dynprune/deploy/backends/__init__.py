@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...nm import NMPattern, NMRatio
@@ -21,7 +22,7 @@ from ...nm import NMPattern, NMRatio
 __all__ = ["Backend", "register_backend", "get_backend", "backend_names", "choose", "check_shape", "check_nm_index"]
 
 # built-in backends, in order of preference for a branch they all support (fastest first where it applies)
-_BUILTIN = ("vector_cpu", "nm_cpu", "onednn")
+_BUILTIN = ("int8_cpu", "vector_cpu", "nm_cpu", "onednn")
 _REGISTRY: dict[str, "Backend"] = {}
 
 
@@ -36,6 +37,7 @@ class Backend(ABC):
 
     name: str = ""
     sparse: bool = False
+    precision: str = "fp32"   # what it computes in (the deploy option it serves)
 
     def status(self) -> tuple[bool, str]:
         """(runs on this machine, why not). Default: always runs."""
@@ -73,6 +75,16 @@ class Backend(ABC):
         (an index); None where it does not (a dense weight whose zeros may be values). Used to check that
         the branches of a layer are nested."""
         return None
+
+    def fallback(self, layer: nn.Module, branch: int, x: torch.Tensor,
+                 buffers: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What runs where :meth:`status` is False (an artifact loaded on a machine without the kernel): by default
+        :meth:`dense_weight` through ``F.conv2d`` (the same result to float tolerance), built once per branch."""
+        if branch not in layer._dense:
+            fmt = torch.channels_last if layer.channels_last else torch.contiguous_format
+            layer._dense[branch] = self.dense_weight(layer, buffers).contiguous(memory_format=fmt)
+        y = F.conv2d(x, layer._dense[branch], buffers["bias"], layer.stride, layer.padding, layer.dilation, layer.groups)
+        return F.relu(y, inplace=True) if layer.relu else y
 
     @abstractmethod
     def dense_weight(self, layer: nn.Module, buffers: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -121,11 +133,20 @@ def get_backend(name: str) -> Backend:
 def choose(conv: nn.Conv2d, ratio: NMRatio, pattern: NMPattern, allowed: tuple[str, ...],
            opts: dict[str, Any]) -> tuple[str, str]:
     """(backend name, why the sparse backends were not chosen) for one branch: the first of ``allowed``, in
-    preference order, that supports it. A dense ratio always runs on oneDNN (no reason reported)."""
-    if ratio.is_dense:
-        return "onednn", ""
+    preference order, that supports it. At fp32 a dense ratio always runs on oneDNN (no reason reported); at
+    int8 every ratio goes to the first int8 backend that supports it, else to the fp32 rule (the reason named)."""
     reasons = []
-    candidates = [name for name in allowed if get_backend(name).handles(pattern)]
+    if opts.get("precision", "fp32") != "fp32":
+        for name in allowed:
+            backend = get_backend(name)
+            if backend.precision == opts["precision"]:
+                why = backend.supports(conv, ratio, pattern, opts)
+                if not why:
+                    return name, ""
+                reasons.append(f"{name}: {why}")
+    if ratio.is_dense:
+        return "onednn", "; ".join(reasons)
+    candidates = [name for name in allowed if get_backend(name).handles(pattern) and get_backend(name).precision == "fp32"]
     if not any(get_backend(name).sparse for name in candidates):
         reasons.append(f"no allowed sparse backend runs pattern {pattern} (allowed: {', '.join(allowed)})")
     for name in candidates:

@@ -1,0 +1,106 @@
+"""Int8 calibration of a deployed model: degraded images at every level, and per-branch activation ranges."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import quant
+from ..branch import use_branch
+from .layer import SparseConv2d
+
+__all__ = ["calibration_images", "calibrate_int8"]
+
+
+def calibration_images(folder: str | Path, degradation, count: int = 8, size: int = 160, channels: int = 1,
+                       seed: int = 0) -> torch.Tensor:
+    """Calibration inputs: the first ``count`` images of ``folder`` (sorted), center-cropped to ``size`` x ``size``
+    (smaller images whole), each degraded at every level of ``degradation`` (a degradation plugin instance,
+    e.g. ``create("degradations", "gaussian_noise", sigmas=[15, 25, 50])``), seeded.
+
+    Returns:
+        (count * levels, channels, size, size) float32, pixels of the clean images in [0, 1].
+    Raises:
+        ValueError: no images in ``folder``, or images smaller than ``size`` (they cannot share one batch).
+    """
+    from ..imageio import list_images, read_image
+
+    paths = list_images(folder)[:count]
+    if not paths:
+        raise ValueError(f"no calibration images in {str(folder)!r}")
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for path in paths:
+        x = read_image(path, channels)
+        h, w = x.shape[-2:]
+        if min(h, w) < size:
+            raise ValueError(f"calibration image {path} is {h}x{w}, smaller than the crop {size}x{size}")
+        top, left = (h - size) // 2, (w - size) // 2
+        x = x[:, top:top + size, left:left + size].unsqueeze(0)
+        out += [degradation(x, generator=g, level=i)[0] for i in range(getattr(degradation, "levels", 1))]
+    return torch.cat(out).float()
+
+
+def _input_ranges(net: nn.Module, images: torch.Tensor, names: set[str], branches: int,
+                  batch: int = 4) -> dict[str, list[tuple[float, float]]]:
+    """Per dynamic layer in ``names`` and per branch, the (min, max) of its input over ``images`` run through a
+    float copy of ``net`` on that branch."""
+    net = copy.deepcopy(net).eval()
+    ranges = {name: [(math.inf, -math.inf)] * branches for name in names}
+    branch = [0]
+
+    def hook(name):
+        def record(module, args):
+            x = args[0].detach()
+            lo, hi = ranges[name][branch[0]]
+            ranges[name][branch[0]] = (min(lo, float(x.min())), max(hi, float(x.max())))
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in net.named_modules() if n in names]
+    try:
+        with torch.no_grad():
+            for i in range(branches):
+                branch[0] = i
+                with use_branch(i):
+                    for k in range(0, images.shape[0], batch):
+                        net(images[k:k + batch].float())
+    finally:
+        for h in handles:
+            h.remove()
+    return ranges
+
+
+def calibrate_int8(deployed: nn.Module, net: nn.Module, images: torch.Tensor) -> dict[str, list[tuple[float, float]]]:
+    """Set the activation quantization of every int8 branch of ``deployed`` (the deployed copy of the dynamic
+    ``net``) from ``images`` (N, C, H, W) float32: per layer and branch, uint8 over the (min, max) of the layer's
+    input on that branch (a MinMax observer, zero point 0 after a ReLU); a layer followed in its
+    ``nn.Sequential`` by another int8 layer on the same branch writes uint8 at that layer's input quantization,
+    other int8 layers write float32. Returns the ranges {layer: [(min, max) per branch]}."""
+    layers = {n: m for n, m in deployed.named_modules() if isinstance(m, SparseConv2d) and "int8_cpu" in m.paths}
+    if not layers:
+        return {}
+    branches = len(next(iter(layers.values())).paths)
+    ranges = _input_ranges(net, images, set(layers), branches)
+    acts = {n: [quant.act_qparams(*r) for r in ranges[n]] for n in layers}
+    for name, layer in layers.items():
+        for i, path in enumerate(layer.paths):
+            if path == "int8_cpu":
+                getattr(layer, f"q8act_{i}").copy_(torch.tensor([acts[name][i].scale, acts[name][i].zero, 0.0, 0.0]))
+    names = {id(m): n for n, m in deployed.named_modules()}
+    for seq in [m for m in deployed.modules() if isinstance(m, nn.Sequential)]:
+        kids = [k for k in seq.children() if not isinstance(k, nn.Identity)]
+        for a, b in zip(kids, kids[1:]):
+            if id(a) in names and names[id(a)] in layers and id(b) in names and names[id(b)] in layers:
+                for i in range(branches):
+                    if a.paths[i] == b.paths[i] == "int8_cpu":
+                        nxt = acts[names[id(b)]][i]
+                        getattr(a, f"q8act_{i}")[2:] = torch.tensor([nxt.scale, float(nxt.zero)])
+    for layer in layers.values():
+        layer._kernel_cache.clear()
+    return ranges
+
+
