@@ -149,7 +149,7 @@ torch::Tensor vec_qconv2d(const torch::Tensor& x, const torch::Tensor& values, c
               "vec_qconv2d: values must be contiguous int8 (blocks, taps, K/4, V, 4), got ", values.sizes());
   const int64_t blocks = values.size(0), K = values.size(2) * 4, V = values.size(3);
   TORCH_CHECK(V == 8 || V == 16 || V == 32, "vec_qconv2d: V must be 8, 16 or 32, got ", V);
-  TORCH_CHECK(kh >= 1 && kh <= 16 && kw >= 1, "vec_qconv2d: kernel height must be 1..16, got ", kh);
+  TORCH_CHECK(kh >= 1 && kh <= 16 && kw >= 1 && kw <= 16, "vec_qconv2d: kernel sides must be 1..16, got ", kh, "x", kw);
   TORCH_CHECK(values.size(1) == kh * kw && blocks == (cout + V - 1) / V && K >= 4,
               "vec_qconv2d: values ", values.sizes(), " do not fit cout=", cout, " and a ", kh, "x", kw, " kernel");
   const int64_t cb = (blocks * K + 63) / 64 * 64;
@@ -177,6 +177,13 @@ torch::Tensor vec_qconv2d(const torch::Tensor& x, const torch::Tensor& values, c
   p.n = n; p.h = h; p.w = w; p.cin = cin; p.ho = ho; p.wo = wo; p.cout = cout;
   p.kh = int(kh); p.kw = int(kw); p.pad_h = int(pad_h); p.pad_w = int(pad_w);
   p.dil_h = int(dil_h); p.dil_w = int(dil_w);
+  // dense: K == cin and every block's index is 0..cin-1 (cin a multiple of 4, so no padded entries)
+  bool dense = K == cin;
+  if (dense) {
+    const auto ramp = at::arange(cin, gidx.options().dtype(at::kByte)).repeat({blocks});
+    dense = at::equal(gidx.narrow(1, 0, blocks * K), ramp.unsqueeze(0).expand({kh * kw, blocks * K}));
+  }
+  p.dense = dense;
   p.V = int(V); p.K = int(K); p.cb = int(cb); p.zin = int(zin); p.zout = int(zout); p.relu = relu; p.out_u8 = out_u8;
   split_rows(n * ho, [&](int64_t begin, int64_t end) { dynprune::vec_qconv_rows_vnni(p, begin, end); });
   return y;

@@ -50,8 +50,9 @@ struct VecQConvParams {
   const float* scale;     // (blocks * V) requantization multipliers
   const float* shift;     // (blocks * V) requantization offsets
   int64_t n, h, w, cin, ho, wo, cout;
-  int kh, kw, pad_h, pad_w, dil_h, dil_w;  // kh <= 16
+  int kh, kw, pad_h, pad_w, dil_h, dil_w;  // kh, kw <= 16
   int V, K, cb;            // K a multiple of 4
+  bool dense;              // every block keeps channels 0..cin-1 in order (K == cin): read the pixels directly
   int zin, zout;
   bool relu, out_u8;
 };

@@ -48,9 +48,12 @@ inline void q_compact(const VecQConvParams& p, const uint8_t* const* rows, const
   }
 }
 
+// Tap t of output pixel q reads its 4-byte groups at tb[t] + q * qs + bo + 4 * e: the compacted buffer (qs = cb,
+// bo = the block's offset) or, for a dense layer (every block keeps every channel in order), the input pixels
+// themselves (qs = cin, bo = 0: no compaction).
 template <class Q, int NR, int P>
-inline void q_tile(const VecQConvParams& p, const uint8_t* buf, int cb, int64_t b, int64_t oy, int64_t ox,
-                   int64_t ob, int off, int keep) {
+inline void q_tile(const VecQConvParams& p, const uint8_t* const* tb, int64_t qs, int64_t bo, int64_t b, int64_t oy,
+                   int64_t ox, int64_t ob, int off, int keep) {
   using reg = typename Q::reg;
   constexpr int L = Q::L;
   const int K4 = p.K / 4, V = p.V, taps = p.kh * p.kw;
@@ -62,13 +65,13 @@ inline void q_tile(const VecQConvParams& p, const uint8_t* buf, int cb, int64_t 
   const int8_t* wblock = p.values + (ob * taps * int64_t(K4) * V + off) * 4;
   for (int t = 0; t < taps; ++t) {
     const int8_t* wt = wblock + int64_t(t) * K4 * V * 4;
-    const uint8_t* xt = buf + int64_t(t) * P * cb + ob * p.K;
+    const uint8_t* xt = tb[t] + bo;
 #pragma GCC unroll 4
     for (int e = 0; e < K4; ++e) {
       reg wv[NR];
       QUNROLL for (int r = 0; r < NR; ++r) wv[r] = Q::load_w(wt + (int64_t(e) * V + r * L) * 4);
       QUNROLL for (int q = 0; q < P; ++q) {
-        const reg xb = Q::bcast4(xt + q * cb + e * 4);
+        const reg xb = Q::bcast4(xt + q * qs + e * 4);
         QUNROLL for (int r = 0; r < NR; ++r) acc[q][r] = Q::dot(acc[q][r], xb, wv[r]);
       }
     }
@@ -116,11 +119,15 @@ inline void q_row(const VecQConvParams& p, uint8_t* scratch, const uint8_t* padr
       }
       rows[ky] = dst;
     }
-    q_compact<Q, P>(p, rows, p.gidx, buf, cb);
+    const uint8_t* tb[256];
+    const int taps = p.kh * p.kw;
+    for (int t = 0; t < taps; ++t)
+      tb[t] = p.dense ? rows[t / p.kw] + int64_t(t % p.kw) * p.dil_w * p.cin : buf + int64_t(t) * P * cb;
+    if (!p.dense) q_compact<Q, P>(p, rows, p.gidx, buf, cb);
     const int keep = int(p.wo - ox < P ? p.wo - ox : P);
     for (int64_t ob = 0; ob < blocks; ++ob)
       for (int off = 0; off < p.V && ob * p.V + off < p.cout; off += SUB)
-        q_tile<Q, NR, P>(p, buf, cb, b, oy, ox, ob, off, keep);
+        q_tile<Q, NR, P>(p, tb, p.dense ? p.cin : cb, p.dense ? 0 : ob * p.K, b, oy, ox, ob, off, keep);
   }
 }
 

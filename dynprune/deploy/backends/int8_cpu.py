@@ -46,8 +46,8 @@ class Int8CPU(Backend):
             return f"stride {conv.stride}, groups {conv.groups} (kernel: stride 1, groups 1)"
         if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
             return f"padding {conv.padding!r}/{conv.padding_mode} (kernel: explicit zero padding)"
-        if conv.kernel_size[0] > 16:
-            return f"kernel height {conv.kernel_size[0]} > 16"
+        if max(conv.kernel_size) > 16:
+            return f"kernel {conv.kernel_size} (int8 kernel: sides up to 16)"
         if not MIN_IN_CHANNELS <= conv.in_channels <= 256:
             return f"{conv.in_channels} input channels (int8 kernel: {MIN_IN_CHANNELS} to 256; thin layers stay fp32)"
         if conv.out_channels < opts["min_out_channels"]:

@@ -1,0 +1,204 @@
+"""Low precision against what a user deploys instead (issue 37): dynprune int8 vs dense torch int8 and bf16.
+
+Parts (``--part``, default both):
+  layer   one 64->64 3x3 convolution + bias + ReLU on 1x64x481x321, 1 and 2 threads, interleaved rounds,
+          medians: oneDNN fp32 (channels_last), torch's dense int8 (``torch.ao`` quantized ConvReLU2d, x86
+          engine: oneDNN/FBGEMM u8 x s8), and dynprune's int8 vector16 kernel at 1:4, 2:4 and 4:4 (uint8 in,
+          uint8 out, as between two int8 layers) beside its fp32 vector16 kernel.
+  bsd68   end to end on BSD68 x sigma 15 / 25 / 50 (seeded like ``dynprune eval``), every variant on every
+          noisy image in turn: dense DnCNN-B fp32 (channels_last eager), dense bf16 (the same under
+          ``torch.autocast``), dense torch int8 (eager ``torch.ao`` post-training quantization, x86 engine,
+          18 fused Conv+BN+ReLU in int8, first and last conv fp32, calibrated on the same images as ours), and
+          the ClassPruning checkpoint deployed at fp32 and at int8 (classifier and grouping included).
+          Mean ms per image and mean PSNR per sigma.
+
+Calibration (both int8 models): the first 8 Train400 images, center 160x160, each at sigma 15, 25 and 50
+(``dynprune.deploy.calibration.calibration_images``): training images, not BSD68.
+
+    python benchmarks/lowp.py --data ../shared/data --checkpoint docs/checkpoints/cp_dncnn_b_vector.pt \
+        [--part layer bsd68] [--threads 1 2] [--bsd-threads 2] [--limit N] [--out docs/results/lowp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import dynprune as dp
+from dynprune import quant, sparse_cpu
+from dynprune.deploy.calibration import calibration_images
+from dynprune.metrics import psnr
+from dynprune.models import load_trained
+from dynprune.nm import nm_mask
+from dynprune.registry import create
+from speed import SIGMAS, _bsd68, interleaved
+
+warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*deprecated")
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def torch_int8_layer(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor):
+    """torch's dense int8 ConvReLU2d (x86 engine) for weight ``w``, input ``x`` in [0, 1]."""
+    from torch.ao.nn.intrinsic.quantized import ConvReLU2d
+
+    torch.backends.quantized.engine = "x86"
+    qc = ConvReLU2d(w.shape[1], w.shape[0], 3, padding=1)
+    scale = w.abs().amax((1, 2, 3)) / 127
+    qc.set_weight_bias(torch.quantize_per_channel(w, scale, torch.zeros(len(w), dtype=torch.long), 0, torch.qint8), b)
+    qc.scale, qc.zero_point = 0.05, 0
+    xq = torch.quantize_per_tensor(x.contiguous(memory_format=torch.channels_last), 1 / 255, 0, torch.quint8)
+    return lambda: qc(xq)
+
+
+def part_layer(args) -> dict:
+    torch.manual_seed(0)
+    x = torch.rand(1, 64, 481, 321).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(64, 64, 3, 3) * 0.05, torch.randn(64) * 0.1
+    wcl = w.contiguous(memory_format=torch.channels_last)
+    variants = {"oneDNN fp32 (channels_last)": lambda: torch.relu(torch.nn.functional.conv2d(x, wcl, b, padding=1)),
+                "torch int8 dense (x86 engine)": torch_int8_layer(w, b, x)}
+    a_in, a_out = quant.ActQuant(1 / 255, 0), quant.ActQuant(0.05, 0)
+    xu = quant.quantize(x, a_in)
+    for r in ("1:4", "2:4", "4:4"):
+        mask = nm_mask(w, r, pattern="vector16")
+        wq, ws = quant.quantize_weight(w * mask)
+        p = quant.pack_int8(wq, mask, 16, ws, b, a_in, a_out)
+        variants[f"dynprune int8 vector16 {r}"] = (
+            lambda p=p: sparse_cpu.vec_qconv2d(xu, p, 64, (3, 3), (1, 1), (1, 1), 0, 0, True))
+        if r != "4:4":
+            packed = sparse_cpu.compress_vector(w * mask, mask, 16, b)
+            variants[f"dynprune fp32 vector16 {r}"] = (
+                lambda pk=packed: sparse_cpu.vec_conv2d(x, pk, 64, (3, 3), (1, 1), (1, 1), True))
+    out = {}
+    for threads in args.threads:
+        med = interleaved(variants, args.rounds, threads)
+        ref, fp = med["torch int8 dense (x86 engine)"], med["oneDNN fp32 (channels_last)"]
+        out[threads] = med
+        print(f"\n### One 64->64 3x3 layer on 1x64x481x321, {threads} thread(s), median of {args.rounds} interleaved "
+              f"rounds ({sparse_cpu.cpu_name()})")
+        print("| variant | ms | vs torch int8 dense | vs oneDNN fp32 |\n|---|---:|---:|---:|")
+        for k, v in med.items():
+            print(f"| {k} | {v:.2f} | {ref / v:.2f}x | {fp / v:.2f}x |")
+    return out
+
+
+class TorchInt8DnCNN(nn.Module):
+    """Dense DnCNN-B in torch's eager int8 (x86 engine): the 18 middle Conv+BN+ReLU fused and quantized (per
+    channel weights, histogram-calibrated activations: ``get_default_qconfig("x86")``), first and last conv fp32."""
+
+    def __init__(self, dense: nn.Module, calibration: torch.Tensor):
+        super().__init__()
+        from torch.ao import quantization as tq
+
+        torch.backends.quantized.engine = "x86"
+        seq = copy.deepcopy(dense.dncnn).eval()
+        tq.fuse_modules(seq, [[str(i), str(i + 1), str(i + 2)] for i in range(2, len(seq) - 1, 3)], inplace=True)
+        self.head, self.tail = seq[:2], seq[-1]
+        self.body = nn.Sequential(tq.QuantStub(), *seq[2:-1], tq.DeQuantStub())
+        self.body.qconfig = tq.get_default_qconfig("x86")
+        tq.prepare(self.body, inplace=True)
+        with torch.no_grad():
+            for k in range(0, len(calibration), 4):
+                self.body(self.head(calibration[k:k + 4]))
+        tq.convert(self.body, inplace=True)
+
+    def forward(self, x):
+        return x - self.tail(self.body(self.head(x)))
+
+
+def part_bsd68(args) -> dict:
+    torch.set_num_threads(args.bsd_threads)
+    cp, cfg, _ = load_trained(args.checkpoint)
+    cal = calibration_images(Path(args.data) / "denoise/Train400",
+                             create("degradations", "gaussian_noise", sigmas=list(SIGMAS)), count=8)
+    t0 = time.perf_counter()
+    dep32 = dp.deploy(cp)
+    dep8 = dp.deploy(cp, precision="int8", calibration=cal)
+    print(f"deploy fp32 + int8 (calibration on {len(cal)} images): {time.perf_counter() - t0:.1f} s")
+    dense = dp.create_model("dncnn", weights=args.weights or str(Path(args.data) / "weights/dncnn/DnCNN-B/net.pth"))
+    dense = dense.eval().to(memory_format=torch.channels_last)
+    tint8 = TorchInt8DnCNN(dense, cal).eval()
+    cl = torch.channels_last
+
+    def bf16(x):
+        with torch.autocast("cpu", torch.bfloat16):
+            return dense(x.contiguous(memory_format=cl)).float()
+
+    variants = {"dense DnCNN-B fp32 (channels_last)": lambda x: dense(x.contiguous(memory_format=cl)),
+                "dense DnCNN-B bf16 (autocast)": bf16,
+                "dense DnCNN-B torch int8 (x86)": lambda x: tint8(x.contiguous(memory_format=cl)),
+                "routed, deployed fp32": lambda x: dep32(x),
+                "routed, deployed int8": lambda x: dep8(x)}
+    names, images = _bsd68(Path(args.data))
+    images = images[: args.limit or None]
+    res = {k: {"ms": 0.0, "psnr": {}} for k in variants}
+    routing = {}
+    with torch.inference_mode():
+        for fn in variants.values():
+            fn(images[0].unsqueeze(0))
+        for s in SIGMAS:
+            deg = create("degradations", "gaussian_noise", sigmas=[s])
+            g = torch.Generator().manual_seed(0)
+            scores = {k: [] for k in variants}
+            hist = [0] * len(cp.ratios)
+            for img in images:
+                y = deg(img.unsqueeze(0), generator=g, level=0)[0]
+                for k, fn in variants.items():
+                    t0 = time.perf_counter()
+                    out = fn(y)
+                    res[k]["ms"] += 1e3 * (time.perf_counter() - t0)
+                    scores[k].append(psnr(out[0], img))
+                hist[int(cp.classify(y)[0])] += 1
+            for k in variants:
+                res[k]["psnr"][f"sigma={s}"] = sum(scores[k]) / len(scores[k])
+            routing[f"sigma={s}"] = hist
+    n = len(images) * len(SIGMAS)
+    ref = res["dense DnCNN-B fp32 (channels_last)"]
+    print(f"\n### BSD68 end to end ({sparse_cpu.cpu_name()}), {len(images)} images x sigma {SIGMAS}, "
+          f"{args.bsd_threads} thread(s), checkpoint {args.checkpoint}; routed models include the classifier")
+    print("| model | ms / image | speed-up vs dense fp32 | PSNR 15 / 25 / 50 (dB) | mean | vs dense fp32 |\n"
+          "|---|---:|---:|---|---:|---:|")
+    mean0 = sum(ref["psnr"].values()) / 3
+    for k, v in res.items():
+        p = " / ".join(f"{v['psnr'][f'sigma={s}']:.2f}" for s in SIGMAS)
+        mean = sum(v["psnr"].values()) / 3
+        print(f"| {k} | {v['ms'] / n:.0f} | {ref['ms'] / v['ms']:.2f}x | {p} | {mean:.2f} | {mean - mean0:+.2f} |")
+    print(f"routing {routing}")
+    return {"threads": args.bsd_threads, "images": len(images), "results": res, "routing": routing}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--checkpoint", default="docs/checkpoints/cp_dncnn_b_vector.pt")
+    ap.add_argument("--weights", help="dense DnCNN-B weights (default: DATA/weights/dncnn/DnCNN-B/net.pth)")
+    ap.add_argument("--part", nargs="+", default=["layer", "bsd68"], choices=["layer", "bsd68"])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--bsd-threads", type=int, default=2)
+    ap.add_argument("--limit", type=int, default=0, help="first N BSD68 images only")
+    ap.add_argument("--out", default="docs/results/lowp")
+    args = ap.parse_args()
+    sparse_cpu.tune_allocator()
+    if not sparse_cpu.has_int8_kernel():
+        print("this CPU does not run the int8 kernel (AVX-512 VNNI + VBMI): int8 rows run the reference path")
+    results = {"cpu": sparse_cpu.cpu_name(), "torch": torch.__version__}
+    if "layer" in args.part:
+        results["layer"] = part_layer(args)
+    if "bsd68" in args.part:
+        results["bsd68"] = part_bsd68(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "lowp.json" if set(args.part) == {"layer", "bsd68"} else f"lowp_{'_'.join(args.part)}.json"
+    (out / name).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
