@@ -36,11 +36,11 @@ from .nm import VECTOR_SIZES
 from .outputs import write_text
 
 __all__ = ["kernel", "kernel_status", "build_dir", "vector_isa", "cpu_name", "lanes", "tune_allocator", "compress",
-           "decompress", "pack_for_kernel", "nm_conv2d", "compress_vector", "decompress_vector", "vec_conv2d", "has_int8_kernel", "warn_int8_fallback", "vec_qconv2d",
+           "decompress", "pack_for_kernel", "nm_conv2d", "compress_vector", "decompress_vector", "vec_conv2d", "has_int8_kernel", "warn_int8_fallback", "vec_qconv2d", "has_bf16_kernel", "pack_bf16", "vec_bf16conv2d",
            "SUPPORTED_M"]
 
 _CSRC = Path(__file__).with_name("csrc")
-_SOURCES = ("nm_conv.cpp", "nm_conv_avx512.cpp", "nm_conv_avx2.cpp", "nm_conv_vnni.cpp")
+_SOURCES = ("nm_conv.cpp", "nm_conv_avx512.cpp", "nm_conv_avx2.cpp", "nm_conv_vnni.cpp", "nm_conv_bf16.cpp")
 _HEADERS = ("nm_conv.h", "nm_conv_impl.h", "vec_conv_impl.h", "vec_qconv_impl.h")
 SUPPORTED_M = (2, 4, 8)   # M must divide the SIMD chunk (8 lanes on AVX2, 16 on AVX-512)
 _ISA_NAMES = {"avx512": 512, "avx2": 256, "none": 0}
@@ -307,6 +307,61 @@ def has_int8_kernel() -> bool:
     """Whether the int8 kernel runs here: the extension built and the CPU has AVX-512 VNNI and VBMI."""
     ext = _build()[0]
     return ext is not None and bool(ext.cpu_has_vnni()) and os.environ.get("DYNPRUNE_ISA", "") in ("", "avx512")
+
+
+def has_bf16_kernel() -> bool:
+    """Whether the bf16 kernel runs here: the extension built and the CPU has AVX-512 BF16."""
+    ext = _build()[0]
+    return ext is not None and bool(ext.cpu_has_bf16()) and os.environ.get("DYNPRUNE_ISA", "") in ("", "avx512")
+
+
+def pack_bf16(weight: torch.Tensor, mask: torch.Tensor, v: int,
+              bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The vector-pattern weight in bf16 for :func:`vec_bf16conv2d` (machine-independent).
+
+    Args:
+        weight: (Cout, Cin, kh, kw) float; mask: bool, a vector pattern of block ``v`` (all True: dense).
+    Returns:
+        ``values`` (B, taps, K/2, V, 2) bfloat16 (K padded to even with a zero weight on channel 0), ``gidx``
+        (taps, cb/2) int16 (the input channel of every compacted element; cb = B*K*2 bytes rounded up to 64)
+        and ``bias`` (B*V,) float32.
+    Raises:
+        ValueError: as :func:`compress_vector`, or more than 32767 input channels.
+    """
+    vals, index, b = compress_vector(weight, mask, v, bias)
+    blocks, taps, k, _ = vals.shape
+    if weight.shape[1] >= 2 ** 15:
+        raise ValueError(f"pack_bf16: Cin={weight.shape[1]} must be below 32768")
+    k2 = k + k % 2
+    if k2 != k:
+        vals = torch.nn.functional.pad(vals, (0, 0, 0, 1))
+        index = torch.nn.functional.pad(index, (0, 1))
+    values = vals.view(blocks, taps, k2 // 2, 2, v).permute(0, 1, 2, 4, 3).to(torch.bfloat16).contiguous()
+    cb = -(-blocks * k2 * 2 // 64) * 64
+    gidx = torch.zeros(taps, cb // 2, dtype=torch.int16)
+    gidx[:, : blocks * k2] = index.permute(1, 0, 2).reshape(taps, blocks * k2).to(torch.int16)
+    return values, gidx, b
+
+
+def vec_bf16conv2d(x: torch.Tensor, packed: tuple[torch.Tensor, torch.Tensor, torch.Tensor], cout: int,
+                   kernel_size: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int], relu: bool,
+                   out_bf16: bool) -> torch.Tensor:
+    """Run the bf16 vector-pattern kernel: ``relu?(conv2d(x, W) + bias)`` with bf16 products accumulated in fp32
+    (AVX-512 BF16 ``vdpbf16ps``), W packed by :func:`pack_bf16`.
+
+    Args:
+        x: (B, Cin, H, W) bfloat16 CPU tensor, channels_last memory (else one copy).
+    Returns:
+        (B, cout, Ho, Wo) bfloat16 (``out_bf16``, rounded to nearest even) or float32, channels_last.
+    Raises:
+        RuntimeError: the kernel cannot run here (:func:`has_bf16_kernel`), or shapes that do not match.
+    """
+    if not has_bf16_kernel():
+        raise RuntimeError("the bf16 CPU kernel needs the built extension and AVX-512 BF16 "
+                           f"({kernel_status()['reason'] or 'this CPU lacks it'})")
+    values, gidx, bias = packed
+    return _build()[0].vec_bf16conv2d(x, values, gidx, bias, cout, kernel_size[0], kernel_size[1], padding[0],
+                                      padding[1], dilation[0], dilation[1], relu, out_bf16)
 
 
 def warn_int8_fallback() -> None:

@@ -18,6 +18,13 @@ bool cpu_has_vnni() {
          __builtin_cpu_supports("avx512vbmi");
 }
 
+// Whether the CPU runs the bf16 kernel's instructions: AVX-512 BF16 dot products (and BW/VL).
+bool cpu_has_bf16() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+}
+
 // 512 when the CPU runs AVX-512F, 256 for AVX2 + FMA, 0 otherwise.
 int64_t cpu_isa() {
   __builtin_cpu_init();
@@ -184,8 +191,60 @@ torch::Tensor vec_qconv2d(const torch::Tensor& x, const torch::Tensor& values, c
     dense = at::equal(gidx.narrow(1, 0, blocks * K), ramp.unsqueeze(0).expand({kh * kw, blocks * K}));
   }
   p.dense = dense;
-  p.V = int(V); p.K = int(K); p.cb = int(cb); p.zin = int(zin); p.zout = int(zout); p.relu = relu; p.out_u8 = out_u8;
+  p.V = int(V); p.K = int(K); p.cb = int(cb); p.zin = int(zin); p.zout = int(zout); p.relu = relu; p.out_low = out_u8;
   split_rows(n * ho, [&](int64_t begin, int64_t end) { dynprune::vec_qconv_rows_vnni(p, begin, end); });
+  return y;
+}
+
+// The bf16 vector-pattern convolution (vec_qconv_impl.h): x (n, cin, h, w) bfloat16 channels last, values
+// (blocks, taps, K/2, V, 2) bfloat16, gidx (taps, cb/2) int16, bias (blocks * V) float32. Returns bfloat16 when
+// out_bf16, else float32, (n, cout, ho, wo) channels last.
+torch::Tensor vec_bf16conv2d(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& gidx,
+                             const torch::Tensor& bias, int64_t cout, int64_t kh, int64_t kw, int64_t pad_h,
+                             int64_t pad_w, int64_t dil_h, int64_t dil_w, bool relu, bool out_bf16) {
+  TORCH_CHECK(cpu_has_bf16(), "vec_bf16conv2d: this CPU lacks AVX-512 BF16");
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kBFloat16 && x.device().is_cpu(),
+              "vec_bf16conv2d: expected a 4-D bfloat16 CPU input, got ", x.sizes(), " ", x.scalar_type());
+  const auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t n = x.size(0), cin = x.size(1), h = x.size(2), w = x.size(3);
+  TORCH_CHECK(values.dim() == 5 && values.scalar_type() == at::kBFloat16 && values.is_contiguous() &&
+                  values.size(4) == 2,
+              "vec_bf16conv2d: values must be contiguous bfloat16 (blocks, taps, K/2, V, 2), got ", values.sizes());
+  const int64_t blocks = values.size(0), K = values.size(2) * 2, V = values.size(3);
+  TORCH_CHECK(V == 8 || V == 16 || V == 32, "vec_bf16conv2d: V must be 8, 16 or 32, got ", V);
+  TORCH_CHECK(kh >= 1 && kh <= 16 && kw >= 1 && kw <= 16, "vec_bf16conv2d: kernel sides must be 1..16");
+  TORCH_CHECK(values.size(1) == kh * kw && blocks == (cout + V - 1) / V && K >= 2,
+              "vec_bf16conv2d: values ", values.sizes(), " do not fit cout=", cout, " and a ", kh, "x", kw, " kernel");
+  const int64_t cb = (blocks * K * 2 + 63) / 64 * 64;
+  TORCH_CHECK(gidx.scalar_type() == at::kShort && gidx.is_contiguous() && gidx.dim() == 2 && gidx.size(0) == kh * kw &&
+                  gidx.size(1) == cb / 2, "vec_bf16conv2d: gidx must be contiguous int16 (", kh * kw, ", ", cb / 2, ")");
+  TORCH_CHECK(gidx.numel() == 0 || (gidx.min().item<int16_t>() >= 0 && gidx.max().item<int16_t>() < cin),
+              "vec_bf16conv2d: input-channel indices must lie in [0, ", cin, ")");
+  TORCH_CHECK(bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == blocks * V,
+              "vec_bf16conv2d: bias must hold ", blocks * V, " floats");
+  const int64_t ho = h + 2 * pad_h - dil_h * (kh - 1), wo = w + 2 * pad_w - dil_w * (kw - 1);
+  TORCH_CHECK(ho > 0 && wo > 0, "vec_bf16conv2d: input ", h, "x", w, " is smaller than the kernel's extent");
+  auto y = at::empty({n, cout, ho, wo}, x.options().dtype(out_bf16 ? at::kBFloat16 : at::kFloat)
+                                          .memory_format(at::MemoryFormat::ChannelsLast));
+  dynprune::VecQConvParams p;
+  p.x = xc.data_ptr();
+  p.y = y.data_ptr();
+  p.values = values.data_ptr();
+  p.gidx = static_cast<const uint8_t*>(gidx.data_ptr());
+  p.acc0 = bias.data_ptr<float>();
+  p.scale = nullptr;
+  p.shift = nullptr;
+  p.n = n; p.h = h; p.w = w; p.cin = cin; p.ho = ho; p.wo = wo; p.cout = cout;
+  p.kh = int(kh); p.kw = int(kw); p.pad_h = int(pad_h); p.pad_w = int(pad_w);
+  p.dil_h = int(dil_h); p.dil_w = int(dil_w);
+  bool dense = K == cin;
+  if (dense) {
+    const auto ramp = at::arange(cin, gidx.options()).repeat({blocks});
+    dense = at::equal(gidx.narrow(1, 0, blocks * K), ramp.unsqueeze(0).expand({kh * kw, blocks * K}));
+  }
+  p.dense = dense;
+  p.V = int(V); p.K = int(K); p.cb = int(cb); p.zin = 0; p.zout = 0; p.relu = relu; p.out_low = out_bf16;
+  split_rows(n * ho, [&](int64_t begin, int64_t end) { dynprune::vec_bf16conv_rows(p, begin, end); });
   return y;
 }
 
@@ -215,6 +274,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("num_workers", &num_workers, "threads a call over that many output rows uses");
   m.def("nm_conv2d", &nm_conv2d, "direct N:M sparse conv2d: stride 1, groups 1, fp32 channels last");
   m.def("cpu_has_vnni", &cpu_has_vnni, "whether the CPU runs the int8 kernel (AVX-512 VNNI and VBMI)");
+  m.def("cpu_has_bf16", &cpu_has_bf16, "whether the CPU runs the bf16 kernel (AVX-512 BF16)");
+  m.def("vec_bf16conv2d", &vec_bf16conv2d, "bf16 vector-pattern N:M conv2d: fp32 accumulation, channels last");
   m.def("quantize_u8", &quantize_u8, "uint8 quantization of a float32 tensor (rounded half to even)");
   m.def("vec_qconv2d", &vec_qconv2d, "int8 vector-pattern N:M conv2d: u8 x s8, requantized, channels last");
   m.def("vec_conv2d", &vec_conv2d, "direct vector-pattern N:M conv2d: stride 1, groups 1, fp32 channels last");

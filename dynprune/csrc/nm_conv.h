@@ -39,22 +39,23 @@ struct VecConvParams {
   bool relu;
 };
 
-// One call of the int8 vector-pattern convolution (dynprune/sparse_cpu.py, pack_vector_int8; arithmetic in
-// vec_qconv_impl.h): u8 activations (zero point zin) x s8 weights, s32 accumulators, per-channel requantization.
+// One call of a low-precision vector-pattern convolution (arithmetic in vec_qconv_impl.h): int8 (u8
+// activations with zero point zin x s8 weights, dynprune/quant.py) or bf16 (dynprune/sparse_cpu.py, pack_bf16).
+// Elements are ES bytes (1 or 2); a group of 4 bytes (4 int8 or 2 bf16 elements) is one broadcast.
 struct VecQConvParams {
-  const uint8_t* x;       // (n, h, w, cin) u8
-  void* y;                // (n, ho, wo, cout): u8 when out_u8, else float
-  const int8_t* values;   // (blocks, taps, K / 4, V, 4): per group of 4 kept entries, 4 weights per output channel
-  const uint8_t* gidx;    // (taps, cb): input channel of each compacted byte (blocks * K used, cb a multiple of 64)
-  const int32_t* acc0;    // (blocks * V) initial accumulators (-zin * sum of the channel's weights)
-  const float* scale;     // (blocks * V) requantization multipliers
-  const float* shift;     // (blocks * V) requantization offsets
+  const void* x;          // (n, h, w, cin) u8 or bf16
+  void* y;                // (n, ho, wo, cout): u8 / bf16 when out_low, else float
+  const void* values;     // (blocks, taps, K / G, V, G): per group of kept entries, G weights per output channel
+  const uint8_t* gidx;    // (taps, cb / ES) u8 (int8) or u16 (bf16): input channel of each compacted element
+  const void* acc0;       // (blocks * V) initial accumulators: int32 -zin * sum_w (int8) or float bias (bf16)
+  const float* scale;     // (blocks * V) int8 requantization multipliers (unused for bf16)
+  const float* shift;     // (blocks * V) int8 requantization offsets (unused for bf16)
   int64_t n, h, w, cin, ho, wo, cout;
   int kh, kw, pad_h, pad_w, dil_h, dil_w;  // kh, kw <= 16
-  int V, K, cb;            // K a multiple of 4
+  int V, K, cb;            // K a multiple of G; cb bytes of compacted elements per pixel and tap (64-byte chunks)
   bool dense;              // every block keeps channels 0..cin-1 in order (K == cin): read the pixels directly
   int zin, zout;
-  bool relu, out_u8;
+  bool relu, out_low;
 };
 
 // Work items are output rows (batch index, output row), item = b * ho + oy; [begin, end).
@@ -64,5 +65,6 @@ void vec_conv_rows_avx512(const VecConvParams& p, int64_t begin, int64_t end);
 void vec_conv_rows_avx2(const VecConvParams& p, int64_t begin, int64_t end);
 void vec_qconv_rows_vnni(const VecQConvParams& p, int64_t begin, int64_t end);
 void quantize_u8_vnni(const float* x, uint8_t* y, int64_t n, float inv_scale, int zero);
+void vec_bf16conv_rows(const VecQConvParams& p, int64_t begin, int64_t end);
 
 }  // namespace dynprune

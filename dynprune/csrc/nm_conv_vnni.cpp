@@ -8,12 +8,32 @@
 namespace dynprune {
 namespace {
 
+// The compaction of one tap for cin <= 64: its index vectors loaded once, then per pixel one masked load and one
+// vpermb per 64 compacted bytes.
+struct Gather8 {
+  __m512i idx[4];
+  __mmask64 m;
+  int n;
+  Gather8(const uint8_t* ti, int cin, int cb) : m(cin == 64 ? ~__mmask64(0) : (__mmask64(1) << cin) - 1), n(cb / 64) {
+    for (int c = 0; c < n; ++c) idx[c] = _mm512_loadu_si512(ti + 64 * c);
+  }
+  inline void run(const uint8_t* src, uint8_t* out) const {
+    const __m512i pix = _mm512_maskz_loadu_epi8(m, src);
+    for (int c = 0; c < n; ++c) _mm512_storeu_si512(out + 64 * c, _mm512_permutexvar_epi8(idx[c], pix));
+  }
+};
+
 struct QV512 {
   using reg = __m512i;
-  static constexpr int L = 16;
+  using wreg = __m512i;
+  static constexpr int L = 16, ES = 1, G = 4, IS = 1;
+  using Gather = Gather8;
+  static inline uint8_t pad_byte(const VecQConvParams& p, size_t) { return uint8_t(p.zin); }
+  static inline reg load_acc0(const VecQConvParams& p, int64_t oc) {
+    return _mm512_loadu_si512(static_cast<const int32_t*>(p.acc0) + oc);
+  }
   static inline __mmask16 head(int n) { return __mmask16((1u << n) - 1u); }
-  static inline reg load_i32(const int32_t* p) { return _mm512_loadu_si512(p); }
-  static inline reg load_w(const int8_t* p) { return _mm512_loadu_si512(p); }
+  static inline reg load_w(const uint8_t* p) { return _mm512_loadu_si512(p); }
   static inline reg bcast4(const uint8_t* p) {
     int32_t v;
     std::memcpy(&v, p, 4);
@@ -39,7 +59,7 @@ struct QV512 {
     if (p.relu) f = _mm512_max_ps(f, _mm512_setzero_ps());
     _mm512_mask_storeu_ps(y, head(n), f);
   }
-  static inline void store_u8(uint8_t* y, reg acc, const VecQConvParams& p, int64_t oc, int n) {
+  static inline void store_low(uint8_t* y, reg acc, const VecQConvParams& p, int64_t oc, int n) {
     // clamp above in float (no int32 overflow), round, below in int32: the same as clamping before rounding,
     // the bounds being integers; the unsigned-saturating narrow then stores bytes
     const __m512 f = _mm512_min_ps(requant(acc, p, oc), _mm512_set1_ps(float(255 - p.zout)));
@@ -53,10 +73,15 @@ struct QV512 {
 // 8 lanes (AVX-512VL on ymm): the V = 8 pattern.
 struct QY256 {
   using reg = __m256i;
-  static constexpr int L = 8;
+  using wreg = __m256i;
+  static constexpr int L = 8, ES = 1, G = 4, IS = 1;
+  using Gather = Gather8;
+  static inline uint8_t pad_byte(const VecQConvParams& p, size_t) { return uint8_t(p.zin); }
+  static inline reg load_acc0(const VecQConvParams& p, int64_t oc) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const int32_t*>(p.acc0) + oc));
+  }
   static inline __mmask8 head(int n) { return __mmask8((1u << n) - 1u); }
-  static inline reg load_i32(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-  static inline reg load_w(const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static inline reg load_w(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
   static inline reg bcast4(const uint8_t* p) {
     int32_t v;
     std::memcpy(&v, p, 4);
@@ -75,7 +100,7 @@ struct QY256 {
     if (p.relu) f = _mm256_max_ps(f, _mm256_setzero_ps());
     _mm256_mask_storeu_ps(y, head(n), f);
   }
-  static inline void store_u8(uint8_t* y, reg acc, const VecQConvParams& p, int64_t oc, int n) {
+  static inline void store_low(uint8_t* y, reg acc, const VecQConvParams& p, int64_t oc, int n) {
     const __m256 f = _mm256_min_ps(requant(acc, p, oc), _mm256_set1_ps(float(255 - p.zout)));
     __m256i i = _mm256_cvtps_epi32(f);
     if (p.zout) i = _mm256_add_epi32(i, _mm256_set1_epi32(p.zout));
