@@ -36,7 +36,7 @@ from .nm import VECTOR_SIZES
 from .outputs import write_text
 
 __all__ = ["kernel", "kernel_status", "build_dir", "vector_isa", "cpu_name", "lanes", "tune_allocator", "compress",
-           "decompress", "pack_for_kernel", "nm_conv2d", "compress_vector", "decompress_vector", "vec_conv2d", "has_int8_kernel", "warn_int8_fallback", "vec_qconv2d", "has_bf16_kernel", "pack_bf16", "vec_bf16conv2d",
+           "decompress", "pack_for_kernel", "nm_conv2d", "compress_vector", "decompress_vector", "vec_conv2d", "has_int8_kernel", "warn_lowp_fallback", "vec_qconv2d", "has_bf16_kernel", "pack_bf16", "vec_bf16conv2d",
            "SUPPORTED_M"]
 
 _CSRC = Path(__file__).with_name("csrc")
@@ -364,15 +364,18 @@ def vec_bf16conv2d(x: torch.Tensor, packed: tuple[torch.Tensor, torch.Tensor, to
                                       padding[1], dilation[0], dilation[1], relu, out_bf16)
 
 
-def warn_int8_fallback() -> None:
-    """Warn once per process where the int8 kernel cannot run (its layers then run the exact reference path)."""
-    if not has_int8_kernel() and not _status.get("warned_int8"):
-        _status["warned_int8"] = True
+def warn_lowp_fallback(precision: str) -> None:
+    """Warn once per process where the ``precision`` ("int8" or "bf16") kernel cannot run: its layers then run the
+    reference arithmetic (int8: the same outputs; bf16: the same to float tolerance), slower."""
+    runs = has_int8_kernel() if precision == "int8" else has_bf16_kernel()
+    if not runs and not _status.get(f"warned_{precision}"):
+        _status[f"warned_{precision}"] = True
         ext, _, reason = _build()
+        needs = "AVX-512 VNNI and VBMI" if precision == "int8" else "AVX-512 BF16"
         why = reason if ext is None else ("DYNPRUNE_ISA=" + os.environ["DYNPRUNE_ISA"] if os.environ.get("DYNPRUNE_ISA")
-                                          else "this CPU lacks AVX-512 VNNI or VBMI")
-        warnings.warn(f"dynprune: int8 CPU kernel unavailable ({why}); int8 layers run the reference arithmetic "
-                      f"instead (the same outputs, slower)", RuntimeWarning, stacklevel=3)
+                                          else f"this CPU lacks {needs}")
+        warnings.warn(f"dynprune: {precision} CPU kernel unavailable ({why}); {precision} layers run the reference "
+                      f"arithmetic instead (slower)", RuntimeWarning, stacklevel=3)
 
 
 def vec_qconv2d(x: torch.Tensor, packed, cout: int, kernel_size: tuple[int, int], padding: tuple[int, int],

@@ -170,7 +170,7 @@ def test_deploy_backend_names_from_the_command_line(trained, tmp_path, capsys):
     capsys.readouterr()
     assert main(["deploy", ckpt, str(tmp_path / "x.pt"), "--backend", "nm_cpu,gpu"]) == 2
     err = capsys.readouterr().err
-    assert "unknown deploy backend 'gpu': use 'cpu' (every registered backend) or one of ['int8_cpu', 'vector_cpu'" in err
+    assert "unknown deploy backend 'gpu': use 'cpu' (every registered backend) or one of ['int8_cpu', 'bf16_cpu', 'vector_cpu'" in err
     assert not (tmp_path / "x.pt").exists()
 
 

@@ -121,7 +121,7 @@ def test_deploy_errors(dncnn):
     plain = dp.create_model("dncnn", depth=3, width=8)
     with pytest.raises(ValueError, match="holds no dynamic N:M layer"):
         dp.deploy(plain)
-    with pytest.raises(ValueError, match=r"unknown deploy backend 'cuda': use 'cpu' \(every registered backend\) or one of \['int8_cpu', 'vector_cpu', 'nm_cpu', 'onednn'\]"):
+    with pytest.raises(ValueError, match=r"unknown deploy backend 'cuda': use 'cpu' \(every registered backend\) or one of \['int8_cpu', 'bf16_cpu', 'vector_cpu', 'nm_cpu', 'onednn'\]"):
         dp.deploy(dncnn, backend="cuda")
     with pytest.raises(ValueError, match="max_density=2"):
         dp.deploy(dncnn, max_density=2)
@@ -425,7 +425,7 @@ def test_int8_layers_chain_in_uint8_and_the_last_writes_float(dncnn_int8):
 
 def test_int8_deploy_errors(dncnn_int8):
     net, _, _, cal = dncnn_int8
-    with pytest.raises(ValueError, match=r"unknown deploy precision 'int4': use one of \['fp32', 'int8'\]"):
+    with pytest.raises(ValueError, match=r"unknown deploy precision 'int4': use one of \['fp32', 'bf16', 'int8'\]"):
         dp.deploy(net, precision="int4")
     with pytest.raises(ValueError, match="needs calibration images"):
         dp.deploy(net, precision="int8")

@@ -17,7 +17,7 @@ from ..layers import DynamicNMMixin, dynamic_layers
 from .backends import backend_names, choose, get_backend
 from .calibration import calibrate_int8
 from .fold import foldable
-from .layer import LayerPlan, SparseConv2d
+from .layer import LayerPlan, SparseConv2d, chained
 
 __all__ = ["deploy", "DeployReport", "PRECISIONS"]
 
@@ -158,7 +158,7 @@ def _allowed(backend: str | Sequence[str]) -> tuple[str, ...]:
     return names
 
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "bf16", "int8")
 
 
 def deploy(model: nn.Module, backend: str | Sequence[str] = "cpu", *, precision: str = "fp32",
@@ -189,7 +189,9 @@ def deploy(model: nn.Module, backend: str | Sequence[str] = "cpu", *, precision:
             between layers). ``False`` keeps NCHW for models whose other layers are slow in channels_last
             (e.g. InstanceNorm: GCANet); the kernel layers then copy their input and output once each.
         paths: {layer name: backend per branch} overriding the rule (a saved artifact's choice).
-        precision: ``"fp32"`` or ``"int8"``. At int8 every layer the int8 kernel takes (``int8_cpu``: stride 1,
+        precision: ``"fp32"``, ``"bf16"`` or ``"int8"``. At bf16 every layer the bf16 kernel takes (``bf16_cpu``,
+            the same layers as int8) runs every branch with bf16 weights and activations and fp32 accumulation,
+            consecutive bf16 layers passing bf16; no calibration. At int8 every layer the int8 kernel takes (``int8_cpu``: stride 1,
             16 to 256 input channels; the others, e.g. a network's first and last layers, stay fp32) runs every
             branch in int8: weights per output channel, activations per tensor *and per branch* (like variable
             BatchNorm's statistics), calibrated on ``calibration``; consecutive int8 layers pass uint8 directly.
@@ -261,10 +263,14 @@ def _deploy(model: nn.Module, backend: str | Sequence[str] = "cpu", *, precision
     _deploy_net(out_net, opts, report, dict(paths or {}))
     if report.kernel["available"] is False and any(report.sparse_layers(i) for i in range(len(ratios))):
         sparse_cpu.kernel()  # the one warning naming the reason
-    if any("int8_cpu" in lp.paths for lp in report.layers):
-        sparse_cpu.warn_int8_fallback()
+    for name in ("int8_cpu", "bf16_cpu"):
+        if any(name in lp.paths for lp in report.layers):
+            sparse_cpu.warn_lowp_fallback(name[:4])
     if precision == "int8":
         report.calibration = calibrate_int8(out_net, net, calibration) if calibration is not None else {}
+    if precision == "bf16":
+        for a, _, i in chained(out_net, "bf16_cpu"):
+            getattr(a, f"b16out_{i}").fill_(1.0)
     if channels_last:
         out.to(memory_format=torch.channels_last)
     hook = _input_hook(_in_channels(model), channels_last)

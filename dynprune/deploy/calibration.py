@@ -11,7 +11,7 @@ from torch import nn
 
 from .. import quant
 from ..branch import use_branch
-from .layer import SparseConv2d
+from .layer import SparseConv2d, chained
 
 __all__ = ["calibration_images", "calibrate_int8"]
 
@@ -91,14 +91,9 @@ def calibrate_int8(deployed: nn.Module, net: nn.Module, images: torch.Tensor) ->
             if path == "int8_cpu":
                 getattr(layer, f"q8act_{i}").copy_(torch.tensor([acts[name][i].scale, acts[name][i].zero, 0.0, 0.0]))
     names = {id(m): n for n, m in deployed.named_modules()}
-    for seq in [m for m in deployed.modules() if isinstance(m, nn.Sequential)]:
-        kids = [k for k in seq.children() if not isinstance(k, nn.Identity)]
-        for a, b in zip(kids, kids[1:]):
-            if id(a) in names and names[id(a)] in layers and id(b) in names and names[id(b)] in layers:
-                for i in range(branches):
-                    if a.paths[i] == b.paths[i] == "int8_cpu":
-                        nxt = acts[names[id(b)]][i]
-                        getattr(a, f"q8act_{i}")[2:] = torch.tensor([nxt.scale, float(nxt.zero)])
+    for a, b, i in chained(deployed, "int8_cpu"):
+        nxt = acts[names[id(b)]][i]
+        getattr(a, f"q8act_{i}")[2:] = torch.tensor([nxt.scale, float(nxt.zero)])
     for layer in layers.values():
         layer._kernel_cache.clear()
     return ranges

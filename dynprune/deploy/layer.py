@@ -13,7 +13,7 @@ from ..nm import NMPattern, NMRatio
 from .backends import get_backend
 from .fold import branch_norm, fold_batchnorm
 
-__all__ = ["SparseConv2d", "LayerPlan"]
+__all__ = ["SparseConv2d", "LayerPlan", "chained"]
 
 
 @dataclass
@@ -132,3 +132,16 @@ class SparseConv2d(nn.Module):
             y = backend.run(self, i, x, buffers)
             return y if self.channels_last or not backend.sparse else y.contiguous()
         return backend.fallback(self, i, x, buffers)
+
+
+def chained(net: nn.Module, backend: str):
+    """(a, b, branch) for every two deployed layers that follow each other in an ``nn.Sequential`` (only
+    ``nn.Identity`` between them: fused BatchNorm and ReLU) and both run ``branch`` on ``backend``: ``a``'s output
+    is ``b``'s input alone, so ``a`` may write it in ``b``'s low-precision format."""
+    for seq in [m for m in net.modules() if isinstance(m, nn.Sequential)]:
+        kids = [k for k in seq.children() if not isinstance(k, nn.Identity)]
+        for a, b in zip(kids, kids[1:]):
+            if isinstance(a, SparseConv2d) and isinstance(b, SparseConv2d):
+                for i, (pa, pb) in enumerate(zip(a.paths, b.paths)):
+                    if pa == pb == backend:
+                        yield a, b, i

@@ -22,7 +22,7 @@ from ...nm import NMPattern, NMRatio
 __all__ = ["Backend", "register_backend", "get_backend", "backend_names", "choose", "check_shape", "check_nm_index"]
 
 # built-in backends, in order of preference for a branch they all support (fastest first where it applies)
-_BUILTIN = ("int8_cpu", "vector_cpu", "nm_cpu", "onednn")
+_BUILTIN = ("int8_cpu", "bf16_cpu", "vector_cpu", "nm_cpu", "onednn")
 _REGISTRY: dict[str, "Backend"] = {}
 
 

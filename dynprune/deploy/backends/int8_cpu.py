@@ -17,9 +17,7 @@ import torch
 
 from ... import quant, sparse_cpu
 from . import Backend, check_shape, register_backend
-
-MIN_IN_CHANNELS = 16  # thinner layers (a network's first) stay fp32: little work, most of the quantization error
-
+from ._cpu import lowp_reason
 
 def act_params(buffers) -> tuple[quant.ActQuant, quant.ActQuant | None]:
     """(input, output or None for float32 output) quantization of a branch from its ``q8act`` buffer."""
@@ -42,17 +40,7 @@ class Int8CPU(Backend):
     def supports(self, conv, ratio, pattern, opts) -> str:
         if opts.get("precision") != "int8":
             return f"precision {opts.get('precision', 'fp32')} (int8_cpu: int8 only)"
-        if conv.stride != (1, 1) or conv.groups != 1:
-            return f"stride {conv.stride}, groups {conv.groups} (kernel: stride 1, groups 1)"
-        if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
-            return f"padding {conv.padding!r}/{conv.padding_mode} (kernel: explicit zero padding)"
-        if max(conv.kernel_size) > 16:
-            return f"kernel {conv.kernel_size} (int8 kernel: sides up to 16)"
-        if not MIN_IN_CHANNELS <= conv.in_channels <= 256:
-            return f"{conv.in_channels} input channels (int8 kernel: {MIN_IN_CHANNELS} to 256; thin layers stay fp32)"
-        if conv.out_channels < opts["min_out_channels"]:
-            return f"{conv.out_channels} output channels < min_out_channels={opts['min_out_channels']}"
-        return ""
+        return lowp_reason(conv, opts)
 
     def pack(self, weight, mask, bias, ratio, pattern) -> dict[str, torch.Tensor]:
         keep = mask if pattern.is_vector else torch.ones_like(mask)   # element pattern: the dense int8 weight
