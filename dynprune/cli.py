@@ -560,7 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="element-pattern branches denser than N/M run on oneDNN (default 0.25)")
     dp_.add_argument("--max-density-vector", type=float, default=0.75,
                      help="vector-pattern branches denser than N/M run on oneDNN (default 0.75)")
-    dp_.add_argument("--min-out-channels", type=int, default=16, help="layers with fewer outputs run on oneDNN")
+    dp_.add_argument("--min-out-channels", type=int, default=None,
+                     help="layers with fewer outputs run on oneDNN (default 16 at fp32, 1 at bf16/int8)")
     dp_.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
                      help="bf16: bf16 kernels (AVX-512 BF16); int8: uint8 x int8 kernels (AVX-512 VNNI), calibrated "
                           "per branch (default fp32)")

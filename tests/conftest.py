@@ -255,15 +255,15 @@ def mask_path(request, monkeypatch):
 
 
 @pytest.fixture
-def no_kernel_int8(monkeypatch):
-    """``with no_kernel_int8(): ...`` runs its block as on a CPU without the int8 kernel (DYNPRUNE_ISA=avx2: the
-    fp32 kernels still run); the int8 fallback warns again inside it. Skips where the int8 kernel never runs."""
+def no_lowp_kernels(monkeypatch):
+    """``with no_lowp_kernels(): ...`` runs its block as on a CPU without the int8 and bf16 kernels (DYNPRUNE_ISA=avx2:
+    the fp32 kernels still run); their fallbacks warn again inside it. Skips where those kernels never run."""
     from contextlib import contextmanager
 
     from dynprune import sparse_cpu
 
-    if not sparse_cpu.has_int8_kernel():
-        pytest.skip("the int8 kernel does not run here (needs AVX-512 VNNI + VBMI): nothing to compare with")
+    if not (sparse_cpu.has_int8_kernel() and sparse_cpu.has_bf16_kernel()):
+        pytest.skip("the int8/bf16 kernels do not run here (need AVX-512 VNNI + VBMI + BF16): nothing to compare with")
 
     @contextmanager
     def without():

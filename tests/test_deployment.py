@@ -391,11 +391,14 @@ def test_int8_deploy_runs_every_branch_of_the_wide_layers_in_int8(dncnn_int8):
     assert rep.options["precision"] == "int8"
     wide = [lp for lp in rep.layers if lp.shape[:2] == (32, 32)]
     assert len(wide) == 4 and all(lp.paths == ["int8_cpu"] * 3 for lp in wide)
-    last = [lp for lp in rep.layers if lp.shape[0] == 1]
-    assert last and last[0].paths == ["onednn"] * 3 and "int8_cpu: 1 output channels" in last[0].reasons[0]
+    last = [lp for lp in rep.layers if lp.shape[0] == 1]   # 32 -> 1: int8 too (min_out_channels is 1 at int8)
+    assert len(last) == 1 and last[0].paths == ["int8_cpu"] * 3
+    kept = dp.deploy(net, precision="int8", calibration=cal[:3], min_out_channels=16).deploy_report
+    last = [lp for lp in kept.layers if lp.shape[0] == 1][0]
+    assert last.paths == ["onednn"] * 3 and "int8_cpu: 1 output channels < min_out_channels=16" in last.reasons[0]
     # calibrated per branch: past the first (its input comes from the unconverted first layer), every int8
     # layer's input range differs between branches
-    assert set(rep.calibration) == {lp.name for lp in wide}
+    assert set(rep.calibration) == {lp.name for lp in rep.layers if "int8_cpu" in lp.paths}
     ranges = [rep.calibration[lp.name] for lp in wide]
     assert len(set(ranges[0])) == 1 and all(len(set(rng)) == 3 for rng in ranges[1:])
     x = cal[:4]
@@ -437,7 +440,7 @@ def test_int8_deploy_errors(dncnn_int8):
         dp.deploy(net, precision="int8", calibration=bad)
 
 
-def test_int8_artifact_roundtrip_and_the_reference_path_without_the_kernel(tmp_path, no_kernel_int8):
+def test_int8_artifact_roundtrip_and_the_reference_path_without_the_kernel(tmp_path, no_lowp_kernels):
     from dynprune.models import build_model
 
     from .conftest import tiny_config
@@ -455,7 +458,7 @@ def test_int8_artifact_roundtrip_and_the_reference_path_without_the_kernel(tmp_p
     with torch.no_grad():
         want = dep(x)
         assert torch.equal(load_deployed(path)(x), want)
-        with no_kernel_int8():
+        with no_lowp_kernels():
             with pytest.warns(RuntimeWarning, match="int8 CPU kernel unavailable.*reference arithmetic"):
                 ref = load_deployed(path)
             assert torch.equal(ref(x), want)     # the kernel is bit-exact, so the outputs are identical
@@ -465,3 +468,44 @@ def test_int8_artifact_roundtrip_and_the_reference_path_without_the_kernel(tmp_p
     save_atomic(obj, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="q8act is not a finite calibration"):
         load_deployed(tmp_path / "bad.pt")
+
+
+def test_bf16_deploy_chains_bf16_and_stays_within_bf16_error(dncnn_int8):
+    net, fp32, _, cal = dncnn_int8
+    dep = dp.deploy(net, precision="bf16")
+    lows = [m for m in dep.modules() if isinstance(m, SparseConv2d) and "bf16_cpu" in m.paths]
+    assert len(lows) == 5 and all(m.paths == ["bf16_cpu"] * 3 for m in lows)
+    seen = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: seen.append(o.dtype)) for m in lows]
+    x = cal[:4]
+    with torch.no_grad():
+        dep(x[:1])
+        assert seen == [torch.bfloat16] * 4 + [torch.float32]
+        for h in hooks:
+            h.remove()
+        for i in range(3):
+            with dp.use_branch(i):
+                want, got = fp32(x), dep(x)
+            err = (got - want).pow(2).mean().sqrt() / want.pow(2).mean().sqrt()
+            assert 0 < err < 4e-3, (i, float(err))     # bf16 (8-bit mantissa), fp32 accumulation
+
+
+def test_bf16_artifact_roundtrip_and_fallback_without_the_instructions(tmp_path, no_lowp_kernels):
+    from dynprune.models import build_model
+
+    from .conftest import tiny_config
+
+    cfg = tiny_config(tmp_path / "run")
+    cfg.model.kwargs["width"] = 16
+    cfg.convert.pattern = "vector16"
+    model = build_model(cfg).eval()
+    dep = dp.deploy(model, precision="bf16")
+    path = save_deployed(dep, tmp_path / "bf16.pt", cfg.model_dump(mode="json"), model.restorer.arch)
+    x = torch.rand(3, 1, 21, 19)
+    with torch.no_grad():
+        want = dep(x)
+        assert torch.equal(load_deployed(path)(x), want)
+        with no_lowp_kernels():
+            with pytest.warns(RuntimeWarning, match="bf16 CPU kernel unavailable"):
+                ref = load_deployed(path)
+            assert (ref(x) - want).abs().max() <= 2e-2 * want.abs().max()   # bf16 roundings in another order

@@ -225,3 +225,31 @@ def test_a_forced_isa_is_never_probed_away(isa):
     weight, bias, mask, _ = _vector_case(32, 16, 3, 1, 1, 1, 4, 8, 8, 1, 16, False)
     packed = sparse_cpu.compress_vector(weight, mask, 16, bias)
     assert sparse_cpu.vector_isa(packed, 32, 16, (3, 3), (1, 1)) == {"avx512": 512, "avx2": 256}[isa]
+
+
+needs_bf16 = pytest.mark.skipif(not sparse_cpu.has_bf16_kernel(),
+                                reason="the bf16 kernel needs AVX-512 BF16 and the built extension")
+
+
+@needs_bf16
+@pytest.mark.parametrize("cin, cout, k, ratio, v, pad, dil, relu, out_bf16", [
+    (64, 64, 3, "1:4", 16, 1, 1, True, True), (64, 64, 3, "2:4", 16, 1, 1, True, False),
+    (64, 64, 3, "4:4", 16, 1, 1, False, False), (64, 40, 3, "1:4", 16, 1, 1, True, False),
+    (64, 64, 3, "1:4", 8, 2, 2, True, False), (64, 64, 3, "2:4", 32, 0, 1, False, True),
+    (32, 48, 5, "2:4", 16, 2, 1, True, False), (128, 64, 3, "1:4", 16, 1, 1, True, False),
+    (12, 16, 1, "1:4", 16, 0, 1, True, False), (20, 16, 3, "1:4", 16, 1, 1, False, False)])
+def test_bf16_kernel_matches_exact_products_within_fp32_accumulation(cin, cout, k, ratio, v, pad, dil, relu, out_bf16):
+    torch.manual_seed(cin + cout + k)
+    w, b = torch.randn(cout, cin, k, k), torch.randn(cout)
+    mask = nm_mask(w, ratio, pattern=f"vector{v}")
+    packed = sparse_cpu.pack_bf16(w * mask, mask, v, b)
+    x = torch.randn(2, cin, 13, 37).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    wb = (w * mask).to(torch.bfloat16).double()
+    want = F.conv2d(x.double(), wb, b.double(), padding=pad, dilation=dil)
+    want = want.clamp_min(0) if relu else want
+    got = sparse_cpu.vec_bf16conv2d(x, packed, cout, (k, k), (pad, pad), (dil, dil), relu, out_bf16)
+    assert got.dtype == (torch.bfloat16 if out_bf16 else torch.float32)
+    scale = F.conv2d(x.double().abs(), wb.abs(), b.double().abs(), padding=pad, dilation=dil)
+    # fp32 accumulation of exact bf16 products: a few fp32 ulps of the magnitude; a bf16 output half a bf16 ulp
+    rel = ((got.double() - want).abs() / (scale + 1e-30)).max().item()
+    assert rel <= (2 ** -8 if out_bf16 else 2 ** -20)

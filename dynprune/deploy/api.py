@@ -163,7 +163,7 @@ PRECISIONS = ("fp32", "bf16", "int8")
 
 def deploy(model: nn.Module, backend: str | Sequence[str] = "cpu", *, precision: str = "fp32",
            calibration: torch.Tensor | None = None, max_density: float = 0.25,
-           max_density_vector: float = 0.75, min_out_channels: int = 16, fuse: bool = True,
+           max_density_vector: float = 0.75, min_out_channels: int | None = None, fuse: bool = True,
            channels_last: bool = True, paths: dict[str, list[str]] | None = None) -> nn.Module:
     """An inference copy of ``model`` whose sparse branches run on the CPU kernels.
 
@@ -183,7 +183,9 @@ def deploy(model: nn.Module, backend: str | Sequence[str] = "cpu", *, precision:
         max_density: element-pattern branches denser than this (N/M) run on oneDNN; default 0.25 (the
             element kernel beats oneDNN at 1:4 on every measured CPU, at 2:4 only on some).
         max_density_vector: the same for vector-pattern branches; default 0.75.
-        min_out_channels: layers with fewer output channels run on oneDNN (a SIMD tile would be mostly empty).
+        min_out_channels: layers with fewer output channels run on oneDNN in fp32. Default: 16 at fp32 (a SIMD tile
+            would be mostly empty and oneDNN is faster), 1 at bf16/int8 (DnCNN-B's 64->1 last layer: 5.5 ms on
+            the int8 kernel, 29 ms on oneDNN fp32, 1 thread, Zen 4; docs/results.md).
         fuse: fold BatchNorm and fuse ReLU that follow a convolution inside an ``nn.Sequential``.
         channels_last: run the whole model on channels_last activations (the kernels' layout; no copy
             between layers). ``False`` keeps NCHW for models whose other layers are slow in channels_last
@@ -234,11 +236,13 @@ def _check_calibration(images, in_channels: int) -> None:
 
 def _deploy(model: nn.Module, backend: str | Sequence[str] = "cpu", *, precision: str = "fp32",
             calibration: torch.Tensor | None = None, max_density: float = 0.25, max_density_vector: float = 0.75,
-            min_out_channels: int = 16, fuse: bool = True, channels_last: bool = True,
+            min_out_channels: int | None = None, fuse: bool = True, channels_last: bool = True,
             paths: dict[str, list[str]] | None = None) -> nn.Module:
     """:func:`deploy` without the calibration check: an artifact's int8 layers get their scales from its file
     (:func:`~dynprune.deploy.load_deployed`)."""
     allowed = _allowed(backend)
+    if min_out_channels is None:
+        min_out_channels = 16 if precision == "fp32" else 1
     if not 0 <= max_density <= 1 or not 0 <= max_density_vector <= 1 or min_out_channels < 1:
         raise ValueError(f"deploy options out of range: max_density={max_density}, max_density_vector="
                          f"{max_density_vector} (need 0..1), min_out_channels={min_out_channels} (need >= 1)")
