@@ -2,14 +2,14 @@
 
 Parts (``--part``, default both):
   layer   one 64->64 3x3 convolution + bias + ReLU on 1x64x481x321, 1 and 2 threads, interleaved rounds,
-          medians: oneDNN fp32 (channels_last), torch's dense int8 (``torch.ao`` quantized ConvReLU2d, x86
-          engine: oneDNN/FBGEMM u8 x s8), and dynprune's int8 vector16 kernel at 1:4, 2:4 and 4:4 (uint8 in,
-          uint8 out, as between two int8 layers) beside its fp32 vector16 kernel.
+          medians: oneDNN fp32 and bf16 (channels_last), torch's dense int8 (``torch.ao`` quantized ConvReLU2d,
+          x86 engine: oneDNN/FBGEMM u8 x s8), and dynprune's vector16 kernels at 1:4, 2:4 and 4:4: int8 (uint8
+          in, uint8 out, as between two int8 layers), bf16 (bf16 in and out) and fp32.
   bsd68   end to end on BSD68 x sigma 15 / 25 / 50 (seeded like ``dynprune eval``), every variant on every
           noisy image in turn: dense DnCNN-B fp32 (channels_last eager), dense bf16 (the same under
           ``torch.autocast``), dense torch int8 (eager ``torch.ao`` post-training quantization, x86 engine,
           18 fused Conv+BN+ReLU in int8, first and last conv fp32, calibrated on the same images as ours), and
-          the ClassPruning checkpoint deployed at fp32 and at int8 (classifier and grouping included).
+          the ClassPruning checkpoint deployed at fp32, bf16 and int8 (classifier and grouping included).
           Mean ms per image and mean PSNR per sigma.
 
 Calibration (both int8 models): the first 8 Train400 images, center 160x160, each at sigma 15, 25 and 50
@@ -62,7 +62,9 @@ def part_layer(args) -> dict:
     x = torch.rand(1, 64, 481, 321).contiguous(memory_format=torch.channels_last)
     w, b = torch.randn(64, 64, 3, 3) * 0.05, torch.randn(64) * 0.1
     wcl = w.contiguous(memory_format=torch.channels_last)
+    xb, wb, bb = x.to(torch.bfloat16), wcl.to(torch.bfloat16), b.to(torch.bfloat16)
     variants = {"oneDNN fp32 (channels_last)": lambda: torch.relu(torch.nn.functional.conv2d(x, wcl, b, padding=1)),
+                "oneDNN bf16 (channels_last)": lambda: torch.relu(torch.nn.functional.conv2d(xb, wb, bb, padding=1)),
                 "torch int8 dense (x86 engine)": torch_int8_layer(w, b, x)}
     a_in, a_out = quant.ActQuant(1 / 255, 0), quant.ActQuant(0.05, 0)
     xu = quant.quantize(x, a_in)
@@ -72,6 +74,9 @@ def part_layer(args) -> dict:
         p = quant.pack_int8(wq, mask, 16, ws, b, a_in, a_out)
         variants[f"dynprune int8 vector16 {r}"] = (
             lambda p=p: sparse_cpu.vec_qconv2d(xu, p, 64, (3, 3), (1, 1), (1, 1), 0, 0, True))
+        pb = sparse_cpu.pack_bf16(w * mask, mask, 16, b)
+        variants[f"dynprune bf16 vector16 {r}"] = (
+            lambda pb=pb: sparse_cpu.vec_bf16conv2d(xb, pb, 64, (3, 3), (1, 1), (1, 1), True, True))
         if r != "4:4":
             packed = sparse_cpu.compress_vector(w * mask, mask, 16, b)
             variants[f"dynprune fp32 vector16 {r}"] = (
@@ -79,12 +84,14 @@ def part_layer(args) -> dict:
     out = {}
     for threads in args.threads:
         med = interleaved(variants, args.rounds, threads)
-        ref, fp = med["torch int8 dense (x86 engine)"], med["oneDNN fp32 (channels_last)"]
+        ref8, ref16 = med["torch int8 dense (x86 engine)"], med["oneDNN bf16 (channels_last)"]
+        fp = med["oneDNN fp32 (channels_last)"]
         out[threads] = med
         print(f"\n### One 64->64 3x3 layer on 1x64x481x321, {threads} thread(s), median of {args.rounds} interleaved "
               f"rounds ({sparse_cpu.cpu_name()})")
-        print("| variant | ms | vs torch int8 dense | vs oneDNN fp32 |\n|---|---:|---:|---:|")
+        print("| variant | ms | vs dense of its precision | vs oneDNN fp32 |\n|---|---:|---:|---:|")
         for k, v in med.items():
+            ref = ref8 if "int8" in k else ref16 if "bf16" in k else fp
             print(f"| {k} | {v:.2f} | {ref / v:.2f}x | {fp / v:.2f}x |")
     return out
 
@@ -121,7 +128,8 @@ def part_bsd68(args) -> dict:
     t0 = time.perf_counter()
     dep32 = dp.deploy(cp)
     dep8 = dp.deploy(cp, precision="int8", calibration=cal)
-    print(f"deploy fp32 + int8 (calibration on {len(cal)} images): {time.perf_counter() - t0:.1f} s")
+    dep16 = dp.deploy(cp, precision="bf16")
+    print(f"deploy fp32, int8 (calibration on {len(cal)} images) and bf16: {time.perf_counter() - t0:.1f} s")
     dense = dp.create_model("dncnn", weights=args.weights or str(Path(args.data) / "weights/dncnn/DnCNN-B/net.pth"))
     dense = dense.eval().to(memory_format=torch.channels_last)
     tint8 = TorchInt8DnCNN(dense, cal).eval()
@@ -135,6 +143,7 @@ def part_bsd68(args) -> dict:
                 "dense DnCNN-B bf16 (autocast)": bf16,
                 "dense DnCNN-B torch int8 (x86)": lambda x: tint8(x.contiguous(memory_format=cl)),
                 "routed, deployed fp32": lambda x: dep32(x),
+                "routed, deployed bf16": lambda x: dep16(x),
                 "routed, deployed int8": lambda x: dep8(x)}
     names, images = _bsd68(Path(args.data))
     images = images[: args.limit or None]
@@ -170,6 +179,8 @@ def part_bsd68(args) -> dict:
         p = " / ".join(f"{v['psnr'][f'sigma={s}']:.2f}" for s in SIGMAS)
         mean = sum(v["psnr"].values()) / 3
         print(f"| {k} | {v['ms'] / n:.0f} | {ref['ms'] / v['ms']:.2f}x | {p} | {mean:.2f} | {mean - mean0:+.2f} |")
+    for prec, dense_k in (("bf16", "dense DnCNN-B bf16 (autocast)"), ("int8", "dense DnCNN-B torch int8 (x86)")):
+        print(f"routed {prec} vs dense {prec}: {res[dense_k]['ms'] / res[f'routed, deployed {prec}']['ms']:.2f}x")
     print(f"routing {routing}")
     return {"threads": args.bsd_threads, "images": len(images), "results": res, "routing": routing}
 

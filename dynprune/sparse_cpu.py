@@ -47,7 +47,7 @@ _ISA_NAMES = {"avx512": 512, "avx2": 256, "none": 0}
 _status: dict[str, object] = {}
 
 
-_NAME, _CFLAGS = "dynprune_nm_conv", ("-O3", "-ffp-contract=off")
+_NAME, _CFLAGS = "dynprune_nm_conv", ("-O3", "-ffp-contract=off", "-fopenmp")
 
 
 def build_dir() -> Path:
@@ -81,7 +81,7 @@ def _build() -> tuple[ModuleType | None, int, str]:
             print(f"dynprune: compiling the N:M CPU kernel for this environment, once (1-2 minutes on 2 cores) "
                   f"into {where}", file=sys.stderr, flush=True)
         where.mkdir(parents=True, exist_ok=True)
-        ext = cpp_extension.load(name=_NAME, sources=[str(_CSRC / s) for s in _SOURCES], extra_cflags=list(_CFLAGS),
+        ext = cpp_extension.load(name=_NAME, sources=[str(_CSRC / s) for s in _SOURCES], extra_cflags=list(_CFLAGS), extra_ldflags=["-fopenmp"],
                                  build_directory=str(where), verbose=False)
     except Exception as err:  # no compiler, headers or a build error: the dense path still runs
         lines = str(err).strip().splitlines() or [type(err).__name__]
