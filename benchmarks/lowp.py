@@ -185,6 +185,29 @@ def part_bsd68(args) -> dict:
     return {"threads": args.bsd_threads, "images": len(images), "results": res, "routing": routing}
 
 
+def plot(bsd: dict, out: Path, title: str) -> None:
+    """Mean PSNR (dB, BSD68 x sigma 15/25/50) against mean ms per image, one point per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k, v in bsd["results"].items():
+        mean = sum(v["psnr"].values()) / len(v["psnr"])
+        ms = v["ms"] / (bsd["images"] * len(SIGMAS))
+        routed = k.startswith("routed")
+        ax.scatter(ms, mean, marker="o" if routed else "s", s=60, color="tab:red" if routed else "tab:blue")
+        ax.annotate(k.replace("dense DnCNN-B ", "dense ").replace("routed, deployed ", "routed "), (ms, mean),
+                    textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlabel("ms per image (mean over BSD68 x sigma 15/25/50)")
+    ax.set_ylabel("mean PSNR (dB)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data")
@@ -196,7 +219,13 @@ def main() -> None:
     ap.add_argument("--bsd-threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=0, help="first N BSD68 images only")
     ap.add_argument("--out", default="docs/results/lowp")
+    ap.add_argument("--plot-only", action="store_true", help="redraw psnr_vs_ms.png from OUT/lowp.json")
     args = ap.parse_args()
+    out = Path(args.out)
+    if args.plot_only:
+        res = json.loads((out / "lowp.json").read_text())
+        plot(res["bsd68"], out / "psnr_vs_ms.png", f"DnCNN-B on BSD68, {res['cpu']}, {res['bsd68']['threads']} threads")
+        return
     sparse_cpu.tune_allocator()
     if not sparse_cpu.has_int8_kernel():
         print("this CPU does not run the int8 kernel (AVX-512 VNNI + VBMI): int8 rows run the reference path")
@@ -205,10 +234,12 @@ def main() -> None:
         results["layer"] = part_layer(args)
     if "bsd68" in args.part:
         results["bsd68"] = part_bsd68(args)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "lowp.json" if set(args.part) == {"layer", "bsd68"} else f"lowp_{'_'.join(args.part)}.json"
     (out / name).write_text(json.dumps(results, indent=1))
+    if "bsd68" in results:
+        plot(results["bsd68"], out / "psnr_vs_ms.png",
+             f"DnCNN-B on BSD68, {results['cpu']}, {results['bsd68']['threads']} threads")
 
 
 if __name__ == "__main__":

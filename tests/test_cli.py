@@ -306,3 +306,19 @@ def test_eval_finds_the_dense_reference_from_any_folder_or_says_it_is_missing(tm
         "found from here" in report["dense_missing"]
     err = capsys.readouterr().err
     assert "no dense reference" in err and "pass --dense FILE" in err
+
+
+def test_deploy_int8_from_the_command_line_calibrates_on_a_folder(trained, tmp_path, capsys):
+    from dynprune.deploy import load_deployed
+
+    ckpt = str(trained / "run/last.pt")
+    out = tmp_path / "int8.pt"
+    assert main(["deploy", ckpt, str(out), "--precision", "int8", "--calibration", str(trained / "clean"),
+                 "--calibration-count", "2"]) == 0
+    dep = load_deployed(out)
+    assert dep.deploy_options["precision"] == "int8"
+    capsys.readouterr()
+    # the tiny run's dataset folder does not exist here, and no --calibration is given
+    assert main(["deploy", ckpt, str(tmp_path / "x.pt"), "--precision", "int8"]) == 2
+    assert "--precision int8 needs calibration images" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()

@@ -509,3 +509,20 @@ def test_bf16_artifact_roundtrip_and_fallback_without_the_instructions(tmp_path,
             with pytest.warns(RuntimeWarning, match="bf16 CPU kernel unavailable"):
                 ref = load_deployed(path)
             assert (ref(x) - want).abs().max() <= 2e-2 * want.abs().max()   # bf16 roundings in another order
+
+
+def test_calibration_images_degrade_every_level_of_a_folder(tmp_path):
+    from dynprune.deploy.calibration import calibration_images
+    from dynprune.imageio import write_image
+    from dynprune.registry import create
+
+    for k in range(3):
+        write_image(torch.full((1, 40, 50), 0.1 * (k + 1)), tmp_path / f"{k}.png")
+    deg = create("degradations", "gaussian_noise", sigmas=[15, 50])
+    cal = calibration_images(tmp_path, deg, count=2, size=32)
+    assert cal.shape == (4, 1, 32, 32)                       # 2 images x 2 levels
+    noise = (cal - cal.mean((2, 3), keepdim=True)).std((1, 2, 3))
+    assert 0.04 < noise[0] < 0.08 and 0.15 < noise[1] < 0.25  # sigma 15 and 50 on the 0-255 scale
+    assert calibration_images(tmp_path, deg, size=64).shape == (6, 1, 40, 40)   # the smallest side
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        calibration_images(tmp_path / "none", deg)

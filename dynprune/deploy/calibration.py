@@ -19,28 +19,23 @@ __all__ = ["calibration_images", "calibrate_int8"]
 def calibration_images(folder: str | Path, degradation, count: int = 8, size: int = 160, channels: int = 1,
                        seed: int = 0) -> torch.Tensor:
     """Calibration inputs: the first ``count`` images of ``folder`` (sorted), center-cropped to ``size`` x ``size``
-    (smaller images whole), each degraded at every level of ``degradation`` (a degradation plugin instance,
-    e.g. ``create("degradations", "gaussian_noise", sigmas=[15, 25, 50])``), seeded.
+    (or to the smallest side among them, if smaller), each degraded at every level of ``degradation`` (a
+    degradation plugin instance, e.g. ``create("degradations", "gaussian_noise", sigmas=[15, 25, 50])``), seeded.
 
     Returns:
-        (count * levels, channels, size, size) float32, pixels of the clean images in [0, 1].
+        (count * levels, channels, s, s) float32, s = min(size, the smallest side); clean pixels in [0, 1].
     Raises:
-        ValueError: no images in ``folder``, or images smaller than ``size`` (they cannot share one batch).
+        FileNotFoundError: ``folder`` does not exist. ValueError: it holds no image.
     """
     from ..imageio import list_images, read_image
 
-    paths = list_images(folder)[:count]
-    if not paths:
-        raise ValueError(f"no calibration images in {str(folder)!r}")
+    images = [read_image(path, channels) for path in list_images(folder)[:count]]
+    side = min([size] + [min(x.shape[-2:]) for x in images])
     g = torch.Generator().manual_seed(seed)
     out = []
-    for path in paths:
-        x = read_image(path, channels)
-        h, w = x.shape[-2:]
-        if min(h, w) < size:
-            raise ValueError(f"calibration image {path} is {h}x{w}, smaller than the crop {size}x{size}")
-        top, left = (h - size) // 2, (w - size) // 2
-        x = x[:, top:top + size, left:left + size].unsqueeze(0)
+    for x in images:
+        top, left = (x.shape[-2] - side) // 2, (x.shape[-1] - side) // 2
+        x = x[:, top:top + side, left:left + side].unsqueeze(0)
         out += [degradation(x, generator=g, level=i)[0] for i in range(getattr(degradation, "levels", 1))]
     return torch.cat(out).float()
 
