@@ -12,6 +12,10 @@ Parts (``--part``, default both):
           the ClassPruning checkpoint deployed at fp32, bf16 and int8 (classifier and grouping included).
           Mean ms per image and mean PSNR per sigma.
 
+  observers  int8 calibration observers on the first ``--limit`` (default 12) BSD68 images: per branch, the
+          PSNR of the int8 deployment minus the fp32 deployment's at sigma 15 / 25 / 50, with MinMax ranges and
+          with the 99.999th / 99.99th / 99.9th percentile as the top of each range.
+
 Calibration (both int8 models): the first 8 Train400 images, center 160x160, each at sigma 15, 25 and 50
 (``dynprune.deploy.calibration.calibration_images``): training images, not BSD68.
 
@@ -38,7 +42,7 @@ from dynprune.metrics import psnr
 from dynprune.models import load_trained
 from dynprune.nm import nm_mask
 from dynprune.registry import create
-from speed import SIGMAS, _bsd68, interleaved
+from speed import SIGMAS, _bsd68, interleaved, timed_bsd68
 
 warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*deprecated")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -147,27 +151,7 @@ def part_bsd68(args) -> dict:
                 "routed, deployed int8": lambda x: dep8(x)}
     names, images = _bsd68(Path(args.data))
     images = images[: args.limit or None]
-    res = {k: {"ms": 0.0, "psnr": {}} for k in variants}
-    routing = {}
-    with torch.inference_mode():
-        for fn in variants.values():
-            fn(images[0].unsqueeze(0))
-        for s in SIGMAS:
-            deg = create("degradations", "gaussian_noise", sigmas=[s])
-            g = torch.Generator().manual_seed(0)
-            scores = {k: [] for k in variants}
-            hist = [0] * len(cp.ratios)
-            for img in images:
-                y = deg(img.unsqueeze(0), generator=g, level=0)[0]
-                for k, fn in variants.items():
-                    t0 = time.perf_counter()
-                    out = fn(y)
-                    res[k]["ms"] += 1e3 * (time.perf_counter() - t0)
-                    scores[k].append(psnr(out[0], img))
-                hist[int(cp.classify(y)[0])] += 1
-            for k in variants:
-                res[k]["psnr"][f"sigma={s}"] = sum(scores[k]) / len(scores[k])
-            routing[f"sigma={s}"] = hist
+    res, routing, _ = timed_bsd68(variants, images, cp)
     n = len(images) * len(SIGMAS)
     ref = res["dense DnCNN-B fp32 (channels_last)"]
     print(f"\n### BSD68 end to end ({sparse_cpu.cpu_name()}), {len(images)} images x sigma {SIGMAS}, "
@@ -183,6 +167,37 @@ def part_bsd68(args) -> dict:
         print(f"routed {prec} vs dense {prec}: {res[dense_k]['ms'] / res[f'routed, deployed {prec}']['ms']:.2f}x")
     print(f"routing {routing}")
     return {"threads": args.bsd_threads, "images": len(images), "results": res, "routing": routing}
+
+
+def part_observers(args) -> dict:
+    from dynprune.deploy.calibration import calibrate_int8
+
+    torch.set_num_threads(args.bsd_threads)
+    cp, _, _ = load_trained(args.checkpoint)
+    cal = calibration_images(Path(args.data) / "denoise/Train400",
+                             create("degradations", "gaussian_noise", sigmas=list(SIGMAS)), count=8)
+    dep32, dep8 = dp.deploy(cp), dp.deploy(cp, precision="int8", calibration=cal)
+    _, images = _bsd68(Path(args.data))
+    images = images[: args.limit or 12]
+    out = {}
+    print(f"\n### int8 calibration observers, {len(images)} BSD68 images, dB vs the fp32 deployment per branch")
+    print("| observer | " + " | ".join(f"branch {r} at sigma {s}" for r, s in zip(cp.ratios, SIGMAS))
+          + " |\n|---|---:|---:|---:|")
+    for name, pct in (("MinMax", None), ("99.999th percentile", 99.999), ("99.99th", 99.99), ("99.9th", 99.9)):
+        calibrate_int8(dep8.restorer, cp.restorer, cal, percentile=pct)
+        deltas = []
+        for i, s in enumerate(SIGMAS):
+            g = torch.Generator().manual_seed(0)
+            deg = create("degradations", "gaussian_noise", sigmas=[s])
+            d = []
+            with torch.inference_mode(), dp.use_branch(i):
+                for img in images:
+                    y = deg(img.unsqueeze(0), generator=g, level=0)[0]
+                    d.append(psnr(dep8.restorer(y)[0], img) - psnr(dep32.restorer(y)[0], img))
+            deltas.append(sum(d) / len(d))
+        out[name] = deltas
+        print(f"| {name} | " + " | ".join(f"{v:+.3f}" for v in deltas) + " |")
+    return out
 
 
 def plot(bsd: dict, out: Path, title: str) -> None:
@@ -213,7 +228,7 @@ def main() -> None:
     ap.add_argument("--data", default="../shared/data")
     ap.add_argument("--checkpoint", default="docs/checkpoints/cp_dncnn_b_vector.pt")
     ap.add_argument("--weights", help="dense DnCNN-B weights (default: DATA/weights/dncnn/DnCNN-B/net.pth)")
-    ap.add_argument("--part", nargs="+", default=["layer", "bsd68"], choices=["layer", "bsd68"])
+    ap.add_argument("--part", nargs="+", default=["layer", "bsd68"], choices=["layer", "bsd68", "observers"])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--bsd-threads", type=int, default=2)
@@ -234,6 +249,8 @@ def main() -> None:
         results["layer"] = part_layer(args)
     if "bsd68" in args.part:
         results["bsd68"] = part_bsd68(args)
+    if "observers" in args.part:
+        results["observers"] = part_observers(args)
     out.mkdir(parents=True, exist_ok=True)
     name = "lowp.json" if set(args.part) == {"layer", "bsd68"} else f"lowp_{'_'.join(args.part)}.json"
     (out / name).write_text(json.dumps(results, indent=1))

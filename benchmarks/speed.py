@@ -227,6 +227,38 @@ def _bsd68(data: Path):
     return [f.name for f in files], images
 
 
+def timed_bsd68(variants: dict, images: list, cp, warm_both_orientations: bool = False):
+    """Every variant (noisy (1, 1, H, W) -> restored) on every image of ``images`` at each sigma of ``SIGMAS`` (noise
+    seeded like ``dynprune eval``), in turn per image. Returns ({variant: {"ms": total ms, "psnr": {"sigma=s":
+    mean dB}}}, {"sigma=s": routing histogram of ``cp``}, {variant: per-image PSNR list over all sigmas})."""
+    res = {k: {"ms": 0.0, "psnr": {}} for k in variants}
+    routing, per_image = {}, {k: [] for k in variants}
+    with torch.inference_mode():
+        x0 = images[0].unsqueeze(0)
+        for fn in variants.values():  # warm-up (compilation, packing; both image orientations if asked)
+            fn(x0)
+            if warm_both_orientations:
+                fn(x0.transpose(-1, -2).contiguous())
+        for s in SIGMAS:
+            deg = create("degradations", "gaussian_noise", sigmas=[s])
+            g = torch.Generator().manual_seed(0)
+            scores = {k: [] for k in variants}
+            hist = [0] * len(cp.ratios)
+            for img in images:
+                y = deg(img.unsqueeze(0), generator=g, level=0)[0]
+                for k, fn in variants.items():
+                    t0 = time.perf_counter()
+                    out = fn(y)
+                    res[k]["ms"] += 1e3 * (time.perf_counter() - t0)
+                    scores[k].append(psnr(out[0], img))
+                hist[int(cp.classify(y)[0])] += 1
+            for k in variants:
+                res[k]["psnr"][f"sigma={s}"] = sum(scores[k]) / len(scores[k])
+                per_image[k] += scores[k]
+            routing[f"sigma={s}"] = hist
+    return res, routing, per_image
+
+
 def part_bsd68(args, dense_kind: str) -> dict:
     torch.set_num_threads(args.bsd_threads)
     cp = load_checkpoint(args)
@@ -245,30 +277,8 @@ def part_bsd68(args, dense_kind: str) -> dict:
         if dense_kind == "compile":
             pruned = torch.compile(pruned, dynamic=False)
         variants[f"channel-pruned DnCNN-B, width {width}"] = lambda x, m=pruned: m(x.contiguous(memory_format=cl))
-    res = {k: {"ms": 0.0, "psnr": {}} for k in variants}
-    routing, max_dpsnr = {}, 0.0
-    with torch.inference_mode():
-        x0 = images[0].unsqueeze(0)
-        for fn in variants.values():  # warm-up (compilation for both image orientations)
-            fn(x0), fn(x0.transpose(-1, -2).contiguous())
-        for s in SIGMAS:
-            deg = create("degradations", "gaussian_noise", sigmas=[s])
-            g = torch.Generator().manual_seed(0)
-            scores = {k: [] for k in variants}
-            hist = [0] * len(cp.ratios)
-            for img in images:
-                y = deg(img.unsqueeze(0), generator=g, level=0)[0]
-                out = {}
-                for k, fn in variants.items():
-                    t0 = time.perf_counter()
-                    out[k] = fn(y)
-                    res[k]["ms"] += 1e3 * (time.perf_counter() - t0)
-                    scores[k].append(psnr(out[k][0], img))
-                hist[int(cp.classify(y)[0])] += 1
-                max_dpsnr = max(max_dpsnr, abs(scores["routed (deployed)"][-1] - scores["routed (dynamic)"][-1]))
-            for k in variants:
-                res[k]["psnr"][f"sigma={s}"] = sum(scores[k]) / len(scores[k])
-            routing[f"sigma={s}"] = hist
+    res, routing, per_image = timed_bsd68(variants, images, cp, warm_both_orientations=True)
+    max_dpsnr = max(abs(a - b) for a, b in zip(per_image["routed (deployed)"], per_image["routed (dynamic)"]))
     n = len(images) * len(SIGMAS)
     ref = res["dense DnCNN-B"]["ms"]
     print(f"\n### BSD68 end to end ({sparse_cpu.cpu_name()}), {len(images)} images x sigma {SIGMAS}, {args.bsd_threads} "

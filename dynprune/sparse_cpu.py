@@ -326,12 +326,12 @@ def pack_bf16(weight: torch.Tensor, mask: torch.Tensor, v: int,
         (taps, cb/2) int16 (the input channel of every compacted element; cb = B*K*2 bytes rounded up to 64)
         and ``bias`` (B*V,) float32.
     Raises:
-        ValueError: as :func:`compress_vector`, or more than 32767 input channels.
+        ValueError: as :func:`compress_vector`, or more than 256 input channels (the kernel's limit).
     """
     vals, index, b = compress_vector(weight, mask, v, bias)
     blocks, taps, k, _ = vals.shape
-    if weight.shape[1] >= 2 ** 15:
-        raise ValueError(f"pack_bf16: Cin={weight.shape[1]} must be below 32768")
+    if weight.shape[1] > 256:
+        raise ValueError(f"pack_bf16: the bf16 kernel takes at most 256 input channels, got {weight.shape[1]}")
     k2 = k + k % 2
     if k2 != k:
         vals = torch.nn.functional.pad(vals, (0, 0, 0, 1))

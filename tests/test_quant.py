@@ -92,13 +92,17 @@ def test_int8_kernel_is_bit_exact_against_the_reference(cin, cout, k, ratio, v, 
     assert torch.equal(got, want)
 
 
+def _packed(channels: int, ratio: str, act_out: quant.ActQuant | None) -> quant.QConvPacked:
+    """A random vector16 3x3 layer of ``channels`` in and out, packed for input zero point 0."""
+    w = torch.randn(channels, channels, 3, 3)
+    mask = nm_mask(w, ratio, pattern="vector16")
+    wq, ws = quant.quantize_weight(w * mask)
+    return quant.pack_int8(wq, mask, 16, ws, torch.zeros(channels), quant.ActQuant(0.02, 0), act_out)
+
+
 @needs_int8
 def test_int8_kernel_threads_give_identical_outputs():
-    w = torch.randn(32, 32, 3, 3)
-    mask = nm_mask(w, "2:4", pattern="vector16")
-    wq, ws = quant.quantize_weight(w * mask)
-    a = quant.ActQuant(0.02, 0)
-    p = quant.pack_int8(wq, mask, 16, ws, torch.zeros(32), a, a)
+    p = _packed(32, "2:4", quant.ActQuant(0.02, 0))
     x = torch.randint(0, 256, (1, 32, 29, 31), dtype=torch.uint8)
     old = torch.get_num_threads()
     try:
@@ -113,12 +117,8 @@ def test_int8_kernel_threads_give_identical_outputs():
 
 @needs_int8
 def test_int8_kernel_rejects_inputs_that_do_not_fit():
-    w = torch.randn(16, 16, 3, 3)
-    mask = nm_mask(w, "1:4", pattern="vector16")
-    wq, ws = quant.quantize_weight(w * mask)
-    a = quant.ActQuant(0.02, 0)
-    p = quant.pack_int8(wq, mask, 16, ws, torch.zeros(16), a, None)
-    with pytest.raises(RuntimeError, match="expected a 4-D uint8 CPU input"):
+    p = _packed(16, "1:4", None)
+    with pytest.raises(RuntimeError, match="expected a 4-D Byte CPU input"):
         sparse_cpu.vec_qconv2d(torch.rand(1, 16, 8, 8), p, 16, (3, 3), (1, 1), (1, 1), 0, None, True)
     with pytest.raises(RuntimeError, match=r"input-channel indices must lie in \[0, 8\)"):
         sparse_cpu.vec_qconv2d(torch.zeros(1, 8, 8, 8, dtype=torch.uint8), p, 16, (3, 3), (1, 1), (1, 1), 0, None, True)

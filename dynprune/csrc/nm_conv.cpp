@@ -136,6 +136,44 @@ torch::Tensor vec_conv2d(const torch::Tensor& x, const torch::Tensor& values, co
   return y;
 }
 
+// What the int8 and bf16 convolutions share: the checks of x (4-D CPU, `xtype`), values (blocks, taps, K/G, V, G)
+// of `xtype`'s weight type and gidx (taps, cb/ES) of `itype`, and p's geometry (shape, strides, the dense flag:
+// K == cin and every block's index is 0..cin-1). Returns x in channels-last memory (it must outlive the call).
+torch::Tensor lowp_setup(dynprune::VecQConvParams& p, const char* what, const torch::Tensor& x, at::ScalarType xtype,
+                         const torch::Tensor& values, at::ScalarType wtype, int64_t G, const torch::Tensor& gidx,
+                         at::ScalarType itype, int64_t es, int64_t cout, int64_t kh, int64_t kw, int64_t pad_h,
+                         int64_t pad_w, int64_t dil_h, int64_t dil_w) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == xtype && x.device().is_cpu(),
+              what, ": expected a 4-D ", xtype, " CPU input, got ", x.sizes(), " ", x.scalar_type());
+  auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t cin = x.size(1), h = x.size(2), w = x.size(3);
+  TORCH_CHECK(values.dim() == 5 && values.scalar_type() == wtype && values.is_contiguous() && values.size(4) == G,
+              what, ": values must be contiguous ", wtype, " (blocks, taps, K/", G, ", V, ", G, "), got ", values.sizes());
+  const int64_t blocks = values.size(0), K = values.size(2) * G, V = values.size(3);
+  TORCH_CHECK(V == 8 || V == 16 || V == 32, what, ": V must be 8, 16 or 32, got ", V);
+  TORCH_CHECK(kh >= 1 && kh <= 16 && kw >= 1 && kw <= 16, what, ": kernel sides must be 1..16, got ", kh, "x", kw);
+  TORCH_CHECK(values.size(1) == kh * kw && blocks == (cout + V - 1) / V && K >= G,
+              what, ": values ", values.sizes(), " do not fit cout=", cout, " and a ", kh, "x", kw, " kernel");
+  const int64_t cb = (blocks * K * es + 63) / 64 * 64;
+  TORCH_CHECK(gidx.scalar_type() == itype && gidx.is_contiguous() && gidx.dim() == 2 && gidx.size(0) == kh * kw &&
+                  gidx.size(1) == cb / es, what, ": gidx must be contiguous ", itype, " (", kh * kw, ", ", cb / es, ")");
+  const auto idx = gidx.to(at::kInt);
+  TORCH_CHECK(cin <= 256 && (gidx.numel() == 0 || (idx.min().item<int32_t>() >= 0 && idx.max().item<int32_t>() < cin)),
+              what, ": input-channel indices must lie in [0, ", cin, ") and cin <= 256");
+  const int64_t ho = h + 2 * pad_h - dil_h * (kh - 1), wo = w + 2 * pad_w - dil_w * (kw - 1);
+  TORCH_CHECK(ho > 0 && wo > 0, what, ": input ", h, "x", w, " is smaller than the kernel's extent");
+  p.x = xc.data_ptr();
+  p.values = values.data_ptr();
+  p.gidx = static_cast<const uint8_t*>(gidx.data_ptr());
+  p.n = x.size(0); p.h = h; p.w = w; p.cin = cin; p.ho = ho; p.wo = wo; p.cout = cout;
+  p.kh = int(kh); p.kw = int(kw); p.pad_h = int(pad_h); p.pad_w = int(pad_w);
+  p.dil_h = int(dil_h); p.dil_w = int(dil_w);
+  p.V = int(V); p.K = int(K); p.cb = int(cb);
+  p.dense = K == cin && at::equal(idx.narrow(1, 0, blocks * K),
+                                  at::arange(cin, idx.options()).repeat({blocks}).unsqueeze(0).expand({kh * kw, blocks * K}));
+  return xc;
+}
+
 // The int8 vector-pattern convolution (vec_qconv_impl.h): x (n, cin, h, w) uint8 channels last with zero point zin,
 // values (blocks, taps, K/4, V, 4) int8, gidx (taps, cb) uint8, acc0/scale/shift (blocks * V). Returns uint8
 // (zero point zout) when out_u8, else float32, (n, cout, ho, wo) channels last.
@@ -144,51 +182,23 @@ torch::Tensor vec_qconv2d(const torch::Tensor& x, const torch::Tensor& values, c
                           int64_t cout, int64_t kh, int64_t kw, int64_t pad_h, int64_t pad_w, int64_t dil_h,
                           int64_t dil_w, int64_t zin, int64_t zout, bool relu, bool out_u8) {
   TORCH_CHECK(cpu_has_vnni(), "vec_qconv2d: this CPU lacks AVX-512 VNNI/VBMI");
-  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kByte && x.device().is_cpu(),
-              "vec_qconv2d: expected a 4-D uint8 CPU input, got ", x.sizes(), " ", x.scalar_type());
-  const auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
-  const int64_t n = x.size(0), cin = x.size(1), h = x.size(2), w = x.size(3);
-  TORCH_CHECK(values.dim() == 5 && values.scalar_type() == at::kChar && values.is_contiguous() && values.size(4) == 4,
-              "vec_qconv2d: values must be contiguous int8 (blocks, taps, K/4, V, 4), got ", values.sizes());
-  const int64_t blocks = values.size(0), K = values.size(2) * 4, V = values.size(3);
-  TORCH_CHECK(V == 8 || V == 16 || V == 32, "vec_qconv2d: V must be 8, 16 or 32, got ", V);
-  TORCH_CHECK(kh >= 1 && kh <= 16 && kw >= 1 && kw <= 16, "vec_qconv2d: kernel sides must be 1..16, got ", kh, "x", kw);
-  TORCH_CHECK(values.size(1) == kh * kw && blocks == (cout + V - 1) / V && K >= 4,
-              "vec_qconv2d: values ", values.sizes(), " do not fit cout=", cout, " and a ", kh, "x", kw, " kernel");
-  const int64_t cb = (blocks * K + 63) / 64 * 64;
-  TORCH_CHECK(gidx.scalar_type() == at::kByte && gidx.is_contiguous() && gidx.dim() == 2 && gidx.size(0) == kh * kw &&
-                  gidx.size(1) == cb, "vec_qconv2d: gidx must be contiguous uint8 (", kh * kw, ", ", cb, ")");
-  TORCH_CHECK(cin <= 256 && (gidx.numel() == 0 || gidx.max().item<uint8_t>() < cin),
-              "vec_qconv2d: input-channel indices must lie in [0, ", cin, ") and cin <= 256");
+  dynprune::VecQConvParams p;
+  const auto xc = lowp_setup(p, "vec_qconv2d", x, at::kByte, values, at::kChar, 4, gidx, at::kByte, 1, cout, kh, kw,
+                             pad_h, pad_w, dil_h, dil_w);
+  const int64_t n = values.size(0) * values.size(3);
   for (const auto* t : {&acc0, &scale, &shift})
-    TORCH_CHECK(t->is_contiguous() && t->numel() == blocks * V, "vec_qconv2d: acc0/scale/shift must hold ", blocks * V);
+    TORCH_CHECK(t->is_contiguous() && t->numel() == n, "vec_qconv2d: acc0/scale/shift must hold ", n);
   TORCH_CHECK(acc0.scalar_type() == at::kInt && scale.scalar_type() == at::kFloat && shift.scalar_type() == at::kFloat,
               "vec_qconv2d: acc0 int32, scale and shift float32");
   TORCH_CHECK(zin >= 0 && zin <= 255 && zout >= 0 && zout <= 255, "vec_qconv2d: zero points must lie in 0..255");
-  const int64_t ho = h + 2 * pad_h - dil_h * (kh - 1), wo = w + 2 * pad_w - dil_w * (kw - 1);
-  TORCH_CHECK(ho > 0 && wo > 0, "vec_qconv2d: input ", h, "x", w, " is smaller than the kernel's extent");
-  auto y = at::empty({n, cout, ho, wo}, x.options().dtype(out_u8 ? at::kByte : at::kFloat)
-                                          .memory_format(at::MemoryFormat::ChannelsLast));
-  dynprune::VecQConvParams p;
-  p.x = xc.data_ptr<uint8_t>();
+  auto y = at::empty({p.n, cout, p.ho, p.wo}, x.options().dtype(out_u8 ? at::kByte : at::kFloat)
+                                                .memory_format(at::MemoryFormat::ChannelsLast));
   p.y = y.data_ptr();
-  p.values = values.data_ptr<int8_t>();
-  p.gidx = gidx.data_ptr<uint8_t>();
   p.acc0 = acc0.data_ptr<int32_t>();
   p.scale = scale.data_ptr<float>();
   p.shift = shift.data_ptr<float>();
-  p.n = n; p.h = h; p.w = w; p.cin = cin; p.ho = ho; p.wo = wo; p.cout = cout;
-  p.kh = int(kh); p.kw = int(kw); p.pad_h = int(pad_h); p.pad_w = int(pad_w);
-  p.dil_h = int(dil_h); p.dil_w = int(dil_w);
-  // dense: K == cin and every block's index is 0..cin-1 (cin a multiple of 4, so no padded entries)
-  bool dense = K == cin;
-  if (dense) {
-    const auto ramp = at::arange(cin, gidx.options().dtype(at::kByte)).repeat({blocks});
-    dense = at::equal(gidx.narrow(1, 0, blocks * K), ramp.unsqueeze(0).expand({kh * kw, blocks * K}));
-  }
-  p.dense = dense;
-  p.V = int(V); p.K = int(K); p.cb = int(cb); p.zin = int(zin); p.zout = int(zout); p.relu = relu; p.out_low = out_u8;
-  split_rows(n * ho, [&](int64_t begin, int64_t end) { dynprune::vec_qconv_rows_vnni(p, begin, end); });
+  p.zin = int(zin); p.zout = int(zout); p.relu = relu; p.out_low = out_u8;
+  split_rows(p.n * p.ho, [&](int64_t begin, int64_t end) { dynprune::vec_qconv_rows_vnni(p, begin, end); });
   return y;
 }
 
@@ -199,48 +209,19 @@ torch::Tensor vec_bf16conv2d(const torch::Tensor& x, const torch::Tensor& values
                              const torch::Tensor& bias, int64_t cout, int64_t kh, int64_t kw, int64_t pad_h,
                              int64_t pad_w, int64_t dil_h, int64_t dil_w, bool relu, bool out_bf16) {
   TORCH_CHECK(cpu_has_bf16(), "vec_bf16conv2d: this CPU lacks AVX-512 BF16");
-  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kBFloat16 && x.device().is_cpu(),
-              "vec_bf16conv2d: expected a 4-D bfloat16 CPU input, got ", x.sizes(), " ", x.scalar_type());
-  const auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
-  const int64_t n = x.size(0), cin = x.size(1), h = x.size(2), w = x.size(3);
-  TORCH_CHECK(values.dim() == 5 && values.scalar_type() == at::kBFloat16 && values.is_contiguous() &&
-                  values.size(4) == 2,
-              "vec_bf16conv2d: values must be contiguous bfloat16 (blocks, taps, K/2, V, 2), got ", values.sizes());
-  const int64_t blocks = values.size(0), K = values.size(2) * 2, V = values.size(3);
-  TORCH_CHECK(V == 8 || V == 16 || V == 32, "vec_bf16conv2d: V must be 8, 16 or 32, got ", V);
-  TORCH_CHECK(kh >= 1 && kh <= 16 && kw >= 1 && kw <= 16, "vec_bf16conv2d: kernel sides must be 1..16");
-  TORCH_CHECK(values.size(1) == kh * kw && blocks == (cout + V - 1) / V && K >= 2,
-              "vec_bf16conv2d: values ", values.sizes(), " do not fit cout=", cout, " and a ", kh, "x", kw, " kernel");
-  const int64_t cb = (blocks * K * 2 + 63) / 64 * 64;
-  TORCH_CHECK(gidx.scalar_type() == at::kShort && gidx.is_contiguous() && gidx.dim() == 2 && gidx.size(0) == kh * kw &&
-                  gidx.size(1) == cb / 2, "vec_bf16conv2d: gidx must be contiguous int16 (", kh * kw, ", ", cb / 2, ")");
-  TORCH_CHECK(gidx.numel() == 0 || (gidx.min().item<int16_t>() >= 0 && gidx.max().item<int16_t>() < cin),
-              "vec_bf16conv2d: input-channel indices must lie in [0, ", cin, ")");
-  TORCH_CHECK(bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == blocks * V,
-              "vec_bf16conv2d: bias must hold ", blocks * V, " floats");
-  const int64_t ho = h + 2 * pad_h - dil_h * (kh - 1), wo = w + 2 * pad_w - dil_w * (kw - 1);
-  TORCH_CHECK(ho > 0 && wo > 0, "vec_bf16conv2d: input ", h, "x", w, " is smaller than the kernel's extent");
-  auto y = at::empty({n, cout, ho, wo}, x.options().dtype(out_bf16 ? at::kBFloat16 : at::kFloat)
-                                          .memory_format(at::MemoryFormat::ChannelsLast));
   dynprune::VecQConvParams p;
-  p.x = xc.data_ptr();
+  const auto xc = lowp_setup(p, "vec_bf16conv2d", x, at::kBFloat16, values, at::kBFloat16, 2, gidx, at::kShort, 2,
+                             cout, kh, kw, pad_h, pad_w, dil_h, dil_w);
+  TORCH_CHECK(bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == values.size(0) * values.size(3),
+              "vec_bf16conv2d: bias must hold ", values.size(0) * values.size(3), " floats");
+  auto y = at::empty({p.n, cout, p.ho, p.wo}, x.options().dtype(out_bf16 ? at::kBFloat16 : at::kFloat)
+                                                .memory_format(at::MemoryFormat::ChannelsLast));
   p.y = y.data_ptr();
-  p.values = values.data_ptr();
-  p.gidx = static_cast<const uint8_t*>(gidx.data_ptr());
   p.acc0 = bias.data_ptr<float>();
   p.scale = nullptr;
   p.shift = nullptr;
-  p.n = n; p.h = h; p.w = w; p.cin = cin; p.ho = ho; p.wo = wo; p.cout = cout;
-  p.kh = int(kh); p.kw = int(kw); p.pad_h = int(pad_h); p.pad_w = int(pad_w);
-  p.dil_h = int(dil_h); p.dil_w = int(dil_w);
-  bool dense = K == cin;
-  if (dense) {
-    const auto ramp = at::arange(cin, gidx.options()).repeat({blocks});
-    dense = at::equal(gidx.narrow(1, 0, blocks * K), ramp.unsqueeze(0).expand({kh * kw, blocks * K}));
-  }
-  p.dense = dense;
-  p.V = int(V); p.K = int(K); p.cb = int(cb); p.zin = 0; p.zout = 0; p.relu = relu; p.out_low = out_bf16;
-  split_rows(n * ho, [&](int64_t begin, int64_t end) { dynprune::vec_bf16conv_rows(p, begin, end); });
+  p.zin = 0; p.zout = 0; p.relu = relu; p.out_low = out_bf16;
+  split_rows(p.n * p.ho, [&](int64_t begin, int64_t end) { dynprune::vec_bf16conv_rows(p, begin, end); });
   return y;
 }
 
