@@ -41,7 +41,7 @@ __all__ = ["kernel", "kernel_status", "build_dir", "vector_isa", "cpu_name", "la
 
 _CSRC = Path(__file__).with_name("csrc")
 _SOURCES = ("nm_conv.cpp", "nm_conv_avx512.cpp", "nm_conv_avx2.cpp", "nm_conv_vnni.cpp", "nm_conv_bf16.cpp")
-_HEADERS = ("nm_conv.h", "nm_conv_impl.h", "vec_conv_impl.h", "vec_qconv_impl.h")
+_HEADERS = ("nm_conv.h", "nm_conv_impl.h", "vec_conv_impl.h", "vec_qconv_impl.h", "tile_rows.h")
 SUPPORTED_M = (2, 4, 8)   # M must divide the SIMD chunk (8 lanes on AVX2, 16 on AVX-512)
 _ISA_NAMES = {"avx512": 512, "avx2": 256, "none": 0}
 _status: dict[str, object] = {}

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "nm_conv.h"
+#include "tile_rows.h"
 
 // Every loop over pixels and registers unrolled, so the accumulators stay in registers (GCC keeps an
 // array in memory, storing it after every FMA, once any access to it uses a run-time index).
@@ -88,26 +89,7 @@ inline void vec_row(const VecConvParams& p, float* scratch, int64_t b, int64_t o
   const int64_t span = P + int64_t(p.kw - 1) * p.dil_w;
   const float* rows[16];
   for (int64_t ox = 0; ox < p.wo; ox += P) {
-    const int64_t ix0 = ox - p.pad_w;
-    const bool inside = ix0 >= 0 && ix0 + span <= p.w;
-    for (int ky = 0; ky < p.kh; ++ky) {
-      const int64_t iy = oy - p.pad_h + int64_t(ky) * p.dil_h;
-      if (iy < 0 || iy >= p.h) {
-        rows[ky] = nullptr;
-        continue;
-      }
-      const float* row = p.x + (b * p.h + iy) * p.w * cs;
-      if (inside) {
-        rows[ky] = row + ix0 * cs;
-        continue;
-      }
-      float* dst = scratch + ky * span * cs;
-      for (int64_t j = 0; j < span; ++j) {
-        const int64_t ix = ix0 + j;
-        for (int64_t c = 0; c < cs; ++c) dst[j * cs + c] = (ix >= 0 && ix < p.w) ? row[ix * cs + c] : 0.0f;
-      }
-      rows[ky] = dst;
-    }
+    tile_rows<float>(p, p.x, cs, b, oy, ox - p.pad_w, span, scratch, nullptr, nullptr, rows);
     const int keep = int(p.wo - ox < P ? p.wo - ox : P);
     for (int64_t ob = 0; ob < blocks; ++ob)
       for (int off = 0; off < p.V && ob * p.V + off < p.cout; off += SUB)

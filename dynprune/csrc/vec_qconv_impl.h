@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "nm_conv.h"
+#include "tile_rows.h"
 
 #define DYNPRUNE_QPRAGMA(x) _Pragma(#x)
 #define QUNROLL DYNPRUNE_QPRAGMA(GCC unroll 16)
@@ -113,27 +114,7 @@ inline void q_row(const VecQConvParams& p, uint8_t* scratch, const uint8_t* padr
   const uint8_t* rows[16];
   const uint8_t* tb[256];
   for (int64_t ox = 0; ox < p.wo; ox += P) {
-    const int64_t ix0 = ox - p.pad_w;
-    const bool inside = ix0 >= 0 && ix0 + span <= p.w;
-    for (int ky = 0; ky < p.kh; ++ky) {
-      const int64_t iy = oy - p.pad_h + int64_t(ky) * p.dil_h;
-      if (iy < 0 || iy >= p.h) {
-        rows[ky] = padrow;
-        continue;
-      }
-      const uint8_t* row = x + (b * p.h + iy) * p.w * cs;
-      if (inside) {
-        rows[ky] = row + ix0 * cs;
-        continue;
-      }
-      uint8_t* dst = scratch + ky * span * cs;
-      for (int64_t j = 0; j < span; ++j) {
-        const int64_t ix = ix0 + j;
-        if (ix >= 0 && ix < p.w) std::memcpy(dst + j * cs, row + ix * cs, size_t(cs));
-        else std::memcpy(dst + j * cs, padrow, size_t(cs));
-      }
-      rows[ky] = dst;
-    }
+    tile_rows<uint8_t>(p, x, cs, b, oy, ox - p.pad_w, span, scratch, padrow, padrow, rows);
     for (int t = 0; t < taps; ++t)
       tb[t] = p.dense ? rows[t / p.kw] + int64_t(t % p.kw) * p.dil_w * cs : buf + int64_t(t) * P * cb;
     if (!p.dense) q_compact<Q, P, CB>(p, rows, buf, cb);
