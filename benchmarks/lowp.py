@@ -219,6 +219,7 @@ def plot(bsd: dict, out: Path, title: str) -> None:
     ax.set_ylabel("mean PSNR (dB)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
+    ax.margins(x=0.2, y=0.1)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
 
