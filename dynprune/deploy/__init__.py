@@ -5,7 +5,9 @@
   ``nn.Sequential`` is folded (:mod:`.fold`) and a following ReLU fused. Routing is unchanged: the layers read
   the branch from :func:`dynprune.use_branch`.
 - Backends (:mod:`.backends`): a registry of name -> availability, packing, convolution. Built in:
+  ``int8_cpu`` and ``bf16_cpu`` (the low-precision vector kernels, for ``deploy(precision="int8" | "bf16")``),
   ``vector_cpu`` (vector-pattern kernel), ``nm_cpu`` (element-pattern kernel), ``onednn`` (dense).
+- Int8 calibration (:mod:`.calibration`): per-branch activation ranges on degraded images.
 - Artifacts (:mod:`.artifact`): :func:`save_deployed` / :func:`load_deployed`, ``weights_only`` loadable.
 
 Outputs equal the dynamic model's on every branch to float tolerance (BatchNorm folding and a different
