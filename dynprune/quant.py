@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import sparse_cpu
+
 __all__ = ["ActQuant", "act_qparams", "quantize", "dequantize", "quantize_weight", "QConvPacked",
            "pack_int8", "pack_int8_weights", "requantization", "qconv_reference", "unpack_int8"]
 
@@ -52,11 +54,9 @@ def act_qparams(lo: float, hi: float) -> ActQuant:
 def quantize(x: torch.Tensor, q: ActQuant) -> torch.Tensor:
     """float32 (any shape) -> uint8: ``clamp(round(x * inv) + zero, 0, 255)`` (half to even; ``inv`` the float32
     of 1 / scale), memory format kept. One pass in the int8 kernel's extension where it runs, the same values."""
-    from .sparse_cpu import has_int8_kernel, kernel
-
     inv = float(torch.tensor(1.0 / q.scale, dtype=torch.float32))
-    if x.dtype == torch.float32 and x.device.type == "cpu" and has_int8_kernel():
-        return kernel().quantize_u8(x, inv, q.zero)
+    if x.dtype == torch.float32 and x.device.type == "cpu" and sparse_cpu.has_int8_kernel():
+        return sparse_cpu.kernel().quantize_u8(x, inv, q.zero)
     return torch.clamp(torch.round(x * torch.tensor(inv, dtype=torch.float32)) + q.zero, 0, 255).to(torch.uint8)
 
 
@@ -103,12 +103,10 @@ def pack_int8_weights(wq: torch.Tensor, mask: torch.Tensor, v: int) -> tuple[tor
         ValueError: a mask that is not a vector pattern of ``v`` (:func:`dynprune.sparse_cpu.compress_vector`), or
             more than 256 input channels (one byte per channel index).
     """
-    from .sparse_cpu import compress_vector
-
     cout, cin, kh, kw = wq.shape
     if cin > 256:
         raise ValueError(f"the int8 kernel takes at most 256 input channels, got {cin}")
-    vals, index, _ = compress_vector(wq.float(), mask, v)               # (B, T, K, V) exact small integers
+    vals, index, _ = sparse_cpu.compress_vector(wq.float(), mask, v)               # (B, T, K, V) exact small integers
     blocks, taps, k, _ = vals.shape
     k4 = -(-k // 4) * 4
     if k4 != k:
@@ -148,13 +146,7 @@ def unpack_int8(values: torch.Tensor, gidx: torch.Tensor, cout: int, cin: int,
                 kernel_size: tuple[int, int]) -> torch.Tensor:
     """The dense int8 weight (Cout, Cin, kh, kw) (zeros where pruned) that :func:`pack_int8_weights`'s
     ``values`` and ``gidx`` encode."""
-    blocks, taps, k4, v, _ = values.shape
-    vals = values.permute(0, 1, 2, 4, 3).reshape(blocks, taps, k4 * 4, v).float()
-    index = gidx[:, : blocks * k4 * 4].reshape(taps, blocks, k4 * 4).permute(1, 0, 2).long()
-    w = vals.new_zeros(blocks, taps, cin, v)
-    for t in range(taps):  # padded entries carry weight 0 on channel 0: accumulate, do not overwrite
-        w[:, t].scatter_add_(1, index[:, t].unsqueeze(-1).expand(-1, -1, v), vals[:, t])
-    return w.permute(0, 3, 2, 1).reshape(blocks * v, cin, *kernel_size)[:cout].round().to(torch.int8)
+    return sparse_cpu.decompress_grouped(values, gidx, cout, cin, kernel_size).round().to(torch.int8)
 
 
 def qconv_reference(xq: torch.Tensor, act_in: ActQuant, wq: torch.Tensor, p: QConvPacked, padding: tuple[int, int],

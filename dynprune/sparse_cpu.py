@@ -36,7 +36,7 @@ from .nm import VECTOR_SIZES
 from .outputs import write_text
 
 __all__ = ["kernel", "kernel_status", "build_dir", "vector_isa", "cpu_name", "lanes", "tune_allocator", "compress",
-           "decompress", "pack_for_kernel", "nm_conv2d", "compress_vector", "decompress_vector", "vec_conv2d", "has_int8_kernel", "warn_lowp_fallback", "vec_qconv2d", "has_bf16_kernel", "pack_bf16", "vec_bf16conv2d",
+           "decompress", "pack_for_kernel", "nm_conv2d", "compress_vector", "decompress_vector", "decompress_grouped", "vec_conv2d", "lowp_kernel", "has_int8_kernel", "warn_lowp_fallback", "vec_qconv2d", "has_bf16_kernel", "pack_bf16", "vec_bf16conv2d",
            "SUPPORTED_M"]
 
 _CSRC = Path(__file__).with_name("csrc")
@@ -275,10 +275,22 @@ def compress_vector(weight: torch.Tensor, mask: torch.Tensor, v: int,
 
 def decompress_vector(values: torch.Tensor, index: torch.Tensor, cout: int, cin: int,
                       kernel_size: tuple[int, int]) -> torch.Tensor:
-    """The dense (Cout, Cin, kh, kw) weight (zeros where pruned) of :func:`compress_vector`'s output."""
+    """The dense (Cout, Cin, kh, kw) weight (zeros where pruned) of :func:`compress_vector`'s output. Entries that
+    name the same channel add up (the low-precision packings pad K with zero weights on channel 0)."""
     blocks, taps, k, v = values.shape
-    w = values.new_zeros(blocks, taps, cin, v).scatter_(2, index.long().unsqueeze(-1).expand(-1, -1, -1, v), values)
+    w = values.new_zeros(blocks, taps, cin, v).scatter_add_(2, index.long().unsqueeze(-1).expand(-1, -1, -1, v), values)
     return w.permute(0, 3, 2, 1).reshape(blocks * v, cin, *kernel_size)[:cout].contiguous()
+
+
+def decompress_grouped(values: torch.Tensor, gidx: torch.Tensor, cout: int, cin: int,
+                       kernel_size: tuple[int, int]) -> torch.Tensor:
+    """The dense float32 (Cout, Cin, kh, kw) weight of a low-precision packing: ``values`` (B, taps, K/G, V, G) in
+    groups of G kept entries (int8: :func:`dynprune.quant.pack_int8_weights`, G = 4; bf16: :func:`pack_bf16`,
+    G = 2) and ``gidx`` (taps, >= B*K), block b's input channels at [b*K, b*K + K)."""
+    blocks, taps, kg, v, g = values.shape
+    vals = values.permute(0, 1, 2, 4, 3).reshape(blocks, taps, kg * g, v).float()
+    index = gidx[:, : blocks * kg * g].reshape(taps, blocks, kg * g).permute(1, 0, 2)
+    return decompress_vector(vals, index, cout, cin, kernel_size)
 
 
 def vec_conv2d(x: torch.Tensor, packed: tuple[torch.Tensor, torch.Tensor, torch.Tensor], cout: int,
@@ -303,16 +315,37 @@ def vec_conv2d(x: torch.Tensor, packed: tuple[torch.Tensor, torch.Tensor, torch.
                           dilation[0], dilation[1], relu, min(isa or active, active))
 
 
+_LOWP_NEEDS = {"int8": ("cpu_has_vnni", "AVX-512 VNNI and VBMI"), "bf16": ("cpu_has_bf16", "AVX-512 BF16")}
+
+
+def lowp_kernel(precision: str) -> tuple[bool, str]:
+    """(the ``precision`` ("int8" or "bf16") kernel runs here, why not): the extension built, the CPU has the
+    instructions, and ``DYNPRUNE_ISA`` does not force a narrower path. Answered once per kernel state (every
+    deployed low-precision layer asks on every call)."""
+    key = f"lowp_{precision}"
+    if key not in _status:   # _status is cleared whenever the kernel is reset (tests switching DYNPRUNE_ISA)
+        ext, _, reason = _build()
+        probe, needs = _LOWP_NEEDS[precision]
+        forced = os.environ.get("DYNPRUNE_ISA", "")
+        if ext is None:
+            _status[key] = (False, reason)
+        elif forced not in ("", "avx512"):
+            _status[key] = (False, f"DYNPRUNE_ISA={forced}")
+        elif not getattr(ext, probe)():
+            _status[key] = (False, f"this CPU lacks {needs}")
+        else:
+            _status[key] = (True, "")
+    return _status[key]
+
+
 def has_int8_kernel() -> bool:
-    """Whether the int8 kernel runs here: the extension built and the CPU has AVX-512 VNNI and VBMI."""
-    ext = _build()[0]
-    return ext is not None and bool(ext.cpu_has_vnni()) and os.environ.get("DYNPRUNE_ISA", "") in ("", "avx512")
+    """Whether the int8 kernel runs here (:func:`lowp_kernel`): AVX-512 VNNI and VBMI."""
+    return lowp_kernel("int8")[0]
 
 
 def has_bf16_kernel() -> bool:
-    """Whether the bf16 kernel runs here: the extension built and the CPU has AVX-512 BF16."""
-    ext = _build()[0]
-    return ext is not None and bool(ext.cpu_has_bf16()) and os.environ.get("DYNPRUNE_ISA", "") in ("", "avx512")
+    """Whether the bf16 kernel runs here (:func:`lowp_kernel`): AVX-512 BF16."""
+    return lowp_kernel("bf16")[0]
 
 
 def pack_bf16(weight: torch.Tensor, mask: torch.Tensor, v: int,
@@ -357,8 +390,7 @@ def vec_bf16conv2d(x: torch.Tensor, packed: tuple[torch.Tensor, torch.Tensor, to
         RuntimeError: the kernel cannot run here (:func:`has_bf16_kernel`), or shapes that do not match.
     """
     if not has_bf16_kernel():
-        raise RuntimeError("the bf16 CPU kernel needs the built extension and AVX-512 BF16 "
-                           f"({kernel_status()['reason'] or 'this CPU lacks it'})")
+        raise RuntimeError(f"the bf16 CPU kernel cannot run here: {lowp_kernel('bf16')[1]}")
     values, gidx, bias = packed
     return _build()[0].vec_bf16conv2d(x, values, gidx, bias, cout, kernel_size[0], kernel_size[1], padding[0],
                                       padding[1], dilation[0], dilation[1], relu, out_bf16)
@@ -367,13 +399,9 @@ def vec_bf16conv2d(x: torch.Tensor, packed: tuple[torch.Tensor, torch.Tensor, to
 def warn_lowp_fallback(precision: str) -> None:
     """Warn once per process where the ``precision`` ("int8" or "bf16") kernel cannot run: its layers then run the
     reference arithmetic (int8: the same outputs; bf16: the same to float tolerance), slower."""
-    runs = has_int8_kernel() if precision == "int8" else has_bf16_kernel()
+    runs, why = lowp_kernel(precision)
     if not runs and not _status.get(f"warned_{precision}"):
         _status[f"warned_{precision}"] = True
-        ext, _, reason = _build()
-        needs = "AVX-512 VNNI and VBMI" if precision == "int8" else "AVX-512 BF16"
-        why = reason if ext is None else ("DYNPRUNE_ISA=" + os.environ["DYNPRUNE_ISA"] if os.environ.get("DYNPRUNE_ISA")
-                                          else f"this CPU lacks {needs}")
         warnings.warn(f"dynprune: {precision} CPU kernel unavailable ({why}); {precision} layers run the reference "
                       f"arithmetic instead (slower)", RuntimeWarning, stacklevel=3)
 
@@ -391,8 +419,7 @@ def vec_qconv2d(x: torch.Tensor, packed, cout: int, kernel_size: tuple[int, int]
         RuntimeError: the kernel cannot run here (:func:`has_int8_kernel`), or shapes that do not match.
     """
     if not has_int8_kernel():
-        raise RuntimeError("the int8 CPU kernel needs the built extension and AVX-512 VNNI + VBMI "
-                           f"({kernel_status()['reason'] or 'this CPU lacks them'})")
+        raise RuntimeError(f"the int8 CPU kernel cannot run here: {lowp_kernel('int8')[1]}")
     p = packed
     return _build()[0].vec_qconv2d(x, p.values, p.gidx, p.acc0, p.scale, p.shift, cout, kernel_size[0],
                                    kernel_size[1], padding[0], padding[1], dilation[0], dilation[1], int(zin),

@@ -193,12 +193,13 @@ def deploy(model: nn.Module, backend: str | Sequence[str] = "cpu", *, precision:
         paths: {layer name: backend per branch} overriding the rule (a saved artifact's choice).
         precision: ``"fp32"``, ``"bf16"`` or ``"int8"``. At bf16 every layer the bf16 kernel takes (``bf16_cpu``,
             the same layers as int8) runs every branch with bf16 weights and activations and fp32 accumulation,
-            consecutive bf16 layers passing bf16; no calibration. At int8 every layer the int8 kernel takes (``int8_cpu``: stride 1,
-            16 to 256 input channels; the others, e.g. a network's first and last layers, stay fp32) runs every
-            branch in int8: weights per output channel, activations per tensor *and per branch* (like variable
-            BatchNorm's statistics), calibrated on ``calibration``; consecutive int8 layers pass uint8 directly.
+            consecutive bf16 layers passing bf16; no calibration. At int8 every layer the int8 kernel takes
+            (``int8_cpu``: stride 1, 16 to 256 input channels; the others, e.g. a network's 1- or 3-channel first
+            layer, stay fp32) runs every branch in int8: weights per output channel, activations per tensor *and
+            per branch* (like variable BatchNorm's statistics), calibrated on ``calibration``; consecutive int8
+            layers pass uint8 directly.
         calibration: for int8, (N, C, H, W) float32 degraded images in [0, 1] at every level the model routes
-            (each branch is calibrated on all of them: :func:`calibrate`).
+            (each branch is calibrated on all of them: :func:`~dynprune.deploy.calibration.calibrate_int8`).
     Returns:
         A deep copy in eval mode, of the same class as ``model``, with ``deploy_report`` (a
         :class:`DeployReport`) and ``deploy_options``. Inputs must be (B, C, H, W) float32; with
@@ -267,9 +268,8 @@ def _deploy(model: nn.Module, backend: str | Sequence[str] = "cpu", *, precision
     _deploy_net(out_net, opts, report, dict(paths or {}))
     if report.kernel["available"] is False and any(report.sparse_layers(i) for i in range(len(ratios))):
         sparse_cpu.kernel()  # the one warning naming the reason
-    for name in ("int8_cpu", "bf16_cpu"):
-        if any(name in lp.paths for lp in report.layers):
-            sparse_cpu.warn_lowp_fallback(name[:4])
+    if precision != "fp32" and any(get_backend(p).precision == precision for lp in report.layers for p in lp.paths):
+        sparse_cpu.warn_lowp_fallback(precision)   # one warning where the kernel lacks its instructions
     if precision == "int8":
         report.calibration = calibrate_int8(out_net, net, calibration) if calibration is not None else {}
     if precision == "bf16":

@@ -134,7 +134,8 @@ def choose(conv: nn.Conv2d, ratio: NMRatio, pattern: NMPattern, allowed: tuple[s
            opts: dict[str, Any]) -> tuple[str, str]:
     """(backend name, why the sparse backends were not chosen) for one branch: the first of ``allowed``, in
     preference order, that supports it. At fp32 a dense ratio always runs on oneDNN (no reason reported); at
-    int8 every ratio goes to the first int8 backend that supports it, else to the fp32 rule (the reason named)."""
+    bf16 or int8 every ratio goes to the first backend of that ``precision`` that supports it, else to the fp32
+    rule (the reason named)."""
     reasons = []
     if opts.get("precision", "fp32") != "fp32":
         for name in allowed:

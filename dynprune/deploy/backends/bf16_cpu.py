@@ -12,38 +12,23 @@ import torch
 import torch.nn.functional as F
 
 from ... import sparse_cpu
-from . import Backend, check_shape, register_backend
-from ._cpu import lowp_reason
+from . import check_shape, register_backend
+from ._cpu import LowPrecisionCPU
 
 
-class BF16CPU(Backend):
-    name, sparse, precision = "bf16_cpu", True, "bf16"
-
-    def status(self):
-        if sparse_cpu.has_bf16_kernel():
-            return True, ""
-        st = sparse_cpu.kernel_status()
-        return False, st["reason"] or "this CPU lacks AVX-512 BF16"
-
-    def supports(self, conv, ratio, pattern, opts) -> str:
-        if opts.get("precision") != "bf16":
-            return f"precision {opts.get('precision', 'fp32')} (bf16_cpu: bf16 only)"
-        return lowp_reason(conv, opts)
+class BF16CPU(LowPrecisionCPU):
+    name, precision = "bf16_cpu", "bf16"
 
     def pack(self, weight, mask, bias, ratio, pattern) -> dict[str, torch.Tensor]:
         keep = mask if pattern.is_vector else torch.ones_like(mask)
-        values, gidx, _ = sparse_cpu.pack_bf16(weight * mask, keep, pattern.v if pattern.is_vector else 16)
+        values, gidx, _ = sparse_cpu.pack_bf16(weight * mask, keep, self.block(pattern))
         # stored 4-D (B, taps, K/2, V*2); b16out: 1 where the next layer reads bf16 (set by deploy)
         return {"b16values": values.flatten(3), "b16gidx": gidx, "b16out": torch.zeros(1)}
-
-    @staticmethod
-    def _v(layer) -> int:
-        return layer.pattern.v if layer.pattern.is_vector else 16
 
     def _packed(self, layer, branch, buffers):
         key = ("bf16", branch)
         if key not in layer._kernel_cache:
-            values = buffers["b16values"].contiguous().unflatten(3, (self._v(layer), 2))
+            values = buffers["b16values"].contiguous().unflatten(3, (self.block(layer.pattern), 2))
             bias = torch.zeros(values.shape[0] * values.shape[3])
             bias[: layer.out_channels] = buffers["bias"]
             layer._kernel_cache[key] = (values, buffers["b16gidx"].contiguous(), bias)
@@ -63,7 +48,7 @@ class BF16CPU(Backend):
         return y.to(torch.bfloat16) if buffers["b16out"][0] > 0 else y
 
     def check(self, layer, branch, buffers) -> str:
-        v = self._v(layer)
+        v = self.block(layer.pattern)
         blocks, taps = -(-layer.out_channels // v), layer.kernel_size[0] * layer.kernel_size[1]
         values, gidx = buffers["b16values"], buffers["b16gidx"]
         if values.dim() != 4 or tuple(values.shape[:2]) != (blocks, taps) or values.shape[3] != v * 2:
@@ -76,16 +61,9 @@ class BF16CPU(Backend):
                     if gidx.numel() and (int(gidx.max()) >= layer.in_channels or int(gidx.min()) < 0) else ""))
 
     def dense_weight(self, layer, buffers) -> torch.Tensor:
-        v = self._v(layer)
-        values = buffers["b16values"].unflatten(3, (v, 2))
-        blocks, taps, k2, _, _ = values.shape
-        vals = values.permute(0, 1, 2, 4, 3).reshape(blocks, taps, k2 * 2, v).float()
-        index = buffers["b16gidx"][:, : blocks * k2 * 2].reshape(taps, blocks, k2 * 2).permute(1, 0, 2).long()
-        w = vals.new_zeros(blocks, taps, layer.in_channels, v)
-        for t in range(taps):   # padded entries carry weight 0 on channel 0: accumulate
-            w[:, t].scatter_add_(1, index[:, t].unsqueeze(-1).expand(-1, -1, v), vals[:, t])
-        kh, kw = layer.kernel_size
-        return w.permute(0, 3, 2, 1).reshape(blocks * v, layer.in_channels, kh, kw)[: layer.out_channels].contiguous()
+        values = buffers["b16values"].unflatten(3, (self.block(layer.pattern), 2))
+        return sparse_cpu.decompress_grouped(values, buffers["b16gidx"], layer.out_channels, layer.in_channels,
+                                             layer.kernel_size)
 
 
 register_backend(BF16CPU())

@@ -16,8 +16,8 @@ import math
 import torch
 
 from ... import quant, sparse_cpu
-from . import Backend, check_shape, register_backend
-from ._cpu import lowp_reason
+from . import check_shape, register_backend
+from ._cpu import LowPrecisionCPU
 
 def act_params(buffers) -> tuple[quant.ActQuant, quant.ActQuant | None]:
     """(input, output or None for float32 output) quantization of a branch from its ``q8act`` buffer."""
@@ -28,24 +28,13 @@ def act_params(buffers) -> tuple[quant.ActQuant, quant.ActQuant | None]:
     return quant.ActQuant(s_in, int(z_in)), (quant.ActQuant(s_out, int(z_out)) if s_out > 0 else None)
 
 
-class Int8CPU(Backend):
-    name, sparse, precision = "int8_cpu", True, "int8"
-
-    def status(self):
-        if sparse_cpu.has_int8_kernel():
-            return True, ""
-        st = sparse_cpu.kernel_status()
-        return False, st["reason"] or "this CPU lacks AVX-512 VNNI/VBMI (int8 runs the exact reference path)"
-
-    def supports(self, conv, ratio, pattern, opts) -> str:
-        if opts.get("precision") != "int8":
-            return f"precision {opts.get('precision', 'fp32')} (int8_cpu: int8 only)"
-        return lowp_reason(conv, opts)
+class Int8CPU(LowPrecisionCPU):
+    name, precision = "int8_cpu", "int8"
 
     def pack(self, weight, mask, bias, ratio, pattern) -> dict[str, torch.Tensor]:
         keep = mask if pattern.is_vector else torch.ones_like(mask)   # element pattern: the dense int8 weight
         wq, w_scale = quant.quantize_weight(weight * mask)
-        values, gidx, wsum = quant.pack_int8_weights(wq, keep, pattern.v if pattern.is_vector else 16)
+        values, gidx, wsum = quant.pack_int8_weights(wq, keep, self.block(pattern))
         act = torch.tensor([math.nan, 0.0, 0.0, 0.0])
         # stored 4-D (B, taps, K/4, V*4): a model's .to(memory_format=...) rejects 5-D buffers
         return {"q8values": values.flatten(3), "q8gidx": gidx, "q8wscale": w_scale, "q8wsum": wsum, "q8act": act}
@@ -80,13 +69,12 @@ class Int8CPU(Backend):
                                   layer.relu, act_out)
         return y.contiguous(memory_format=torch.channels_last)
 
-    @staticmethod
-    def _values(layer, buffers) -> torch.Tensor:
-        v = layer.pattern.v if layer.pattern.is_vector else 16
+    def _values(self, layer, buffers) -> torch.Tensor:
+        v = self.block(layer.pattern)
         return buffers["q8values"].contiguous().unflatten(3, (v, 4))
 
     def check(self, layer, branch, buffers) -> str:
-        v = layer.pattern.v if layer.pattern.is_vector else 16
+        v = self.block(layer.pattern)
         blocks, taps = -(-layer.out_channels // v), layer.kernel_size[0] * layer.kernel_size[1]
         values, gidx = buffers["q8values"], buffers["q8gidx"]
         if values.dim() != 4 or tuple(values.shape[:2]) != (blocks, taps) or values.shape[3] != v * 4:
