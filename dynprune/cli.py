@@ -201,16 +201,12 @@ def _say_deployed(model) -> None:
 
 def _calibration(args, cfg, model):
     """int8 calibration inputs: ``--calibration`` (else the run's training folder) degraded at every level."""
-    from .config import expand_data_root
-    from .deploy.calibration import calibration_images
-    from .registry import create
+    from .deploy.calibration import run_calibration_images
 
-    folder = args.calibration or expand_data_root(str(cfg.dataset.kwargs.get("root", "")))
-    if not folder or not Path(folder).is_dir():
-        raise ValueError(f"--precision int8 needs calibration images: --calibration FOLDER of clean images (the "
-                         f"run's dataset folder {folder or '(none: its dataset names no root)'} is not a folder here)")
-    deg = create("degradations", cfg.degradation.name, **cfg.degradation.kwargs)
-    return calibration_images(folder, deg, count=args.calibration_count, channels=model.in_channels)
+    try:
+        return run_calibration_images(cfg, args.calibration, args.calibration_count, model.in_channels)
+    except ValueError as err:
+        raise ValueError(f"--precision int8 needs calibration images: --calibration FOLDER of clean images ({err})") from None
 
 
 def cmd_deploy(args) -> int:

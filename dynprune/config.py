@@ -147,6 +147,21 @@ class DistillConfig(_Strict):
     teachers: list[ModelConfig] = Field(default_factory=list)
 
 
+class QATConfig(_Strict):
+    """Quantization-aware training for ``deploy(precision="int8")`` (:mod:`dynprune.qat`): every layer and
+    branch that int8 deployment quantizes trains through fake quantization of its input and of its BatchNorm-
+    folded weight. A fine-tune of a trained model (``init_from``), with ``frozen_bn``.
+
+    ``calibration``: folder of clean images for the activation ranges (default: the dataset's ``root``), the
+    first ``calibration_count`` of them, degraded at every level (what ``dynprune deploy --precision int8``
+    calibrates on by default).
+    """
+
+    enabled: bool = False
+    calibration: str | None = None
+    calibration_count: int = Field(8, ge=1)
+
+
 class PnGTask(_Strict):
     """One PnG task: what it restores and how much of every layer it owns.
 
@@ -301,6 +316,7 @@ class TrainConfig(_Strict):
     # per-branch affine parameters still train (layers.freeze_norm_stats). false: batch statistics (the paper)
     frozen_bn: bool = False
     distill: DistillConfig = DistillConfig()
+    qat: QATConfig = QATConfig()
     search: SearchConfig = SearchConfig()
     png: PnGConfig = PnGConfig()
 
@@ -314,6 +330,13 @@ class TrainConfig(_Strict):
         if self.precision == "fp16" and not self.device.startswith("cuda"):
             raise ValueError(f"precision fp16 needs a CUDA device (its loss scaling is for GPU half precision), "
                              f"and device is {self.device!r}: use precision bf16 on this device, or fp32")
+        return self
+
+    @model_validator(mode="after")
+    def _qat_fits(self) -> "TrainConfig":
+        if self.qat.enabled and not self.frozen_bn:
+            raise ValueError("qat.enabled folds each branch's BatchNorm running statistics into the int8 weights, "
+                             "as deployment does: set frozen_bn: true")
         return self
 
     @model_validator(mode="after")
@@ -450,7 +473,7 @@ def resolve_paths(data: dict, folder: Path) -> dict:
     """Rewrite the relative input paths of a config mapping as seen from ``folder`` (the config file's),
     expressed relative to the working directory when they lie below it (absolute otherwise), in place.
 
-    Input paths are ``model.weights``, ``init_from``, the teachers' ``weights``, plan files in
+    Input paths are ``model.weights``, ``init_from``, ``qat.calibration``, the teachers' ``weights``, plan files in
     ``convert.ratios``, and, in any ``kwargs`` mapping (nested ones too), the values of keys named
     ``root``, ``weights``, ``path``, ``file`` or ending in ``_root``, ``_dir``, ``_path``, ``_file``,
     ``_weights``. ``out_dir``, written by the run, stays relative to the working directory (as ``--out-dir``).
@@ -483,6 +506,9 @@ def resolve_paths(data: dict, folder: Path) -> dict:
             walk_kwargs(node.get("kwargs"))
     if "init_from" in data:
         data["init_from"] = fix(data["init_from"])
+    qat = data.get("qat")
+    if isinstance(qat, dict) and qat.get("calibration"):
+        qat["calibration"] = fix(qat["calibration"])
     distill = data.get("distill")
     for t in (distill.get("teachers") or []) if isinstance(distill, dict) else []:
         if isinstance(t, dict):

@@ -73,6 +73,9 @@ class DynamicNMMixin(_Picklable):
     covers: all of it, or its first ``(K // M) * M`` entries when K is not divisible by M, the rest
     kept dense), ``nm_mask_grad`` and ``nm_decay`` (SR-STE's lambda_w), ``nm_pattern`` (an
     :class:`~dynprune.nm.NMPattern`: element-wise, or blocks of V output channels sharing their kept inputs).
+    ``nm_weight_transform`` (None, or a callable ``(weight, branch index) -> weight``) is applied last to the
+    weight every branch reads: quantization-aware training sets it (:mod:`dynprune.qat`); it is never saved
+    or copied.
 
     Masks come from one magnitude ordering per group of M (nested by construction). In eager mode
     the ordering is cached packed (2 bits per weight for M=4, 1/16 of the float32 weight) and checked
@@ -87,13 +90,14 @@ class DynamicNMMixin(_Picklable):
     """
 
     _dynprune_prefix = "NM"
-    _dynprune_transient = ("_nm_order_cache", "_nm_frozen", "_nm_used")
+    _dynprune_transient = ("_nm_order_cache", "_nm_frozen", "_nm_used", "nm_weight_transform")
     nm_ratios: tuple
     nm_axis: int
     nm_span: int
     nm_mask_grad: MaskGrad
     nm_decay: float
     nm_pattern: NMPattern = ELEMENT  # the class default serves layers pickled before patterns existed
+    nm_weight_transform = None
 
     def _dynprune_init(self) -> None:
         self._nm_order_cache = None
@@ -103,8 +107,13 @@ class DynamicNMMixin(_Picklable):
 
     @property
     def weight(self) -> torch.Tensor:  # type: ignore[override]
-        w = self._parameters["weight"]
         i = resolve_branch(current_branch(), self.nm_labels)
+        w = self._branch_weight(i)
+        return w if self.nm_weight_transform is None else self.nm_weight_transform(w, i)
+
+    def _branch_weight(self, i: int) -> torch.Tensor:
+        """The weight branch index ``i`` computes with (masked; straight-through under autograd)."""
+        w = self._parameters["weight"]
         n, m = self.nm_ratios[i]
         if n == m:
             return w

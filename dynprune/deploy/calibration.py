@@ -13,7 +13,7 @@ from .. import quant
 from ..branch import use_branch
 from .layer import SparseConv2d, chained
 
-__all__ = ["calibration_images", "calibrate_int8"]
+__all__ = ["calibration_images", "run_calibration_images", "calibrate_int8"]
 
 
 def calibration_images(folder: str | Path, degradation, count: int = 8, size: int = 160, channels: int = 1,
@@ -38,6 +38,24 @@ def calibration_images(folder: str | Path, degradation, count: int = 8, size: in
         x = x[:, top:top + side, left:left + side].unsqueeze(0)
         out += [degradation(x, generator=g, level=i)[0] for i in range(getattr(degradation, "levels", 1))]
     return torch.cat(out).float()
+
+
+def run_calibration_images(cfg, folder: str | Path | None = None, count: int = 8, channels: int = 1) -> torch.Tensor:
+    """:func:`calibration_images` for a training config ``cfg`` (:class:`~dynprune.config.TrainConfig`):
+    ``folder`` (default: the run's dataset ``root``) degraded by the run's degradation at every level.
+
+    Raises:
+        ValueError: no folder given and the dataset names none that exists here.
+    """
+    from ..config import expand_data_root
+    from ..registry import create
+
+    folder = folder or expand_data_root(str(cfg.dataset.kwargs.get("root", "")))
+    if not folder or not Path(folder).is_dir():
+        raise ValueError(f"int8 calibration needs a folder of clean images (the run's dataset folder "
+                         f"{folder or '(none: its dataset names no root)'} is not a folder here): give one")
+    deg = create("degradations", cfg.degradation.name, **cfg.degradation.kwargs)
+    return calibration_images(folder, deg, count=count, channels=channels)
 
 
 def _input_ranges(net: nn.Module, images: torch.Tensor, names: set[str], branches: int, batch: int = 4,

@@ -107,8 +107,10 @@ class Trainer:
             try:
                 self.model.load_state_dict(state)
             except (RuntimeError, KeyError) as err:
-                raise ValueError(f"init_from {cfg.init_from!r} does not fit this model: {str(err).splitlines()[0]}") from err
+                why = " ".join(line.strip() for line in str(err).splitlines()[:2])
+                raise ValueError(f"init_from {cfg.init_from!r} does not fit this model: {why[:400]}") from err
         self.teachers = self._build_teachers()
+        self.qat = self._attach_qat(probe.shape[1]) if cfg.qat.enabled else None
         self._val_audit = None
         self.run.track_ema(self.model.restorer)
         self.run.validate_with(self.validate, routed_metric_names(self.model.ratios))
@@ -139,6 +141,21 @@ class Trainer:
             raise ValueError(f"distill.teachers has {len(d.teachers)} entries; give one, or one per degradation "
                              f"level ({levels} for {self.cfg.degradation.name!r})")
         return build_teachers(d.teachers, self.cfg.device)
+
+    def _attach_qat(self, channels: int):
+        """Int8 fake quantization (:mod:`dynprune.qat`) on what ``deploy(precision="int8")`` quantizes, its
+        activation ranges calibrated on the weights the run starts with (before a resume loads its own)."""
+        from .. import qat
+        from ..deploy.calibration import run_calibration_images
+
+        q = self.cfg.qat
+        try:
+            images = run_calibration_images(self.cfg, q.calibration, q.calibration_count, channels)
+        except ValueError as err:
+            raise ValueError(f"qat: {err} as qat.calibration") from None
+        plan = qat.int8_plan(self.model.restorer, images)
+        log.info("QAT: int8 fake quantization on %d layers (calibrated on %d images)", len(plan), images.shape[0])
+        return qat.attach(self.model.restorer, plan)
 
     def _check_teachers(self, probe: torch.Tensor) -> None:
         want = tuple(self.model.restorer.eval()(probe).shape)
