@@ -8,8 +8,10 @@ Parts (``--part``, default both):
   bsd68   end to end on BSD68 x sigma 15 / 25 / 50 (seeded like ``dynprune eval``), every variant on every
           noisy image in turn: dense DnCNN-B fp32 (channels_last eager), dense bf16 (the same under
           ``torch.autocast``), dense torch int8 (eager ``torch.ao`` post-training quantization, x86 engine,
-          18 fused Conv+BN+ReLU in int8, first and last conv fp32, calibrated on the same images as ours), and
-          the ClassPruning checkpoint deployed at fp32, bf16 and int8 (classifier and grouping included).
+          18 fused Conv+BN+ReLU in int8, first and last conv fp32, calibrated on the same images as ours), dense
+          OpenVINO fp32, at its default precision (bf16 where the CPU has it) and int8 after NNCF post-training
+          quantization on the same images (first and last conv excluded), when the ``bench`` extra is installed,
+          and the ClassPruning checkpoint deployed at fp32, bf16 and int8 (classifier and grouping included).
           Mean ms per image and mean PSNR per sigma.
 
   observers  int8 calibration observers on the first ``--limit`` (default 12) BSD68 images: per branch, the
@@ -124,6 +126,33 @@ class TorchInt8DnCNN(nn.Module):
         return x - self.tail(self.body(self.head(x)))
 
 
+def openvino_variants(dense: nn.Module, calibration: torch.Tensor, threads: int) -> dict:
+    """Dense DnCNN-B on OpenVINO's CPU plugin (the ``bench`` extra; {} without it), latency mode, ``threads``
+    threads, dynamic H x W: fp32 (precision hint f32), its default precision (bf16 on CPUs that have it), and
+    int8 after NNCF post-training quantization on ``calibration`` (first and last conv kept at the default
+    precision; NNCF's defaults otherwise: MinMax ranges, fast bias correction). {name: noisy -> restored}."""
+    try:
+        import nncf
+        import openvino as ov
+    except ImportError:
+        print("OpenVINO / NNCF not installed (pip install -e .[bench]): no OpenVINO rows")
+        return {}
+    model = ov.convert_model(copy.deepcopy(dense).to(memory_format=torch.contiguous_format),
+                             example_input=torch.rand(1, 1, 64, 64), input=[1, 1, -1, -1])
+    convs = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
+    q8 = nncf.quantize(model, nncf.Dataset([c[None].numpy() for c in calibration]), subset_size=len(calibration),
+                       ignored_scope=nncf.IgnoredScope(names=[convs[0], convs[-1]]))
+    core, out = ov.Core(), {}
+    for name, m, hint in (("fp32", model, "f32"), ("default precision", model, None), ("int8 (NNCF)", q8, None)):
+        cfg = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+        cfg.update({"INFERENCE_PRECISION_HINT": hint} if hint else {})
+        compiled = core.compile_model(m, "CPU", cfg)
+        prec = str(compiled.get_property("INFERENCE_PRECISION_HINT")).split("'")[1]
+        out[f"dense DnCNN-B OpenVINO {name} ({prec})"] = \
+            lambda x, c=compiled: torch.from_numpy(c(x.contiguous().numpy())[0])
+    return out
+
+
 def part_bsd68(args) -> dict:
     torch.set_num_threads(args.bsd_threads)
     cp, cfg, _ = load_trained(args.checkpoint)
@@ -146,12 +175,13 @@ def part_bsd68(args) -> dict:
     variants = {"dense DnCNN-B fp32 (channels_last)": lambda x: dense(x.contiguous(memory_format=cl)),
                 "dense DnCNN-B bf16 (autocast)": bf16,
                 "dense DnCNN-B torch int8 (x86)": lambda x: tint8(x.contiguous(memory_format=cl)),
+                **openvino_variants(dense, cal, args.bsd_threads),
                 "routed, deployed fp32": lambda x: dep32(x),
                 "routed, deployed bf16": lambda x: dep16(x),
                 "routed, deployed int8": lambda x: dep8(x)}
     names, images = _bsd68(Path(args.data))
     images = images[: args.limit or None]
-    res, routing, _ = timed_bsd68(variants, images, cp)
+    res, routing, _ = timed_bsd68(variants, images, cp, warm_both_orientations=True)
     n = len(images) * len(SIGMAS)
     ref = res["dense DnCNN-B fp32 (channels_last)"]
     print(f"\n### BSD68 end to end ({sparse_cpu.cpu_name()}), {len(images)} images x sigma {SIGMAS}, "
@@ -163,8 +193,10 @@ def part_bsd68(args) -> dict:
         p = " / ".join(f"{v['psnr'][f'sigma={s}']:.2f}" for s in SIGMAS)
         mean = sum(v["psnr"].values()) / 3
         print(f"| {k} | {v['ms'] / n:.0f} | {ref['ms'] / v['ms']:.2f}x | {p} | {mean:.2f} | {mean - mean0:+.2f} |")
-    for prec, dense_k in (("bf16", "dense DnCNN-B bf16 (autocast)"), ("int8", "dense DnCNN-B torch int8 (x86)")):
-        print(f"routed {prec} vs dense {prec}: {res[dense_k]['ms'] / res[f'routed, deployed {prec}']['ms']:.2f}x")
+    for prec, tags in (("bf16", ("bf16 (autocast)", "default precision")), ("int8", ("int8",))):
+        dense_k = min((k for k in res if k.startswith("dense") and any(t in k for t in tags)), key=lambda k: res[k]["ms"])
+        print(f"routed {prec} vs the fastest dense {prec} ({dense_k}): "
+              f"{res[dense_k]['ms'] / res[f'routed, deployed {prec}']['ms']:.2f}x")
     print(f"routing {routing}")
     return {"threads": args.bsd_threads, "images": len(images), "results": res, "routing": routing}
 

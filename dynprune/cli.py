@@ -219,8 +219,11 @@ def cmd_deploy(args) -> int:
     model, cfg, ckpt = load_trained(args.checkpoint)
     backend = args.backend.split(",") if "," in args.backend else args.backend
     images = _calibration(args, cfg, model) if args.precision == "int8" else None
+    if args.int8_min_sqnr is not None and args.precision != "int8":
+        raise ValueError(f"--int8-min-sqnr applies to --precision int8, not {args.precision}")
     dep = deploy(model, backend, precision=args.precision, calibration=images, max_density=args.max_density,
-                 max_density_vector=args.max_density_vector, min_out_channels=args.min_out_channels)
+                 max_density_vector=args.max_density_vector, min_out_channels=args.min_out_channels,
+                 int8_min_sqnr=args.int8_min_sqnr)
     save_deployed(dep, out, cfg.model_dump(mode="json"), ckpt.get("arch", {}), run=ckpt.get("run"))
     print(dep.deploy_report)
     print(f"deployed model written to {out} (load with dynprune.load, or pass it to restore/eval)")
@@ -565,6 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="int8: clean images, degraded at every level of the run's degradation (default: the "
                           "run's dataset folder)")
     dp_.add_argument("--calibration-count", type=int, default=8, help="int8: images taken from it (default 8)")
+    dp_.add_argument("--int8-min-sqnr", type=float, default=None, metavar="DB",
+                     help="int8: measure each layer's sensitivity (output SQNR with only it in int8) and keep the "
+                          "layers and branches below DB dB in fp32 (the report lists them)")
     _overwrite(dp_, "OUT")
     dp_.set_defaults(fn=cmd_deploy)
     d = sub.add_parser("demo", help="train briefly on scikit-image's photos and print PSNR and MACs saved")

@@ -33,7 +33,7 @@ from . import quant
 from .branch import current_branch, resolve_branch
 from .deploy.fold import branch_norm
 
-__all__ = ["LayerQAT", "int8_plan", "attach", "fake_quant_weight"]
+__all__ = ["LayerQAT", "int8_plan", "plan_from_report", "attach", "fake_quant_weight", "sensitivity"]
 
 
 @dataclass
@@ -61,13 +61,17 @@ def int8_plan(net: nn.Module, calibration: torch.Tensor) -> dict[str, LayerQAT]:
     with warnings.catch_warnings():   # the kernel-fallback warning: QAT needs the plan, not the kernel
         warnings.simplefilter("ignore")
         dep = deploy(copy.deepcopy(net).cpu(), precision="int8", calibration=calibration)
-    rep = dep.deploy_report
+    return plan_from_report(dep.deploy_report)
+
+
+def plan_from_report(rep) -> dict[str, LayerQAT]:
+    """:func:`int8_plan` read off the :class:`~dynprune.deploy.api.DeployReport` of an int8 deployment."""
     plan = {}
     for lp in rep.layers:
         if "int8_cpu" not in lp.paths:
             continue
         acts = [quant.act_qparams(*r) if p == "int8_cpu" else None for p, r in zip(lp.paths, rep.calibration[lp.name])]
-        plan[lp.name] = LayerQAT(acts, lp.folded_norm)
+        plan[lp.name] = LayerQAT(acts, lp.folded_norm or None)
     return plan
 
 
@@ -145,3 +149,32 @@ def attach(net: nn.Module, plan: dict[str, LayerQAT]):
         layers.append(conv)
         hooks.append(conv.register_forward_pre_hook(inputs))
     return _Handle(layers, hooks)
+
+
+def sensitivity(net: nn.Module, plan: dict[str, LayerQAT], images: torch.Tensor,
+                batch: int = 4) -> dict[str, list[float | None]]:
+    """Per layer of ``plan`` and branch: the SQNR (dB) of ``net``'s output with only that layer of that branch
+    simulated in int8, against the float output, over ``images`` (N, C, H, W) float32:
+    ``10 log10(sum y^2 / sum (y_int8 - y)^2)`` (higher: less sensitive; inf where nothing changes). None for the
+    branches that do not run in int8. The per-layer sensitivity analysis of post-training quantization tools
+    (e.g. NNCF's accuracy control, AIMET's layer-wise analysis), on the restored image."""
+    from .branch import use_branch
+
+    net = copy.deepcopy(net).eval()
+    branches = len(next(iter(plan.values())).acts) if plan else 0
+
+    def outputs(i):
+        with torch.no_grad(), use_branch(i):
+            return torch.cat([net(images[k:k + batch]) for k in range(0, images.shape[0], batch)])
+
+    ref = [outputs(i) for i in range(branches)]
+    out = {}
+    for name, lq in plan.items():
+        handle = attach(net, {name: lq})
+        try:
+            out[name] = [None if a is None else
+                         float(10 * torch.log10(ref[i].pow(2).sum() / (outputs(i) - ref[i]).pow(2).sum()))
+                         for i, a in enumerate(lq.acts)]
+        finally:
+            handle.remove()
+    return out

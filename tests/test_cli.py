@@ -322,3 +322,5 @@ def test_deploy_int8_from_the_command_line_calibrates_on_a_folder(trained, tmp_p
     assert main(["deploy", ckpt, str(tmp_path / "x.pt"), "--precision", "int8"]) == 2
     assert "--precision int8 needs calibration images" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+    assert main(["deploy", ckpt, str(tmp_path / "y.pt"), "--precision", "bf16", "--int8-min-sqnr", "40"]) == 2
+    assert "--int8-min-sqnr applies to --precision int8, not bf16" in capsys.readouterr().err

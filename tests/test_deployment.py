@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import dynprune as dp
+from dynprune import sparse_cpu
 from dynprune.checkpoint import load_file, save_atomic
 from dynprune.classifier import DifficultyClassifier
 from dynprune.deploy import SparseConv2d, load_deployed, save_deployed
@@ -411,7 +412,7 @@ def test_int8_deploy_runs_every_branch_of_the_wide_layers_in_int8(dncnn_int8):
 
 
 def test_int8_layers_chain_in_uint8_and_the_last_writes_float(dncnn_int8):
-    _, _, int8, _ = dncnn_int8
+    _, _, int8, cal = dncnn_int8
     layers = [m for m in int8.modules() if isinstance(m, SparseConv2d) and "int8_cpu" in m.paths]
     acts = [m.branch_buffers(0)["q8act"].tolist() for m in layers]
     assert all(a[2] > 0 for a in acts[:-1]) and acts[-1][2] == 0       # uint8 out, then float out
@@ -424,6 +425,48 @@ def test_int8_layers_chain_in_uint8_and_the_last_writes_float(dncnn_int8):
     for h in hooks:
         h.remove()
     assert seen == [torch.uint8] * (len(layers) - 1) + [torch.float32]
+    # the ReLU after the unconverted fp32 first conv is dropped: the int8 layer's quantization clamps at 0
+    seq = int8.get_submodule("dncnn")
+    assert type(seq[0]) is nn.Conv2d and type(seq[1]) is nn.Identity
+    with_relu = copy.deepcopy(int8)
+    with_relu.get_submodule("dncnn")[1] = nn.ReLU()
+    with torch.no_grad():
+        assert float(seq[0](cal[:2]).min()) < 0 and torch.equal(with_relu(cal[:2]), int8(cal[:2]))
+
+
+def test_int8_keeps_the_layers_it_measures_as_sensitive_in_fp32(dncnn_int8):
+    """One channel before dncnn.5 blown up 1000x (its weights in dncnn.5 scaled down to match): the float network
+    computes the same, but dncnn.5's per-tensor uint8 input range is spent on that channel. The measured SQNR
+    of dncnn.5 drops by > 30 dB on every branch, a threshold below every other layer keeps only dncnn.5's
+    affected branches in fp32, and those branches get closer to the fp32 deployment."""
+    net, _, _, cal = dncnn_int8
+    clean = dp.deploy(net, precision="int8", calibration=cal, int8_min_sqnr=0.0).deploy_report.sensitivity
+    net = copy.deepcopy(net)
+    bn, conv = net.get_submodule("dncnn.3"), net.get_submodule("dncnn.5")
+    with torch.no_grad():
+        for norm in [bn, *bn.aux_norms]:
+            norm.weight[0] *= 1000
+            norm.bias[0] *= 1000
+        conv.dense_weight[:, 0] /= 1000
+    base = dp.deploy(net, precision="int8", calibration=cal, int8_min_sqnr=0.0)
+    sens = base.deploy_report.sensitivity
+    assert base.deploy_report.kept_fp32 == [] and set(sens) == set(base.deploy_report.calibration)
+    assert all(d < c - 30 for d, c in zip(sens["dncnn.5"], clean["dncnn.5"])), (sens, clean)
+    others = min(min(d) for n, d in sens.items() if n != "dncnn.5")
+    low = [i for i, d in enumerate(sens["dncnn.5"]) if d < others - 1]
+    assert len(low) >= 1
+    kept = dp.deploy(net, precision="int8", calibration=cal, int8_min_sqnr=others - 1)
+    rep = kept.deploy_report
+    assert rep.kept_fp32 == [("dncnn.5", i) for i in low] and "(fp32)" in str(rep)
+    paths = next(lp for lp in rep.layers if lp.name == "dncnn.5").paths
+    assert [i for i, p in enumerate(paths) if p != "int8_cpu"] == low and paths[-1] in ("int8_cpu", "onednn")
+    x = cal[:4]
+    fp32 = dp.deploy(net)
+    with torch.no_grad():
+        for i in low:
+            with dp.use_branch(i):
+                ref = fp32(x)
+                assert (kept(x) - ref).abs().mean() < 0.7 * (base(x) - ref).abs().mean()
 
 
 def test_int8_deploy_errors(dncnn_int8):
@@ -468,6 +511,29 @@ def test_int8_artifact_roundtrip_and_the_reference_path_without_the_kernel(tmp_p
     save_atomic(obj, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="q8act is not a finite calibration"):
         load_deployed(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_low_precision_deploys_the_classifier_folded_and_in_bf16(precision):
+    from dynprune.deploy.classifier import LowPrecisionClassifier
+
+    torch.manual_seed(0)
+    cp = dp.ClassPruning(dp.convert(dp.create_model("dncnn", depth=4, width=16)), DifficultyClassifier(1, 3))
+    for m in cp.classifier.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    cp.eval()
+    dep = dp.deploy(cp, precision=precision, calibration=torch.rand(3, 1, 24, 24))
+    assert isinstance(dep.classifier, LowPrecisionClassifier) and isinstance(dp.deploy(cp).classifier,
+                                                                             DifficultyClassifier)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in dep.classifier.modules())   # folded: 4 convs
+    x = torch.rand(4, 1, 48, 40)
+    with torch.no_grad():
+        want, got = cp.classifier(x), dep.classifier(x)
+    assert got.dtype == torch.float32
+    err = float((got - want).abs().max() / want.abs().max())
+    assert (0 < err < 0.02) if sparse_cpu.has_bf16_kernel() else err < 1e-5, err
 
 
 def test_bf16_deploy_chains_bf16_and_stays_within_bf16_error(dncnn_int8):

@@ -16,6 +16,7 @@ from ..convert import model_ratios
 from ..layers import DynamicNMMixin, dynamic_layers
 from .backends import backend_names, choose, get_backend
 from .calibration import calibrate_int8
+from .classifier import LowPrecisionClassifier
 from .fold import foldable
 from .layer import LayerPlan, SparseConv2d, chained
 
@@ -32,6 +33,10 @@ class DeployReport:
     kernel: dict[str, Any]
     layers: list[LayerPlan] = field(default_factory=list)
     calibration: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    # int8 with a minimum SQNR: {layer: [dB per branch]} measured, and the (layer, branch index) kept in fp32
+    sensitivity: dict[str, list[float | None]] = field(default_factory=dict)
+    kept_fp32: list[tuple[str, int]] = field(default_factory=list)
+    int8_min_sqnr: float | None = None
 
     def sparse_layers(self, branch: int) -> list[str]:
         """Names of the layers that run on a sparse kernel (any sparse backend) for branch index ``branch``."""
@@ -47,6 +52,13 @@ class DeployReport:
             fused = "+".join(x for x in (lp.folded_norm and f"BN {lp.folded_norm}", lp.relu and "ReLU") if x)
             why = "; ".join(sorted({r for r in lp.reasons if r}))
             lines.append(f"| {lp.name} | {lp.type} | {lp.shape} | " + " | ".join(lp.paths) + f" | {fused} | {why} |")
+        if self.sensitivity:
+            lines += ["int8 sensitivity: output SQNR (dB) with only this layer in int8, per branch; below "
+                      f"{self.int8_min_sqnr} dB the branch stays fp32",
+                      "| layer | " + " | ".join(self.ratios) + " |", "|---|" + "---:|" * len(self.ratios)]
+            for name, dbs in self.sensitivity.items():
+                lines.append(f"| {name} | " + " | ".join("-" if d is None else f"{d:.1f}" + (
+                    " (fp32)" if (name, i) in self.kept_fp32 else "") for i, d in enumerate(dbs)) + " |")
         return "\n".join(lines)
 
 
@@ -116,6 +128,18 @@ def _deploy_net(net: nn.Module, opts: dict[str, Any], report: DeployReport, forc
     report.layers.sort(key=lambda lp: order.get(lp.name, len(order)))
 
 
+def _drop_relu_before_int8(net: nn.Module) -> None:
+    """Replace by ``nn.Identity`` every ``nn.ReLU`` that directly precedes, in an ``nn.Sequential``, a layer running
+    int8 on every branch (e.g. after DnCNN's unconverted fp32 first convolution): that layer's input range,
+    calibrated on the ReLU's output, starts at 0, so its uint8 quantization (zero point 0) clamps negatives to 0
+    already; the output is bit-identical and one pass over the activations is saved."""
+    for seq in [m for m in net.modules() if isinstance(m, nn.Sequential)]:
+        kids = list(seq.named_children())
+        for (key, relu), (_, nxt) in zip(kids, kids[1:]):
+            if type(relu) is nn.ReLU and isinstance(nxt, SparseConv2d) and all(p == "int8_cpu" for p in nxt.paths):
+                setattr(seq, key, nn.Identity())
+
+
 def _in_channels(model: nn.Module) -> int:
     if isinstance(model, ClassPruning):
         return model.in_channels
@@ -159,12 +183,15 @@ def _allowed(backend: str | Sequence[str]) -> tuple[str, ...]:
 
 
 PRECISIONS = ("fp32", "bf16", "int8")
+SENSITIVITY_IMAGES = 4   # int8_min_sqnr measures on the first calibration images (calibration_images: one
+                         # image at each level first)
 
 
 def deploy(model: nn.Module, backend: str | Sequence[str] = "cpu", *, precision: str = "fp32",
            calibration: torch.Tensor | None = None, max_density: float = 0.25,
            max_density_vector: float = 0.75, min_out_channels: int | None = None, fuse: bool = True,
-           channels_last: bool = True, paths: dict[str, list[str]] | None = None) -> nn.Module:
+           channels_last: bool = True, paths: dict[str, list[str]] | None = None,
+           int8_min_sqnr: float | None = None) -> nn.Module:
     """An inference copy of ``model`` whose sparse branches run on the CPU kernels.
 
     Per layer and branch the first registered backend (:mod:`dynprune.deploy.backends`, preference order
@@ -177,7 +204,8 @@ def deploy(model: nn.Module, backend: str | Sequence[str] = "cpu", *, precision:
 
     Args:
         model: a network made by :func:`dynprune.convert`, or a :class:`~dynprune.ClassPruning` model
-            (its restorer is deployed, its classifier kept).
+            (its restorer is deployed; its classifier kept, at bf16/int8 with BatchNorm folded and in bf16:
+            :class:`~dynprune.deploy.classifier.LowPrecisionClassifier`).
         backend: ``"cpu"`` (every registered backend, chosen per layer), a registered backend's name, or a
             list of them (``"onednn"`` is always a last resort).
         max_density: element-pattern branches denser than this (N/M) run on oneDNN; default 0.25 (the
@@ -200,6 +228,12 @@ def deploy(model: nn.Module, backend: str | Sequence[str] = "cpu", *, precision:
             layers pass uint8 directly.
         calibration: for int8, (N, C, H, W) float32 degraded images in [0, 1] at every level the model routes
             (each branch is calibrated on all of them: :func:`~dynprune.deploy.calibration.calibrate_int8`).
+        int8_min_sqnr: for int8, measure each int8 layer's sensitivity per branch
+            (:func:`dynprune.qat.sensitivity`: the output's SQNR in dB with only that layer in int8, on the first
+            4 images of ``calibration``: :func:`~dynprune.deploy.calibration.calibration_images` puts one image
+            at every level first) and keep the
+            (layer, branch) pairs below this many dB in fp32 (on the backend fp32 deployment picks). The report
+            lists the measurements (``sensitivity``, ``kept_fp32``). None: every layer the int8 kernel takes.
     Returns:
         A deep copy in eval mode, of the same class as ``model``, with ``deploy_report`` (a
         :class:`DeployReport`) and ``deploy_options``. Inputs must be (B, C, H, W) float32; with
@@ -215,9 +249,34 @@ def deploy(model: nn.Module, backend: str | Sequence[str] = "cpu", *, precision:
         raise ValueError(f"unknown deploy precision {precision!r}: use one of {list(PRECISIONS)}")
     if precision == "int8":
         _check_calibration(calibration, _in_channels(model))
-    return _deploy(model, backend, precision=precision, calibration=calibration, max_density=max_density,
-                   max_density_vector=max_density_vector, min_out_channels=min_out_channels, fuse=fuse,
-                   channels_last=channels_last, paths=paths)
+    opts = dict(max_density=max_density, max_density_vector=max_density_vector, fuse=fuse, channels_last=channels_last)
+    out = _deploy(model, backend, precision=precision, calibration=calibration, min_out_channels=min_out_channels,
+                  paths=paths, **opts)
+    if precision == "int8" and int8_min_sqnr is not None:
+        out = _keep_sensitive_fp32(out, model, backend, calibration, float(int8_min_sqnr), min_out_channels, opts)
+    return out
+
+
+def _keep_sensitive_fp32(dep: nn.Module, model: nn.Module, backend, calibration: torch.Tensor, min_sqnr: float,
+                         min_out_channels: int | None, opts: dict[str, Any]) -> nn.Module:
+    """``deploy(int8_min_sqnr=...)``: the (layer, branch) pairs of int8 deployment ``dep`` whose SQNR is below
+    ``min_sqnr`` moved to their fp32 backend (deployed again with those paths)."""
+    from .. import qat
+
+    rep = dep.deploy_report
+    net = model.restorer if isinstance(model, ClassPruning) else model
+    sens = qat.sensitivity(net, qat.plan_from_report(rep), calibration[:SENSITIVITY_IMAGES])
+    low = sorted((name, i) for name, dbs in sens.items() for i, d in enumerate(dbs) if d is not None and d < min_sqnr)
+    if low:
+        fp32 = {lp.name: lp.paths for lp in _deploy(model, backend, precision="fp32", **opts).deploy_report.layers}
+        forced = {lp.name: list(lp.paths) for lp in rep.layers if "dynamic" not in lp.paths}
+        for name, i in low:
+            forced[name][i] = fp32[name][i]
+        dep = _deploy(model, backend, precision="int8", calibration=calibration, min_out_channels=min_out_channels,
+                      paths=forced, **opts)
+        rep = dep.deploy_report
+    rep.sensitivity, rep.kept_fp32, rep.int8_min_sqnr = sens, low, min_sqnr
+    return dep
 
 
 def _check_calibration(images, in_channels: int) -> None:
@@ -263,9 +322,13 @@ def _deploy(model: nn.Module, backend: str | Sequence[str] = "cpu", *, precision
             "pattern": str(pattern), "precision": precision}
     out = copy.deepcopy(model).eval()
     out_net = out.restorer if isinstance(out, ClassPruning) else out
+    if isinstance(out, ClassPruning) and precision != "fp32":
+        out.classifier = LowPrecisionClassifier(out.classifier)
     report = DeployReport(opts["backend"] if isinstance(opts["backend"], str) else ",".join(allowed),
                           tuple(str(r) for r in ratios), opts, sparse_cpu.kernel_status())
     _deploy_net(out_net, opts, report, dict(paths or {}))
+    if precision == "int8":
+        _drop_relu_before_int8(out_net)
     if report.kernel["available"] is False and any(report.sparse_layers(i) for i in range(len(ratios))):
         sparse_cpu.kernel()  # the one warning naming the reason
     if precision != "fp32" and any(get_backend(p).precision == precision for lp in report.layers for p in lp.paths):
