@@ -10,7 +10,8 @@ Parts (``--part``, default both):
           ``torch.autocast``), dense torch int8 (eager ``torch.ao`` post-training quantization, x86 engine,
           18 fused Conv+BN+ReLU in int8, first and last conv fp32, calibrated on the same images as ours), dense
           OpenVINO fp32, at its default precision (bf16 where the CPU has it) and int8 after NNCF post-training
-          quantization on the same images (first and last conv excluded), when the ``bench`` extra is installed,
+          quantization on the same images (first and last conv excluded), and torch int8 through torchao's PT2E
+          flow and torch.compile (X86InductorQuantizer defaults), when the ``bench`` extra is installed,
           and the ClassPruning checkpoint deployed at fp32, bf16 and int8 (classifier and grouping included).
           Mean ms per image and mean PSNR per sigma.
 
@@ -22,7 +23,8 @@ Calibration (both int8 models): the first 8 Train400 images, center 160x160, eac
 (``dynprune.deploy.calibration.calibration_images``): training images, not BSD68.
 
     python benchmarks/lowp.py --data ../shared/data --checkpoint docs/checkpoints/cp_dncnn_b_vector.pt \
-        [--part layer bsd68] [--threads 1 2] [--bsd-threads 2] [--limit N] [--out docs/results/lowp]
+        [--part layer bsd68] [--threads 1 2] [--bsd-threads 2] [--limit N] [--out docs/results/lowp] \
+        [--qat-checkpoint docs/checkpoints/cp_dncnn_b_vector_qat.pt]
 """
 
 from __future__ import annotations
@@ -153,6 +155,33 @@ def openvino_variants(dense: nn.Module, calibration: torch.Tensor, threads: int)
     return out
 
 
+def pt2e_variant(dense: nn.Module, calibration: torch.Tensor) -> dict:
+    """Dense DnCNN-B in int8 through torchao's PT2E flow (the ``bench`` extra; {} without it): exported with
+    dynamic H x W, ``X86InductorQuantizer`` at its default config (every conv, static per-tensor activations,
+    per-channel weights), calibrated on ``calibration`` one image at a time, then ``torch.compile`` (inductor,
+    freezing; static shapes: one compilation per image orientation, in the warm-up)."""
+    try:
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    except ImportError:
+        print("torchao not installed (pip install -e .[bench]): no PT2E row")
+        return {}
+    from torch._inductor import config as inductor_config
+
+    model = copy.deepcopy(dense).to(memory_format=torch.contiguous_format).eval()
+    dim = {2: torch.export.Dim("h", min=16, max=4096), 3: torch.export.Dim("w", min=16, max=4096)}
+    with torch.no_grad():
+        graph = torch.export.export(model, (calibration[:1],), dynamic_shapes=(dim,)).module()
+        prepared = prepare_pt2e(graph, xiq.X86InductorQuantizer().set_global(
+            xiq.get_default_x86_inductor_quantization_config()))
+        for img in calibration:
+            prepared(img[None])
+        quantized = convert_pt2e(prepared)
+    inductor_config.freezing = True
+    compiled = torch.compile(quantized, dynamic=False)
+    return {"dense DnCNN-B torch int8 (PT2E x86 inductor, torch.compile)": lambda x: compiled(x.contiguous())}
+
+
 def part_bsd68(args) -> dict:
     torch.set_num_threads(args.bsd_threads)
     cp, cfg, _ = load_trained(args.checkpoint)
@@ -162,6 +191,9 @@ def part_bsd68(args) -> dict:
     dep32 = dp.deploy(cp)
     dep8 = dp.deploy(cp, precision="int8", calibration=cal)
     dep16 = dp.deploy(cp, precision="bf16")
+    qat8 = None
+    if args.qat_checkpoint:
+        qat8 = dp.deploy(load_trained(args.qat_checkpoint)[0], precision="int8", calibration=cal)
     print(f"deploy fp32, int8 (calibration on {len(cal)} images) and bf16: {time.perf_counter() - t0:.1f} s")
     dense = dp.create_model("dncnn", weights=args.weights or str(Path(args.data) / "weights/dncnn/DnCNN-B/net.pth"))
     dense = dense.eval().to(memory_format=torch.channels_last)
@@ -175,10 +207,12 @@ def part_bsd68(args) -> dict:
     variants = {"dense DnCNN-B fp32 (channels_last)": lambda x: dense(x.contiguous(memory_format=cl)),
                 "dense DnCNN-B bf16 (autocast)": bf16,
                 "dense DnCNN-B torch int8 (x86)": lambda x: tint8(x.contiguous(memory_format=cl)),
+                **pt2e_variant(dense, cal),
                 **openvino_variants(dense, cal, args.bsd_threads),
                 "routed, deployed fp32": lambda x: dep32(x),
                 "routed, deployed bf16": lambda x: dep16(x),
-                "routed, deployed int8": lambda x: dep8(x)}
+                "routed, deployed int8": lambda x: dep8(x),
+                **({"routed, deployed int8 (QAT)": lambda x: qat8(x)} if qat8 is not None else {})}
     names, images = _bsd68(Path(args.data))
     images = images[: args.limit or None]
     res, routing, _ = timed_bsd68(variants, images, cp, warm_both_orientations=True)
@@ -195,8 +229,8 @@ def part_bsd68(args) -> dict:
         print(f"| {k} | {v['ms'] / n:.0f} | {ref['ms'] / v['ms']:.2f}x | {p} | {mean:.2f} | {mean - mean0:+.2f} |")
     for prec, tags in (("bf16", ("bf16 (autocast)", "default precision")), ("int8", ("int8",))):
         dense_k = min((k for k in res if k.startswith("dense") and any(t in k for t in tags)), key=lambda k: res[k]["ms"])
-        print(f"routed {prec} vs the fastest dense {prec} ({dense_k}): "
-              f"{res[dense_k]['ms'] / res[f'routed, deployed {prec}']['ms']:.2f}x")
+        for k in [k for k in res if k.startswith(f"routed, deployed {prec}")]:
+            print(f"{k} vs the fastest dense {prec} ({dense_k}): {res[dense_k]['ms'] / res[k]['ms']:.2f}x")
     print(f"routing {routing}")
     return {"threads": args.bsd_threads, "images": len(images), "results": res, "routing": routing}
 
@@ -261,6 +295,8 @@ def main() -> None:
     ap.add_argument("--data", default="../shared/data")
     ap.add_argument("--checkpoint", default="docs/checkpoints/cp_dncnn_b_vector.pt")
     ap.add_argument("--weights", help="dense DnCNN-B weights (default: DATA/weights/dncnn/DnCNN-B/net.pth)")
+    ap.add_argument("--qat-checkpoint", help="bsd68: also deploy this checkpoint (a QAT fine-tune of --checkpoint) "
+                                             "at int8, as the row 'routed, deployed int8 (QAT)'")
     ap.add_argument("--part", nargs="+", default=["layer", "bsd68"], choices=["layer", "bsd68", "observers"])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])

@@ -31,7 +31,7 @@ from torch import nn
 
 from . import quant
 from .branch import current_branch, resolve_branch
-from .deploy.fold import branch_norm
+from .deploy.fold import bn_scale, branch_norm
 
 __all__ = ["LayerQAT", "int8_plan", "plan_from_report", "attach", "fake_quant_weight", "sensitivity"]
 
@@ -93,12 +93,6 @@ def fake_quant_weight(w: torch.Tensor, fold: torch.Tensor | None) -> torch.Tenso
     return w + delta
 
 
-def _fold_scale(norm: nn.Module) -> torch.Tensor:
-    """``gamma / sqrt(running_var + eps)`` of an eval-mode BatchNorm (:func:`dynprune.deploy.fold.fold_batchnorm`)."""
-    s = torch.rsqrt(norm.running_var + norm.eps)
-    return s * norm.weight if norm.weight is not None else s
-
-
 class _Handle:
     def __init__(self, layers, hooks):
         self.layers, self.hooks = layers, hooks
@@ -137,7 +131,7 @@ def attach(net: nn.Module, plan: dict[str, LayerQAT]):
             if norm is not None and norm.training and not getattr(norm, "nm_frozen_stats", False):
                 raise ValueError(f"QAT folds {norm_name!r} into {name!r} with its running statistics, but it "
                                  "normalizes with batch statistics in training: set frozen_bn: true")
-            return fake_quant_weight(w, None if norm is None else _fold_scale(branch_norm(norm, i, num)))
+            return fake_quant_weight(w, None if norm is None else bn_scale(branch_norm(norm, i, num)))
 
         def inputs(module, args, acts=acts):
             a = acts[resolve_branch(current_branch(), module.nm_labels)]

@@ -8,7 +8,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..layers import VariableNormMixin
 
-__all__ = ["fold_batchnorm", "branch_norm", "foldable"]
+__all__ = ["fold_batchnorm", "bn_scale", "branch_norm", "foldable"]
 
 
 def branch_norm(norm: nn.Module, branch: int, num: int) -> nn.Module:
@@ -24,6 +24,12 @@ def foldable(norm: nn.Module) -> bool:
             and isinstance(norm, nn.BatchNorm2d))
 
 
+def bn_scale(bn: nn.Module) -> torch.Tensor:
+    """``gamma / sqrt(running_var + eps)`` (C,) of a :func:`foldable` norm: what folding multiplies the weight by."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    return scale * bn.weight if bn.weight is not None else scale
+
+
 def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """Fold an eval-mode BatchNorm into the preceding convolution: (W * s, (b - mean) * s + beta),
     s = gamma / sqrt(var + eps) (Ioffe & Szegedy 2015, inference form).
@@ -33,9 +39,7 @@ def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Modul
     Returns:
         the folded (weight, bias), same shapes and dtype.
     """
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight
+    scale = bn_scale(bn)
     b = bias if bias is not None else torch.zeros_like(bn.running_mean)
     b = (b - bn.running_mean) * scale
     if bn.bias is not None:
