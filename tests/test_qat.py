@@ -124,12 +124,13 @@ def test_a_qat_run_trains_resumes_and_deploys_at_int8(tmp_path):
     resumed.fit()
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
-    net = full.model.restorer.eval()
+    net = full.model.restorer.eval()      # fit() returned the float model
+    assert all(layer.nm_weight_transform is None for layer in full.qat.layers + [net.get_submodule("dncnn.2")])
     cal = dp.deploy.calibration.calibration_images(folder, full.degrade, count=2)
     int8 = dp.deploy(net, precision="int8", calibration=cal)
     x = cal[:2]
     with torch.no_grad(), use_branch(1):
-        sim, dep = net(x), int8(x)
-        full.qat.remove()
-        ref = net(x)
+        ref, dep = net(x), int8(x)
+        qat.attach(net, qat.int8_plan(net, cal))
+        sim = net(x)
     assert _psnr(sim, dep) > _psnr(ref, dep) + 6

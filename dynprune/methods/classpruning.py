@@ -287,8 +287,10 @@ class Trainer:
 
     # ---- training ---------------------------------------------------------------------------
     def fit(self) -> ClassPruning:
-        """Run the remaining stages; returns the trained model (eval mode)."""
+        """Run the remaining stages; returns the trained model (eval mode, float: a QAT simulation is removed)."""
         self.run.fit(self)
         freeze_norm_stats(self.model.restorer, False)  # the returned model trains further as any other
+        if self.qat is not None:
+            self.qat.remove()
         self.model.eval()
         return self.model
