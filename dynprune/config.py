@@ -154,10 +154,13 @@ class QATConfig(_Strict):
 
     ``calibration``: folder of clean images for the activation ranges (default: the dataset's ``root``), the
     first ``calibration_count`` of them, degraded at every level (what ``dynprune deploy --precision int8``
-    calibrates on by default).
+    calibrates on by default). ``pin_masks``: fine-tune the kept weights' values only: every layer's nested
+    ordering is pinned when the run starts (:func:`dynprune.layers.pin_order`), so no branch swaps a kept
+    weight for one it was never trained with.
     """
 
     enabled: bool = False
+    pin_masks: bool = True
     calibration: str | None = None
     calibration_count: int = Field(8, ge=1)
 

@@ -9,7 +9,7 @@ import torch
 import dynprune as dp
 from dynprune import qat, quant
 from dynprune.branch import use_branch
-from dynprune.layers import freeze_norm_stats
+from dynprune.layers import dynamic_layers, freeze_norm_stats
 
 from .conftest import tiny_config
 from .test_convert import _randomize_bn
@@ -117,7 +117,13 @@ def test_a_qat_run_trains_resumes_and_deploys_at_int8(tmp_path):
                 stages={"base": {"epochs": 0}, "classifier": stage, "restoration": stage, "joint": stage})
     full = Trainer(tiny_config(tmp_path / "full", **over))
     assert len(full.qat.layers) == 3   # two 16 -> 16 convs and the 16 -> 1 conv; the 1 -> 16 first stays fp32
+    layers = dict(dynamic_layers(full.model.restorer))
+    masks = {n: [m.branch_mask(i) for i in range(2)] for n, m in layers.items()}
+    weights = {n: m.dense_weight.detach().clone() for n, m in layers.items()}
     full.fit()
+    for n, m in layers.items():    # pin_masks: the values trained (lr 1e-3), the kept sets did not move
+        assert not torch.equal(m.dense_weight, weights[n])
+        assert all(torch.equal(m.branch_mask(i), masks[n][i]) for i in range(2))
     half = Trainer(tiny_config(tmp_path / "half", **over))
     half.run.fit(half, until=3)   # base, classifier, restoration; not joint
     resumed = Trainer(tiny_config(tmp_path / "half", **over), resume=True)

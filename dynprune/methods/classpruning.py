@@ -26,7 +26,7 @@ from ..checkpoint import load_file, save_atomic
 from ..classpruning import ClassPruning
 from ..config import TrainConfig
 from ..convert import export_branch
-from ..layers import freeze_norm_stats, pin_from_state, sync_variable_norms
+from ..layers import dynamic_layers, freeze_norm_stats, pin_from_state, pin_order, pinned_order, sync_variable_norms
 from ..models import build_model
 from ..registry import create
 from ..train import Phase, Run, StepBatches
@@ -154,7 +154,14 @@ class Trainer:
         except ValueError as err:
             raise ValueError(f"qat: {err} as qat.calibration") from None
         plan = qat.int8_plan(self.model.restorer, images)
-        log.info("QAT: int8 fake quantization on %d layers (calibrated on %d images)", len(plan), images.shape[0])
+        pinned = 0
+        if q.pin_masks:
+            for _, layer in dynamic_layers(self.model.restorer):
+                if pinned_order(layer) is None:
+                    pin_order(layer)
+                    pinned += 1
+        log.info("QAT: int8 fake quantization on %d layers (calibrated on %d images), %d orderings pinned", len(plan),
+                 images.shape[0], pinned)
         return qat.attach(self.model.restorer, plan)
 
     def _check_teachers(self, probe: torch.Tensor) -> None:
