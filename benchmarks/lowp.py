@@ -191,9 +191,11 @@ def part_bsd68(args) -> dict:
     dep32 = dp.deploy(cp)
     dep8 = dp.deploy(cp, precision="int8", calibration=cal)
     dep16 = dp.deploy(cp, precision="bf16")
-    qat8 = None
+    qat = {}
     if args.qat_checkpoint:
-        qat8 = dp.deploy(load_trained(args.qat_checkpoint)[0], precision="int8", calibration=cal)
+        qat_cp = load_trained(args.qat_checkpoint)[0]
+        qat = {"routed, deployed fp32 (QAT checkpoint)": dp.deploy(qat_cp),
+               "routed, deployed int8 (QAT)": dp.deploy(qat_cp, precision="int8", calibration=cal)}
     print(f"deploy fp32, int8 (calibration on {len(cal)} images) and bf16: {time.perf_counter() - t0:.1f} s")
     dense = dp.create_model("dncnn", weights=args.weights or str(Path(args.data) / "weights/dncnn/DnCNN-B/net.pth"))
     dense = dense.eval().to(memory_format=torch.channels_last)
@@ -212,7 +214,7 @@ def part_bsd68(args) -> dict:
                 "routed, deployed fp32": lambda x: dep32(x),
                 "routed, deployed bf16": lambda x: dep16(x),
                 "routed, deployed int8": lambda x: dep8(x),
-                **({"routed, deployed int8 (QAT)": lambda x: qat8(x)} if qat8 is not None else {})}
+                **{k: (lambda x, m=m: m(x)) for k, m in qat.items()}}
     names, images = _bsd68(Path(args.data))
     images = images[: args.limit or None]
     res, routing, _ = timed_bsd68(variants, images, cp, warm_both_orientations=True)
@@ -296,7 +298,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", default="docs/checkpoints/cp_dncnn_b_vector.pt")
     ap.add_argument("--weights", help="dense DnCNN-B weights (default: DATA/weights/dncnn/DnCNN-B/net.pth)")
     ap.add_argument("--qat-checkpoint", help="bsd68: also deploy this checkpoint (a QAT fine-tune of --checkpoint) "
-                                             "at int8, as the row 'routed, deployed int8 (QAT)'")
+                                             "at fp32 and int8 (rows '... (QAT checkpoint)', '... int8 (QAT)')")
     ap.add_argument("--part", nargs="+", default=["layer", "bsd68"], choices=["layer", "bsd68", "observers"])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])

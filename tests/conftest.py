@@ -44,6 +44,31 @@ def tiny_config(out_dir, **over):
     return TrainConfig.model_validate(cfg)
 
 
+def randomize_bn(model) -> None:
+    """Non-trivial BatchNorm statistics and scales (seeded by the caller), so that folding them is tested."""
+    from torch import nn
+
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+
+
+def vector_dncnn_int8():
+    """A vector16 DnCNN (depth 6, width 32, randomized BatchNorms), eval mode, and 18 int8 calibration images
+    (1, 40, 40): smooth random images with noise at sigma 15, 25 and 50."""
+    import dynprune as dp
+
+    torch.manual_seed(0)
+    base = dp.create_model("dncnn", depth=6, width=32).eval()
+    randomize_bn(base)
+    net = dp.convert(base, pattern="vector16").eval()
+    g = torch.Generator().manual_seed(1)
+    clean = torch.nn.functional.avg_pool2d(torch.rand(6, 1, 40, 40, generator=g), 5, 1, 2)
+    return net, torch.cat([clean + s / 255 * torch.randn(clean.shape, generator=g) for s in (15, 25, 50)])
+
+
 def teacher_files(folder, n=1, **arch):
     """``n`` dense tiny DnCNN weight files (distinct random weights), as distillation teachers."""
     from dynprune.registry import create_model

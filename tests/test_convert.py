@@ -8,6 +8,8 @@ from torch import nn
 import dynprune as dp
 from dynprune.layers import dynamic_layers
 
+from .conftest import randomize_bn
+
 
 def _net():
     return nn.Sequential(
@@ -20,17 +22,9 @@ def _net():
     ).eval()
 
 
-def _randomize_bn(model):
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-
-
 def test_dense_branch_equals_original_and_report():
     model = _net()
-    _randomize_bn(model)
+    randomize_bn(model)
     x = torch.randn(3, 4, 17, 17)
     conv = dp.convert(model)
     with torch.no_grad():
@@ -47,7 +41,7 @@ def test_dense_branch_equals_original_and_report():
 
 def test_loads_original_state_dict_and_keeps_names():
     model = _net()
-    _randomize_bn(model)
+    randomize_bn(model)
     conv = dp.convert(_net())
     missing = conv.load_state_dict(model.state_dict(), strict=True)
     assert not missing.missing_keys and not missing.unexpected_keys
@@ -70,7 +64,7 @@ def test_sparse_branches_zero_exactly_n_over_m():
 @pytest.mark.parametrize("branch", [0, 1, 2, "2:4", -1])
 def test_export_branch_equals_dynamic(branch):
     model = _net()
-    _randomize_bn(model)
+    randomize_bn(model)
     conv = dp.convert(model)
     for bn in (m for m in conv.modules() if hasattr(m, "aux_norms")):
         for aux in bn.aux_norms:  # make the branch norms differ from the dense one
@@ -175,7 +169,7 @@ def test_without_a_dense_ratio_the_densest_branch_runs_outside_use_branch():
 def test_vector_pattern_branches_share_inputs_per_block_and_export(pattern):
     torch.manual_seed(0)
     base = nn.Sequential(nn.Conv2d(8, 40, 3, padding=1), nn.BatchNorm2d(40), nn.ReLU(), nn.Conv2d(40, 3, 3, padding=1))
-    _randomize_bn(base.eval())
+    randomize_bn(base.eval())
     net = dp.convert(base, pattern=pattern).eval()
     v = int(pattern[6:].split("-")[0])
     layer = net[0]

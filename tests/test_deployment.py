@@ -14,7 +14,7 @@ from dynprune.checkpoint import load_file, save_atomic
 from dynprune.classifier import DifficultyClassifier
 from dynprune.deploy import SparseConv2d, load_deployed, save_deployed
 
-from .test_convert import _randomize_bn
+from .conftest import randomize_bn, vector_dncnn_int8
 
 
 def _max_diff_per_branch(dynamic: nn.Module, deployed: nn.Module, x: torch.Tensor) -> list[float]:
@@ -30,7 +30,7 @@ def _max_diff_per_branch(dynamic: nn.Module, deployed: nn.Module, x: torch.Tenso
 def dncnn():
     torch.manual_seed(0)
     base = dp.create_model("dncnn", depth=6, width=32).eval()
-    _randomize_bn(base)
+    randomize_bn(base)
     return dp.convert(base).eval()
 
 
@@ -73,7 +73,7 @@ def test_gcanet_deploy_equals_dynamic():
 def test_timm_resnet_deploy_equals_dynamic():
     torch.manual_seed(0)
     model = timm.create_model("resnet18", pretrained=False, num_classes=10).eval()
-    _randomize_bn(model)
+    randomize_bn(model)
     net = dp.convert(model).eval()
     dep = dp.deploy(net, max_density=0.5)
     x = torch.rand(1, 3, 64, 48)
@@ -192,7 +192,7 @@ def test_artifact_loads_without_the_kernel_with_a_warning_and_same_outputs(artif
 def dncnn_vector(request):
     torch.manual_seed(0)
     base = dp.create_model("dncnn", depth=6, width=32).eval()
-    _randomize_bn(base)
+    randomize_bn(base)
     return dp.convert(base, pattern=request.param).eval()
 
 
@@ -376,13 +376,7 @@ def test_deploy_refuses_a_model_off_the_cpu(dncnn):
 @pytest.fixture(scope="module")
 def dncnn_int8():
     """A vector16 DnCNN (width 32) deployed at fp32 and at int8, calibrated on noisy smooth images."""
-    torch.manual_seed(0)
-    base = dp.create_model("dncnn", depth=6, width=32).eval()
-    _randomize_bn(base)
-    net = dp.convert(base, pattern="vector16").eval()
-    g = torch.Generator().manual_seed(1)
-    clean = torch.nn.functional.avg_pool2d(torch.rand(6, 1, 40, 40, generator=g), 5, 1, 2)
-    cal = torch.cat([clean + s / 255 * torch.randn(clean.shape, generator=g) for s in (15, 25, 50)])
+    net, cal = vector_dncnn_int8()
     return net, dp.deploy(net), dp.deploy(net, precision="int8", calibration=cal), cal
 
 

@@ -11,8 +11,7 @@ from dynprune import qat, quant
 from dynprune.branch import use_branch
 from dynprune.layers import dynamic_layers, freeze_norm_stats
 
-from .conftest import tiny_config
-from .test_convert import _randomize_bn
+from .conftest import tiny_config, vector_dncnn_int8
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -22,13 +21,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.fixture(scope="module")
 def vector_dncnn():
     """A vector16 DnCNN (width 32, randomized BatchNorms), calibration images and their int8 deployment."""
-    torch.manual_seed(0)
-    base = dp.create_model("dncnn", depth=6, width=32).eval()
-    _randomize_bn(base)
-    net = dp.convert(base, pattern="vector16").eval()
-    g = torch.Generator().manual_seed(1)
-    clean = torch.nn.functional.avg_pool2d(torch.rand(6, 1, 40, 40, generator=g), 5, 1, 2)
-    cal = torch.cat([clean + s / 255 * torch.randn(clean.shape, generator=g) for s in (15, 25, 50)])
+    net, cal = vector_dncnn_int8()
     return net, cal, dp.deploy(net, precision="int8", calibration=cal)
 
 
