@@ -268,26 +268,31 @@ def part_observers(args) -> dict:
     return out
 
 
+def _short(name: str) -> str:
+    """A plot label: 'dense DnCNN-B OpenVINO int8 (NNCF) (bfloat16)' -> 'dense OpenVINO int8 (NNCF) (bfloat16)'."""
+    return name.replace("dense DnCNN-B ", "dense ").replace("routed, deployed ", "routed ")
+
+
 def plot(bsd: dict, out: Path, title: str) -> None:
-    """Mean PSNR (dB, BSD68 x sigma 15/25/50) against mean ms per image, one point per model."""
+    """Mean PSNR (dB, BSD68 x sigma 15/25/50) against mean ms per image, one point per model (legend)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for k, v in bsd["results"].items():
+    fig, ax = plt.subplots(figsize=(11, 4.8))
+    colors = plt.get_cmap("tab20").colors
+    for i, (k, v) in enumerate(bsd["results"].items()):
         mean = sum(v["psnr"].values()) / len(v["psnr"])
         ms = v["ms"] / (bsd["images"] * len(SIGMAS))
-        routed = k.startswith("routed")
-        ax.scatter(ms, mean, marker="o" if routed else "s", s=60, color="tab:red" if routed else "tab:blue")
-        ax.annotate(k.replace("dense DnCNN-B ", "dense ").replace("routed, deployed ", "routed "), (ms, mean),
-                    textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.scatter(ms, mean, marker="o" if k.startswith("routed") else "s", s=55, color=colors[i % 20],
+                   edgecolor="black", linewidth=0.5, label=f"{_short(k)}: {ms:.0f} ms, {mean:.2f} dB")
     ax.set_xlabel("ms per image (mean over BSD68 x sigma 15/25/50)")
     ax.set_ylabel("mean PSNR (dB)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.margins(x=0.2, y=0.1)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_xlim(0, None)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
 
@@ -305,11 +310,13 @@ def main() -> None:
     ap.add_argument("--bsd-threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=0, help="first N BSD68 images only")
     ap.add_argument("--out", default="docs/results/lowp")
-    ap.add_argument("--plot-only", action="store_true", help="redraw psnr_vs_ms.png from OUT/lowp.json")
+    ap.add_argument("--plot-only", action="store_true",
+                    help="redraw psnr_vs_ms.png from the newest OUT/lowp*.json that holds a bsd68 part")
     args = ap.parse_args()
     out = Path(args.out)
     if args.plot_only:
-        res = json.loads((out / "lowp.json").read_text())
+        res = json.loads(max(out.glob("lowp*.json"), key=lambda f: ("bsd68" in json.loads(f.read_text()),
+                                                                     f.stat().st_mtime)).read_text())
         plot(res["bsd68"], out / "psnr_vs_ms.png", f"DnCNN-B on BSD68, {res['cpu']}, {res['bsd68']['threads']} threads")
         return
     sparse_cpu.tune_allocator()

@@ -133,3 +133,24 @@ def test_a_qat_run_trains_resumes_and_deploys_at_int8(tmp_path):
         qat.attach(net, qat.int8_plan(net, cal))
         sim = net(x)
     assert _psnr(sim, dep) > _psnr(ref, dep) + 6
+
+
+def test_the_released_qat_checkpoint_kept_every_mask_of_the_model_it_fine_tuned():
+    """``cp_dncnn_b_vector_qat.pt`` (configs/dncnn_b_vector_qat.yaml) pinned the orderings of
+    ``cp_dncnn_b_vector.pt``: its branches keep exactly the same weights, with new values."""
+    from pathlib import Path
+
+    from dynprune.layers import pinned_order
+    from dynprune.models import load_trained
+
+    root = Path(__file__).resolve().parents[1] / "docs/checkpoints"
+    base, _, _ = load_trained(root / "cp_dncnn_b_vector.pt")
+    tuned, cfg, _ = load_trained(root / "cp_dncnn_b_vector_qat.pt")
+    assert cfg.qat.enabled and cfg.qat.pin_masks and cfg.convert.pattern == "vector16"
+    a, b = dict(dynamic_layers(base.restorer)), dict(dynamic_layers(tuned.restorer))
+    assert set(a) == set(b) and all(pinned_order(m) is not None for m in b.values())
+    for name in a:
+        for i in range(2):
+            assert torch.equal(a[name].branch_mask(i), b[name].branch_mask(i)), (name, i)
+    moved = [float((b[n].dense_weight - a[n].dense_weight).detach().abs().max()) for n in a]
+    assert min(moved) > 0
