@@ -469,6 +469,8 @@ def test_int8_deploy_errors(dncnn_int8):
         dp.deploy(net, precision="int4")
     with pytest.raises(ValueError, match="needs calibration images"):
         dp.deploy(net, precision="int8")
+    with pytest.raises(ValueError, match="int8_min_sqnr applies to precision='int8', not 'bf16'"):
+        dp.deploy(net, precision="bf16", int8_min_sqnr=40.0)
     with pytest.raises(ValueError, match=r"calibration images have 3 channels, the model takes 1"):
         dp.deploy(net, precision="int8", calibration=torch.rand(2, 3, 16, 16))
     bad = cal[:2].clone()

@@ -231,9 +231,9 @@ def deploy(model: nn.Module, backend: str | Sequence[str] = "cpu", *, precision:
         int8_min_sqnr: for int8, measure each int8 layer's sensitivity per branch
             (:func:`dynprune.qat.sensitivity`: the output's SQNR in dB with only that layer in int8, on the first
             4 images of ``calibration``: :func:`~dynprune.deploy.calibration.calibration_images` puts one image
-            at every level first) and keep the
-            (layer, branch) pairs below this many dB in fp32 (on the backend fp32 deployment picks). The report
-            lists the measurements (``sensitivity``, ``kept_fp32``). None: every layer the int8 kernel takes.
+            at every level first) and keep the (layer, branch) pairs below this many dB in fp32 (on the backend
+            fp32 deployment picks). The report lists the measurements (``sensitivity``, ``kept_fp32``). None:
+            every layer the int8 kernel takes.
     Returns:
         A deep copy in eval mode, of the same class as ``model``, with ``deploy_report`` (a
         :class:`DeployReport`) and ``deploy_options``. Inputs must be (B, C, H, W) float32; with
@@ -241,7 +241,7 @@ def deploy(model: nn.Module, backend: str | Sequence[str] = "cpu", *, precision:
     Raises:
         ValueError: a backend that is not registered (the registered ones are named), a precision other than
             ``PRECISIONS``, int8 without calibration images or with images of the wrong shape or non-finite
-            values, options out of range,
+            values, ``int8_min_sqnr`` at another precision, options out of range,
             a model with tensors off the CPU (the CPU kernels' packing; what to do is named), or a model that
             holds no dynamic N:M layer (never converted).
     """
@@ -249,6 +249,8 @@ def deploy(model: nn.Module, backend: str | Sequence[str] = "cpu", *, precision:
         raise ValueError(f"unknown deploy precision {precision!r}: use one of {list(PRECISIONS)}")
     if precision == "int8":
         _check_calibration(calibration, _in_channels(model))
+    elif int8_min_sqnr is not None:
+        raise ValueError(f"int8_min_sqnr applies to precision='int8', not {precision!r}")
     opts = dict(max_density=max_density, max_density_vector=max_density_vector, fuse=fuse, channels_last=channels_last)
     out = _deploy(model, backend, precision=precision, calibration=calibration, min_out_channels=min_out_channels,
                   paths=paths, **opts)
