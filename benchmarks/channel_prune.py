@@ -52,6 +52,8 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="the shared data folder (weights/dncnn, denoise/Train400)")
     ap.add_argument("--ratio", type=float, default=0.2, help="fraction of hidden channels removed")
     ap.add_argument("--core-minutes", type=float, default=80.0, help="training budget in CPU core-minutes")
+    ap.add_argument("--steps", type=int, help="fixed step total instead of the timed --core-minutes probe "
+                    "(CPU time per step depends on the machine and on what else runs)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=24)
     ap.add_argument("--lr", type=float, nargs=2, default=(2e-4, 1e-6), help="cosine start and end")
@@ -61,6 +63,8 @@ def main() -> None:
     args = ap.parse_args()
     if not 0 < args.ratio < 1:
         raise SystemExit(f"channel_prune: error: --ratio must be in (0, 1), got {args.ratio}")
+    if args.steps is not None and args.steps < 1:
+        raise SystemExit(f"channel_prune: error: --steps must be >= 1, got {args.steps}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     data, out = Path(args.data), Path(args.out)
@@ -72,12 +76,12 @@ def main() -> None:
                      patches_per_image=64)
     noise = create("degradations", "gaussian_noise", sigmas=[15, 25, 50])
     opt = torch.optim.Adam(model.parameters(), lr=args.lr[0])
-    step, total = 0, None
+    step, total = 0, args.steps
     if args.resume and (out / "last.pt").is_file():
         ck = load_file(out / "last.pt")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
-        step, total = ck["step"], ck["total"]
+        step, total = ck["step"], ck["total"]  # the stored total wins over --steps
         print(f"resumed from {out / 'last.pt'} at step {step}/{total}")
 
     def batch(k: int):
