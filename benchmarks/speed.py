@@ -8,10 +8,12 @@ Parts (``--part``, default all):
             deployed model against the fastest dense torch variant of NCHW eager, channels_last eager and
             torch.compile (inductor, freezing); interleaved rounds, medians.
   bsd68     end to end on all 68 BSD68 images at sigma 15 / 25 / 50 (seeded like ``dynprune eval``):
-            dense DnCNN-B (its fastest variant from above), the dynamic routed ClassPruning model, the
-            deployed routed model (classifier, grouping and routing included) and, if given, a statically
-            channel-pruned DnCNN-B (benchmarks/channel_prune.py); per image, variants interleaved; PSNR of
-            each, and the deployed model's PSNR against the dynamic one's.
+            dense DnCNN-B (its fastest variant from above) and, for the checkpoint and each ``--compare``
+            checkpoint (e.g. the element and the vector16 ClassPruning DnCNN-B), the dynamic routed model,
+            the deployed routed model (classifier, grouping and routing included) and each deployed branch
+            forced on every image; if given, statically channel-pruned DnCNN-Bs (benchmarks/channel_prune.py).
+            Per image, variants interleaved; PSNR of each, and each deployed routed model's PSNR against its
+            dynamic one's. The plot ``OUT/../speed.png`` is PSNR against ms of these variants.
   memory    peak resident memory (ru_maxrss) of the dynamic and the deployed model, each in a fresh
             process, after one routed image per branch.
   plans     ``--plans``: DnCNN-B converted to one branch per plan (a ratio plan file from ``dynprune search``
@@ -32,8 +34,8 @@ The process's allocator is tuned for every variant alike (``sparse_cpu.tune_allo
 are reused instead of page-faulted in each layer; ``--default-allocator`` measures without it).
 
     python benchmarks/speed.py --data ../shared/data --checkpoint docs/checkpoints/cp_dncnn_b.pt \
-        [--pruned runs/channel_pruned/pruned.pt ...] [--part branches bsd68 memory gcanet] [--rounds 7] \
-        [--pattern vector16] [--out docs/results/speed]
+        [--compare docs/checkpoints/cp_dncnn_b_vector.pt] [--pruned runs/channel_pruned/pruned.pt ...] \
+        [--part branches bsd68 memory gcanet] [--rounds 7] [--pattern vector16] [--out docs/results/speed]
 """
 
 from __future__ import annotations
@@ -53,8 +55,8 @@ import dynprune as dp
 from dynprune import sparse_cpu
 from dynprune.imageio import read_folder
 from dynprune.metrics import psnr
-from dynprune.registry import create
 from dynprune.models import build_model, load_trained
+from dynprune.registry import create
 
 SIGMAS = (15, 25, 50)
 
@@ -95,11 +97,18 @@ def dense_variants(weights: str, x: torch.Tensor) -> dict:
             "dense torch.compile": lambda: compiled(xcl)}, {"NCHW": nchw, "channels_last": cl, "compile": compiled}
 
 
-def on_branch(model, branch: int, x: torch.Tensor):
-    def run():
+def _forced(model, branch: int):
+    """``model`` (x -> restored) with every input on ``branch``."""
+    def run(x):
         with dp.use_branch(branch):
             return model(x)
     return run
+
+
+def on_branch(model, branch: int, x: torch.Tensor):
+    """``model`` on the fixed input ``x``, forced on ``branch`` (no argument: for ``interleaved``)."""
+    run = _forced(model, branch)
+    return lambda: run(x)
 
 
 def against_dense(variants: dict, dense: dict, args, title: str, extra: tuple[str, ...] = (), cols=None) -> dict:
@@ -119,15 +128,17 @@ def against_dense(variants: dict, dense: dict, args, title: str, extra: tuple[st
     return out
 
 
-def load_checkpoint(args):
-    """The checkpoint's ClassPruning model; under ``--pattern`` its weights re-masked by that pattern (a model
-    with the trained classifier and routing, whose branches run what a model trained with the pattern runs)."""
-    cp, cfg, ckpt = load_trained(args.checkpoint)
+def load_checkpoint(args, path: str | None = None):
+    """The ClassPruning model of ``path`` (default ``args.checkpoint``); under ``--pattern`` its weights
+    re-masked by that pattern (a model with the trained classifier and routing, whose branches run what a
+    model trained with the pattern runs). The model's ``pattern`` attribute names the pattern it runs."""
+    cp, cfg, ckpt = load_trained(path or args.checkpoint)
     if args.pattern and args.pattern != cfg.convert.pattern:
         cfg.convert.pattern = args.pattern
         cp = build_model(cfg, arch=ckpt.get("arch", {}))
         cp.load_state_dict(ckpt["model"])
         cp.eval()
+    cp.pattern = cfg.convert.pattern
     return cp
 
 
@@ -227,12 +238,13 @@ def _bsd68(data: Path):
     return [f.name for f in files], images
 
 
-def timed_bsd68(variants: dict, images: list, cp, warm_both_orientations: bool = False):
+def timed_bsd68(variants: dict, images: list, routers: dict, warm_both_orientations: bool = False):
     """Every variant (noisy (1, 1, H, W) -> restored) on every image of ``images`` at each sigma of ``SIGMAS`` (noise
     seeded like ``dynprune eval``), in turn per image. Returns ({variant: {"ms": total ms, "psnr": {"sigma=s":
-    mean dB}}}, {"sigma=s": routing histogram of ``cp``}, {variant: per-image PSNR list over all sigmas})."""
+    mean dB}}}, {router name: {"sigma=s": routing histogram}} of the ClassPruning models in ``routers``,
+    {variant: per-image PSNR list over all sigmas})."""
     res = {k: {"ms": 0.0, "psnr": {}} for k in variants}
-    routing, per_image = {}, {k: [] for k in variants}
+    routing, per_image = {name: {} for name in routers}, {k: [] for k in variants}
     with torch.inference_mode():
         x0 = images[0].unsqueeze(0)
         for fn in variants.values():  # warm-up (compilation, packing; both image orientations if asked)
@@ -243,7 +255,7 @@ def timed_bsd68(variants: dict, images: list, cp, warm_both_orientations: bool =
             deg = create("degradations", "gaussian_noise", sigmas=[s])
             g = torch.Generator().manual_seed(0)
             scores = {k: [] for k in variants}
-            hist = [0] * len(cp.ratios)
+            hist = {name: [0] * len(cp.ratios) for name, cp in routers.items()}
             for img in images:
                 y = deg(img.unsqueeze(0), generator=g, level=0)[0]
                 for k, fn in variants.items():
@@ -251,44 +263,54 @@ def timed_bsd68(variants: dict, images: list, cp, warm_both_orientations: bool =
                     out = fn(y)
                     res[k]["ms"] += 1e3 * (time.perf_counter() - t0)
                     scores[k].append(psnr(out[0], img))
-                hist[int(cp.classify(y)[0])] += 1
+                for name, cp in routers.items():
+                    hist[name][int(cp.classify(y)[0])] += 1
             for k in variants:
                 res[k]["psnr"][f"sigma={s}"] = sum(scores[k]) / len(scores[k])
                 per_image[k] += scores[k]
-            routing[f"sigma={s}"] = hist
+            for name in routers:
+                routing[name][f"sigma={s}"] = hist[name]
     return res, routing, per_image
 
 
 def part_bsd68(args, dense_kind: str) -> dict:
     torch.set_num_threads(args.bsd_threads)
-    cp = load_checkpoint(args)
-    deployed = dp.deploy(cp)
-    names, images = _bsd68(Path(args.data))
+    _, images = _bsd68(Path(args.data))
     images = images[: args.limit or None]
     _, dense_models = dense_variants(args.weights, images[0].unsqueeze(0))
     dense = dense_models[dense_kind]
     cl = torch.channels_last
-    variants = {"dense DnCNN-B": lambda x: dense(x.contiguous(memory_format=cl)),
-                "routed (dynamic)": lambda x: cp(x),
-                "routed (deployed)": lambda x: deployed(x)}
+    variants = {"dense DnCNN-B": lambda x: dense(x.contiguous(memory_format=cl))}
+    routers = {}
+    for path in [args.checkpoint, *args.compare]:
+        cp = load_checkpoint(args, path)
+        name = cp.pattern if cp.pattern not in routers else f"{cp.pattern} ({Path(path).stem})"
+        routers[name] = cp
+        deployed = dp.deploy(cp)
+        variants[f"{name} routed (dynamic)"] = cp
+        variants[f"{name} routed (deployed)"] = deployed
+        for b, r in enumerate(cp.ratios):
+            variants[f"{name} branch {r} (deployed)"] = _forced(deployed.restorer, b)
     for path in args.pruned:
         pruned = dp.create_model("dncnn", weights=path).eval().to(memory_format=cl)
         width = pruned.arch["width"]
         if dense_kind == "compile":
             pruned = torch.compile(pruned, dynamic=False)
         variants[f"channel-pruned DnCNN-B, width {width}"] = lambda x, m=pruned: m(x.contiguous(memory_format=cl))
-    res, routing, per_image = timed_bsd68(variants, images, cp, warm_both_orientations=True)
-    max_dpsnr = max(abs(a - b) for a, b in zip(per_image["routed (deployed)"], per_image["routed (dynamic)"]))
+    res, routing, per_image = timed_bsd68(variants, images, routers, warm_both_orientations=True)
+    max_dpsnr = {name: max(abs(a - b) for a, b in zip(per_image[f"{name} routed (deployed)"],
+                                                     per_image[f"{name} routed (dynamic)"])) for name in routers}
     n = len(images) * len(SIGMAS)
     ref = res["dense DnCNN-B"]["ms"]
     print(f"\n### BSD68 end to end ({sparse_cpu.cpu_name()}), {len(images)} images x sigma {SIGMAS}, {args.bsd_threads} "
-          f"thread(s), pattern {args.pattern or 'of the checkpoint'}; dense = "
-          f"DnCNN-B {dense_kind}; routed models include the classifier and the grouping")
-    print("| model | total s | ms / image | speed-up vs dense | PSNR 15 / 25 / 50 (dB) |\n|---|---:|---:|---:|---|")
+          f"thread(s){', re-masked as ' + args.pattern if args.pattern else ''}; dense = DnCNN-B {dense_kind}; "
+          f"routed models include the classifier and the grouping; a branch row runs the restorer alone with every image on that branch")
+    print("| model | total s | ms / image | speed-up vs dense | PSNR 15 / 25 / 50 (dB) | mean |\n|---|---:|---:|---:|---|---:|")
     for k, v in res.items():
         p = " / ".join(f"{v['psnr'][f'sigma={s}']:.2f}" for s in SIGMAS)
-        print(f"| {k} | {v['ms'] / 1e3:.1f} | {v['ms'] / n:.0f} | {ref / v['ms']:.2f}x | {p} |")
-    print(f"routing {routing}; largest per-image |PSNR deployed - dynamic| = {max_dpsnr:.2e} dB")
+        print(f"| {k} | {v['ms'] / 1e3:.1f} | {v['ms'] / n:.0f} | {ref / v['ms']:.2f}x | {p} | "
+              f"{statistics.mean(v['psnr'].values()):.2f} |")
+    print(f"routing {routing}; largest per-image |PSNR deployed - dynamic| = {max_dpsnr} dB")
     return {"threads": args.bsd_threads, "dense_variant": dense_kind, "images": len(images), "results": res,
             "routing": routing, "max_abs_psnr_diff_deployed_vs_dynamic": max_dpsnr}
 
@@ -344,7 +366,7 @@ def part_memory(args, shape: list[int]) -> dict:
 def part_gcanet(args) -> dict:
     """GCANet per branch: the released dehaze checkpoint's restorer (under ``--pattern``, re-masked), its dense
     base (the checkpoint's weights on the dense branch, exported) as the reference."""
-    cp = load_checkpoint(argparse.Namespace(checkpoint=args.gcanet_checkpoint, pattern=args.pattern))
+    cp = load_checkpoint(args, args.gcanet_checkpoint)
     net = cp.restorer.eval()
     base = dp.export_branch(net, len(dp.model_ratios(net)) - 1).eval()
     deployed = dp.deploy(net, max_density=0.5)
@@ -370,47 +392,40 @@ def part_gcanet(args) -> dict:
     return {"threads": out, "report": str(deployed.deploy_report)}
 
 
-def _branch_psnr(report: str = "docs/results/dncnn_bsd68/report.json") -> dict[str, float]:
-    """Each branch's BSD68 PSNR (mean over the sigmas) from the checkpoint's eval report; the deployed
-    branches give the same PSNR to 1e-6 dB (part bsd68 checks it on the routed model)."""
-    if not Path(report).is_file():
-        return {}
-    rep = json.loads(Path(report).read_text())
-    return {r: statistics.mean(c["models"][f"branch {r}"]["psnr"] for c in rep["conditions"].values())
-            for r in rep["ratios"]}
-
-
-def plot(results: dict, branch_psnr: dict, out: Path) -> None:
-    """PSNR (mean over sigma 15/25/50) against ms per BSD68 image."""
+def plot(results: dict, out: Path) -> None:
+    """PSNR (mean over sigma 15/25/50) against ms per BSD68 image of part bsd68's variants: dense, each
+    pattern's deployed branches (a line) and routed models, channel-pruned models."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     bsd = results["bsd68"]
+    if "dense DnCNN-B" not in bsd["results"] or not all(isinstance(v, dict) for v in bsd["routing"].values()):
+        raise SystemExit("speed: error: this speed.json was written by an older speed.py (no per-pattern "
+                         "routing); rerun --part bsd68 to plot it")
     n = bsd["images"] * len(SIGMAS)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    marks = {"dense DnCNN-B": "s", "routed (dynamic)": "^", "routed (deployed)": "*"}
-    for k, v in bsd["results"].items():
-        ax.plot(v["ms"] / n, statistics.mean(v["psnr"].values()), marks.get(k, "D"), ms=11, label=k)
-    br = results.get("branches", {}).get("threads", {}).get(str(bsd["threads"])) or \
-        results.get("branches", {}).get("threads", {}).get(bsd["threads"])
-    if br:
-        pts = []   # each branch as deploy() runs it by default: the kernel at 1:4, oneDNN above max_density
-        for r, p in branch_psnr.items():
-            n, m = map(int, r.split(":"))
-            vector = str(results.get("pattern", "")).startswith("vector")
-            key = f"deployed {r} (kernel)" if n / m <= (0.75 if vector else 0.25) else f"deployed {r} (oneDNN)"
-            pts.append((br["ms"][key], p, r))
-        pts.sort()
-        ax.plot([q[0] for q in pts], [q[1] for q in pts], "o--", color="gray",
-                label="deployed branches (one image, no routing)")
-        for ms, p, r in pts:
-            ax.annotate(r, (ms, p), textcoords="offset points", xytext=(5, -10), fontsize=8)
-    ax.set_xlabel(f"ms per image ({bsd['threads']} threads)")
+    point = {k: (v["ms"] / n, statistics.mean(v["psnr"].values())) for k, v in bsd["results"].items()}
+    fig, ax = plt.subplots(figsize=(7.0, 4.6))
+    ax.plot(*point["dense DnCNN-B"], "ks", ms=10, label="dense DnCNN-B")
+    for i, name in enumerate(bsd["routing"]):
+        color = f"C{i}"
+        branches = [(v, k.split(" branch ")[1].split(" ")[0]) for k, v in point.items()   # in ratio order
+                    if k.startswith(f"{name} branch ")]
+        ax.plot([v[0] for v, _ in branches], [v[1] for v, _ in branches], "o--", color=color, alpha=0.6,
+                label=f"{name}: deployed branches")
+        for v, r in branches:
+            ax.annotate(r, v, textcoords="offset points", xytext=(5, -10), fontsize=8, color=color)
+        ax.plot(*point[f"{name} routed (deployed)"], "*", color=color, ms=15, label=f"{name}: routed, deployed")
+        ax.plot(*point[f"{name} routed (dynamic)"], "^", color=color, ms=8, mfc="none",
+                label=f"{name}: routed, dynamic")
+    for k, v in point.items():
+        if k.startswith("channel-pruned"):
+            ax.plot(*v, "D", ms=8, label=k)
+    ax.set_xlabel(f"ms per image ({bsd['threads']} threads, {results.get('cpu', 'CPU')})")
     ax.set_ylabel("BSD68 PSNR, mean over sigma 15/25/50 (dB)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
@@ -421,6 +436,8 @@ def main() -> None:
     ap.add_argument("--data", default="../shared/data")
     ap.add_argument("--checkpoint", default="docs/checkpoints/cp_dncnn_b.pt")
     ap.add_argument("--weights", help="dense DnCNN-B weights (default: DATA/weights/dncnn/DnCNN-B/net.pth)")
+    ap.add_argument("--compare", nargs="*", default=[],
+                    help="more ClassPruning checkpoints measured beside --checkpoint in part bsd68")
     ap.add_argument("--pruned", nargs="*", default=[], help="channel-pruned DnCNN-B files (benchmarks/channel_prune.py)")
     ap.add_argument("--part", nargs="+", default=["layer", "branches", "bsd68", "memory", "gcanet"],
                     choices=["layer", "branches", "bsd68", "memory", "gcanet", "plans"])
@@ -445,7 +462,7 @@ def main() -> None:
         return _peak_rss_child(args.memory_child, args.checkpoint, args.shape)
     if args.plot_only:
         results = json.loads((Path(args.out) / "speed.json").read_text())
-        plot(results, _branch_psnr(), Path(args.out).parent / "speed.png")
+        plot(results, Path(args.out).parent / "speed.png")
         return None
     args.weights = args.weights or str(Path(args.data) / "weights/dncnn/DnCNN-B/net.pth")
     if not sparse_cpu.kernel_status()["available"]:
@@ -479,7 +496,7 @@ def main() -> None:
             return print(f"results: {out / 'plans.json'}")
     (out / "speed.json").write_text(json.dumps(results, indent=1, default=str))
     if "bsd68" in results and not args.pattern:   # a --pattern stand-in's PSNR is no quality figure: no plot
-        plot(results, _branch_psnr(), out.parent / "speed.png")
+        plot(results, out.parent / "speed.png")
         print(f"\nplot: {out.parent / 'speed.png'}")
     print(f"results: {out / 'speed.json'}")
 
