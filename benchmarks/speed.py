@@ -419,13 +419,13 @@ def plot(results: dict, out: Path) -> None:
         ax.plot(*point[f"{name} routed (deployed)"], "*", color=color, ms=15, label=f"{name}: routed, deployed")
         ax.plot(*point[f"{name} routed (dynamic)"], "^", color=color, ms=8, mfc="none",
                 label=f"{name}: routed, dynamic")
-    for k, v in point.items():
-        if k.startswith("channel-pruned"):
-            ax.plot(*v, "D", ms=8, label=k)
+    pruned = [k for k in point if k.startswith("channel-pruned")]
+    for i, k in enumerate(pruned, start=len(bsd["routing"])):
+        ax.plot(*point[k], "D", color=f"C{i}", ms=8, label=k)
     ax.set_xlabel(f"ms per image ({bsd['threads']} threads, {results.get('cpu', 'CPU')})")
     ax.set_ylabel("BSD68 PSNR, mean over sigma 15/25/50 (dB)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)

@@ -4,7 +4,7 @@ import torch
 import dynprune as dp
 from dynprune.imageio import read_folder
 from dynprune.metrics import psnr
-from dynprune.registry import create_model
+from dynprune.registry import create, create_model
 
 
 @pytest.mark.parametrize("kwargs,params", [({}, 668_225), ({"bias": False}, 667_008),
@@ -49,3 +49,28 @@ def test_pretrained_dncnn_b_psnr_check(data_dir):
             scores.append(psnr(out[0], clean))
     assert len(scores) == 68
     assert sum(scores) / 68 == pytest.approx(29.141, abs=5e-4)
+
+
+def test_the_released_channel_pruned_baseline_is_a_width_51_dncnn_with_its_measured_psnr(data_dir):
+    """``docs/checkpoints/channel_pruned_dncnn_b_w51.pt`` (benchmarks/channel_prune.py --ratio 0.2 --steps 3468,
+    the static baseline of docs/results/speed.png) loads as a plain DnCNN of width 51 and gives, on the first 4
+    BSD68 images at sigma 25 (noise seeded like ``dynprune eval``), the PSNR measured when it was released:
+    28.432 dB, 0.734 dB under DnCNN-B's 29.166."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "docs/checkpoints/channel_pruned_dncnn_b_w51.pt"
+    pruned = create_model("dncnn", weights=str(path)).eval()
+    dense = create_model("dncnn", weights=str(data_dir / "weights/dncnn/DnCNN-B/net.pth")).eval()
+    widths = [m.out_channels for m in pruned.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths == [51] * 19 + [1]
+    _, images = read_folder(data_dir / "denoise/BSD68", channels=1)
+    noise = create("degradations", "gaussian_noise", sigmas=[25])
+    g = torch.Generator().manual_seed(0)
+    ours, ref = [], []
+    with torch.no_grad():
+        for clean in images[:4]:
+            noisy = noise(clean.unsqueeze(0), generator=g, level=0)[0]
+            ours.append(psnr(pruned(noisy)[0], clean))
+            ref.append(psnr(dense(noisy)[0], clean))
+    assert sum(ref) / 4 == pytest.approx(29.166, abs=2e-3)
+    assert sum(ours) / 4 == pytest.approx(28.432, abs=2e-3)
