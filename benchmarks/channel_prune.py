@@ -11,6 +11,7 @@ at the start from a timed probe and stored).
 
     python benchmarks/channel_prune.py --data ../shared/data --ratio 0.2 --core-minutes 80 --threads 1 \
         --out runs/channel_pruned [--resume]
+    python benchmarks/channel_prune.py --data ../shared/data --ratio 0.2 --steps 3468 ...   # a fixed step total
 
 Writes ``OUT/last.pt`` (during training) and ``OUT/pruned.pt`` (``{"model": state_dict, "arch": {...}}``,
 loadable with ``dynprune.create_model("dncnn", weights=...)``).
@@ -81,7 +82,10 @@ def main() -> None:
         ck = load_file(out / "last.pt")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
-        step, total = ck["step"], ck["total"]  # the stored total wins over --steps
+        if args.steps is not None and args.steps != ck["total"]:
+            raise SystemExit(f"channel_prune: error: --steps {args.steps} differs from the run's stored total "
+                             f"{ck['total']} ({out / 'last.pt'}); a resumed run keeps its schedule")
+        step, total = ck["step"], ck["total"]
         print(f"resumed from {out / 'last.pt'} at step {step}/{total}")
 
     def batch(k: int):
