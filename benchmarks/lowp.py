@@ -315,8 +315,8 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     if args.plot_only:
-        res = json.loads(max(out.glob("lowp*.json"), key=lambda f: ("bsd68" in json.loads(f.read_text()),
-                                                                     f.stat().st_mtime)).read_text())
+        runs = [(json.loads(f.read_text()), f.stat().st_mtime) for f in out.glob("lowp*.json")]
+        res = max(runs, key=lambda r: ("bsd68" in r[0], r[1]))[0]
         plot(res["bsd68"], out / "psnr_vs_ms.png", f"DnCNN-B on BSD68, {res['cpu']}, {res['bsd68']['threads']} threads")
         return
     sparse_cpu.tune_allocator()

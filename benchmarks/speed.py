@@ -131,14 +131,13 @@ def against_dense(variants: dict, dense: dict, args, title: str, extra: tuple[st
 def load_checkpoint(args, path: str | None = None):
     """The ClassPruning model of ``path`` (default ``args.checkpoint``); under ``--pattern`` its weights
     re-masked by that pattern (a model with the trained classifier and routing, whose branches run what a
-    model trained with the pattern runs). The model's ``pattern`` attribute names the pattern it runs."""
+    model trained with the pattern runs)."""
     cp, cfg, ckpt = load_trained(path or args.checkpoint)
     if args.pattern and args.pattern != cfg.convert.pattern:
         cfg.convert.pattern = args.pattern
         cp = build_model(cfg, arch=ckpt.get("arch", {}))
         cp.load_state_dict(ckpt["model"])
         cp.eval()
-    cp.pattern = cfg.convert.pattern
     return cp
 
 
@@ -284,7 +283,8 @@ def part_bsd68(args, dense_kind: str) -> dict:
     routers = {}
     for path in [args.checkpoint, *args.compare]:
         cp = load_checkpoint(args, path)
-        name = cp.pattern if cp.pattern not in routers else f"{cp.pattern} ({Path(path).stem})"
+        pattern = str(dp.conversion_report(cp.restorer).pattern)
+        name = pattern if pattern not in routers else f"{pattern} ({Path(path).stem})"
         routers[name] = cp
         deployed = dp.deploy(cp)
         variants[f"{name} routed (dynamic)"] = cp
